@@ -1,0 +1,35 @@
+# One entry point for developers and CI. `make test` works on a fresh machine with python3:
+# it installs uv into .tools/, the locked dependencies into .venv/, then lints, type-checks and tests.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+UV := .tools/bin/uv
+export UV_PYTHON_DOWNLOADS := never
+export UV_LINK_MODE := copy
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+install: $(UV)  ## Install the locked dependencies into .venv
+	$(UV) sync --locked --quiet
+
+lint: install  ## ruff and mypy --strict
+	$(UV) run --locked ruff check .
+	$(UV) run --locked ruff format --check .
+	$(UV) run --locked mypy
+
+test: lint  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
+	$(UV) run --locked pytest -q
+
+bench: install  ## The benchmarks at full size (prints figures; takes minutes)
+	$(UV) run --locked python -m bench.validate_throughput
+
+format: install  ## Format the code
+	$(UV) run --locked ruff format .
+	$(UV) run --locked ruff check --fix .
+
+.PHONY: help install lint test bench format

@@ -1,0 +1,487 @@
+"""The `tuneset` command line. The offline commands (validate, inspect, convert, codes, models)
+need no server: they run the core directly on a file.
+
+Exit status: 0 when no example has an error (after the chosen policies), 1 when some do,
+2 on usage errors (bad options, unknown model or code, unreadable file). click gives the 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import msgspec
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from service.core import pipeline
+from service.core.accounting import Accountant
+from service.core.conversation import ChatExample, PreferenceExample, chat_of
+from service.core.formats import FORMATS, FormatError, Record, parse_format, read_records
+from service.core.models import ModelError, ModelTable, load_table
+from service.core.problems import CODES, codes_markdown
+from service.core.templates import BUILTIN_TEMPLATES, TemplateError, get_template, provider_template
+from service.core.view import TrainingView, build_view
+
+_json = msgspec.json.Encoder()
+
+
+def _out(data: Any) -> None:
+    sys.stdout.buffer.write(msgspec.json.format(_json.encode(data), indent=2) + b"\n")
+    sys.stdout.flush()
+
+
+def _usage(message: str) -> NoReturn:
+    raise click.UsageError(message)
+
+
+def _lines(path: str) -> Iterator[bytes]:
+    if path == "-":
+        yield from sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")  # noqa: SIM115 -- closed by the generator's finally
+    except OSError as e:
+        _usage(f"cannot read {path}: {e.strerror}")
+    try:
+        yield from f
+    finally:
+        f.close()
+
+
+def _table(models: str | None) -> ModelTable:
+    try:
+        return load_table(Path(models) if models else None)
+    except ModelError as e:
+        _usage(str(e))
+
+
+def _recipe(
+    model: str,
+    fmt: str | None,
+    policies: tuple[str, ...],
+    system_prompt: str | None,
+    train_on: str,
+    table: ModelTable,
+) -> pipeline.Recipe:
+    try:
+        table.resolve(model)
+        recipe = pipeline.Recipe(
+            model=model,
+            format=parse_format(fmt),
+            policies=pipeline.parse_policies(policies),
+            system_prompt=system_prompt,
+            train_on="last" if train_on == "last" else "all",
+        )
+        pipeline.check_recipe(recipe)
+    except (ModelError, FormatError, pipeline.PolicyError) as e:
+        _usage(str(e))
+    return recipe
+
+
+_model_opt = click.option(
+    "--model",
+    "-m",
+    default=pipeline.DEFAULT_MODEL,
+    show_default=True,
+    help="Target provider model (snapshot, alias or ft: name).",
+)
+_format_opt = click.option(
+    "--format",
+    "-f",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Input format (auto-detected from the first example).",
+)
+_policy_opt = click.option(
+    "--policy",
+    "-p",
+    "policies",
+    multiple=True,
+    metavar="CODE=ACTION",
+    help="What to do about a problem code: keep, fix, drop or fail (repeatable).",
+)
+_system_opt = click.option("--system-prompt", help="System prompt the no_system_message fix inserts.")
+_train_on_opt = click.option(
+    "--train-on",
+    type=click.Choice(["all", "last"]),
+    default="all",
+    show_default=True,
+    help="'last': train only the final assistant turn of each example.",
+)
+_models_opt = click.option(
+    "--models",
+    type=click.Path(dir_okay=False),
+    envvar="TUNESET_MODELS",
+    help="TOML file that overrides or extends the model table.",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="tuneset")
+def main() -> None:
+    """tuneset: see exactly what a model will be trained on, and fix it before you pay."""
+
+
+@main.command()
+@click.argument("file")
+@_model_opt
+@_format_opt
+@_policy_opt
+@_system_opt
+@_train_on_opt
+@_models_opt
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.option("--per-example", is_flag=True, help="Include billed and trained tokens of every example.")
+def validate(
+    file: str,
+    model: str,
+    fmt: str,
+    policies: tuple[str, ...],
+    system_prompt: str | None,
+    train_on: str,
+    models: str | None,
+    as_json: bool,
+    per_example: bool,
+) -> None:
+    """Check FILE (JSONL or a JSON array; '-' for stdin) the way the provider would, and count tokens."""
+    table = _table(models)
+    recipe = _recipe(model, fmt, policies, system_prompt, train_on, table)
+    try:
+        report = pipeline.run(_lines(file), recipe, per_example=per_example, table=table)
+    except FormatError as e:
+        _usage(str(e))
+    if as_json:
+        _out(report)
+    else:
+        print_report(report, file, Console())
+    sys.exit(0 if report.ok else 1)
+
+
+def print_report(report: pipeline.Report, file: str, console: Console) -> None:
+    verdict = Text("OK", style="bold green") if report.ok else Text("ERRORS", style="bold red")
+    console.print(Text.assemble(("tuneset validate ", "bold"), file, "  ", verdict))
+    console.print(f"format {report.format or '?'} · model {report.model}")
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_row("examples in", str(report.examples))
+    t.add_row(
+        "examples out",
+        f"{report.examples_out}  (dropped {report.examples_dropped}, with errors {report.examples_failed})",
+    )
+    tok = report.tokens
+    t.add_row("billed tokens", f"{tok.billed_total:,}  (billable per epoch {tok.billable_total:,})")
+    t.add_row("trained tokens", f"{tok.trained_total:,}")
+    if tok.billed_per_example:
+        s = tok.billed_per_example
+        t.add_row(
+            "billed / example",
+            f"min {s.min:g} · p10 {s.p10:g} · median {s.median:g} · mean {s.mean:g} · "
+            f"p90 {s.p90:g} · max {s.max:g}",
+        )
+    if tok.trained_per_example:
+        s = tok.trained_per_example
+        t.add_row(
+            "trained / example",
+            f"min {s.min:g} · p10 {s.p10:g} · median {s.median:g} · mean {s.mean:g} · "
+            f"p90 {s.p90:g} · max {s.max:g}",
+        )
+    t.add_row("default epochs", str(report.default_epochs))
+    if report.estimated_cost_usd is not None:
+        t.add_row(
+            "estimated cost",
+            f"${report.estimated_cost_usd:,.2f}  "
+            f"(${report.price_per_1m}/1M × {tok.billable_total:,} × {report.default_epochs})",
+        )
+    console.print(t)
+    if report.problems:
+        console.print()
+        pt = Table(title="problems", title_justify="left")
+        for col in ("code", "severity", "action", "count", "first lines", "example"):
+            pt.add_column(col, overflow="fold")
+        by_code: dict[str, list[Any]] = {}
+        for p in report.problems:
+            by_code.setdefault(p.code, []).append(p)
+        for code, ps in sorted(by_code.items(), key=lambda kv: (kv[1][0].severity != "error", kv[0])):
+            style = "red" if ps[0].severity == "error" else "yellow"
+            lines = ", ".join(str(p.line) for p in ps[:5] if p.line is not None) + (
+                " …" if len(ps) > 5 else ""
+            )
+            pt.add_row(
+                Text(code, style=style),
+                ps[0].severity,
+                ps[0].action or "",
+                str(len(ps)),
+                lines,
+                ps[0].message,
+            )
+        console.print(pt)
+    if report.fixes:
+        console.print(
+            "fixes: "
+            + ", ".join(f"{k} × {v}" for k, v in report.fixes.items())
+            + f"  (trained tokens {report.trained_tokens_before_fixes:,} → {tok.trained_total:,})"
+        )
+    for note in report.notes:
+        console.print(f"note: {note}")
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def view_for(
+    example: ChatExample | PreferenceExample, model: str | None, template: str | None, table: ModelTable
+) -> TrainingView:
+    """The training view of one example for a provider model or a chat template."""
+    chat = chat_of(example)
+    if template is not None:
+        return build_view(chat, get_template(template))
+    info = table.resolve(model or pipeline.DEFAULT_MODEL)
+    billed = Accountant.for_model(info).example(example).billed
+    return build_view(chat, provider_template(info.encoding), target=info.name, billed_tokens=billed)
+
+
+@main.command()
+@click.argument("file")
+@click.option(
+    "--line", "-n", "line_no", type=int, default=None, help="1-based line (default: the first example)."
+)
+@click.option("--model", "-m", default=None, help=f"Provider model (default {pipeline.DEFAULT_MODEL}).")
+@click.option(
+    "--template",
+    "-t",
+    type=click.Choice(sorted(BUILTIN_TEMPLATES)),
+    default=None,
+    help="Chat template for token-level training instead of a provider model.",
+)
+@_format_opt
+@_models_opt
+@click.option("--json", "as_json", is_flag=True, help="Print the view as JSON.")
+def inspect(
+    file: str,
+    line_no: int | None,
+    model: str | None,
+    template: str | None,
+    fmt: str,
+    models: str | None,
+    as_json: bool,
+) -> None:
+    """Show the tokens of one example, which are trained, and why."""
+    if model and template:
+        _usage("--model and --template are exclusive")
+    table = _table(models)
+    record = _find(file, line_no, fmt)
+    if record.example is None:
+        for p in record.problems:
+            click.echo(f"line {p.line}: {p.code}: {p.message}", err=True)
+        sys.exit(1)
+    try:
+        view = view_for(record.example, model, template, table)
+    except (ModelError, TemplateError) as e:
+        _usage(str(e))
+    if as_json:
+        _out({"line": record.line, **msgspec.structs.asdict(view)})
+    else:
+        print_view(view, record.line, Console(highlight=False))
+    sys.exit(0)
+
+
+def _find(file: str, line_no: int | None, fmt: str) -> Record:
+    try:
+        for record in read_records(_lines(file), parse_format(fmt)):
+            if line_no is None or record.line == line_no:
+                return record
+    except FormatError as e:
+        _usage(str(e))
+    _usage(f"{file} has no example at line {line_no}" if line_no else f"{file} has no examples")
+
+
+def print_view(view: TrainingView, line: int, console: Console) -> None:
+    from service.core.encodings import get_encoding
+
+    enc = get_encoding(view.encoding)
+    console.print(
+        Text.assemble(
+            ("line ", "bold"), str(line), "  target ", (view.target, "bold"), f"  ({view.encoding})"
+        )
+    )
+    text = Text()
+    k = 0
+    for seg in view.segments:
+        for token in seg.token_ids:
+            piece = enc.decode_single_token_bytes(token).decode("utf-8", errors="replace")
+            shade = k % 2
+            k += 1
+            if token in enc._special_tokens.values():
+                style = "bold magenta on grey23" if not seg.trained else "bold black on green3"
+            elif seg.trained:
+                style = "black on green3" if shade else "black on dark_sea_green2"
+            else:
+                style = "grey70 on grey19" if shade else "grey85 on grey30"
+            text.append(piece.replace("\n", "↵\n"), style=style)
+    console.print(text)
+    console.print()
+    t = Table(title="segments", title_justify="left")
+    for col in ("#", "msg", "role", "tokens", "trained", "reason"):
+        t.add_column(col)
+    for i, seg in enumerate(view.segments):
+        t.add_row(
+            str(i),
+            "" if seg.message_index is None else str(seg.message_index),
+            seg.role or "",
+            str(len(seg.token_ids)),
+            "yes" if seg.trained else "",
+            seg.reason,
+        )
+    console.print(t)
+    console.print(
+        Text.assemble(
+            "billed tokens ",
+            (str(view.billed_tokens), "bold"),
+            " · trained tokens ",
+            (str(view.trained_tokens), "bold green"),
+            " · sequence length ",
+            str(view.total_tokens),
+        )
+    )
+    console.print(
+        Text.assemble(
+            "legend: ",
+            ("trained", "black on green3"),
+            " ",
+            ("not trained", "grey85 on grey30"),
+            " ",
+            ("special", "bold magenta on grey23"),
+            "; shading alternates per token",
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.argument("file")
+@click.option(
+    "--to",
+    "target",
+    type=click.Choice(["openai", "preference"]),
+    required=True,
+    help="openai: chat SFT lines; preference: DPO lines.",
+)
+@click.option(
+    "--from",
+    "fmt",
+    type=click.Choice(["auto", *FORMATS]),
+    default="auto",
+    show_default=True,
+    help="Input format.",
+)
+@_model_opt
+@_policy_opt
+@_system_opt
+@_train_on_opt
+@_models_opt
+@click.option(
+    "--output", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write the JSONL."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the validation report as JSON.")
+def convert(
+    file: str,
+    target: str,
+    fmt: str,
+    model: str,
+    policies: tuple[str, ...],
+    system_prompt: str | None,
+    train_on: str,
+    models: str | None,
+    output: str,
+    as_json: bool,
+) -> None:
+    """Write provider JSONL after the chosen fixes. Nothing is written unless every example passes."""
+    table = _table(models)
+    recipe = _recipe(model, fmt, policies, system_prompt, train_on, table)
+    out_path = Path(output)
+    fd, tmp_name = tempfile.mkstemp(prefix=".tuneset-", suffix=".jsonl", dir=out_path.parent or ".")
+    wrong_kind: list[int] = []
+    with os.fdopen(fd, "wb") as sink_file:
+
+        def sink(out: pipeline.OutputExample) -> None:
+            example = out.example
+            if target == "openai":
+                sink_file.write(_json.encode(chat_of(example)) + b"\n")
+            elif isinstance(example, PreferenceExample):
+                sink_file.write(_json.encode(example) + b"\n")
+            else:
+                wrong_kind.append(out.line)
+
+        try:
+            report = pipeline.run(_lines(file), recipe, sink=sink, table=table)
+        except FormatError as e:
+            os.unlink(tmp_name)
+            _usage(str(e))
+    ok = report.ok and not wrong_kind
+    if ok:
+        os.replace(tmp_name, out_path)
+    else:
+        os.unlink(tmp_name)
+    if as_json:
+        _out(report)
+    else:
+        print_report(report, file, Console(stderr=True))
+    if wrong_kind:
+        click.echo(
+            f"{len(wrong_kind)} chat example(s) cannot become preference examples "
+            f"(first at line {wrong_kind[0]})",
+            err=True,
+        )
+    click.echo(
+        f"wrote {report.examples_out} examples to {out_path}" if ok else f"nothing written to {out_path}",
+        err=True,
+    )
+    sys.exit(0 if ok else 1)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--markdown", is_flag=True, help="Print the documentation page (docs/problem-codes.md).")
+def codes(markdown: bool) -> None:
+    """List every problem code, its severity, default and allowed actions."""
+    if markdown:
+        click.echo(codes_markdown(), nl=False)
+        return
+    for c in CODES.values():
+        acts = "|".join(a.value for a in c.actions)
+        click.echo(
+            f"{c.code:26} {c.layer:9} {c.severity:7} default={c.default.value:4} [{acts}]  {c.summary}"
+        )
+
+
+@main.command(name="models")
+@_models_opt
+def models_cmd(models: str | None) -> None:
+    """List the model table: encoding, per-example limit, price, minimum examples."""
+    table = _table(models)
+    aliases: dict[str, list[str]] = {}
+    for alias, name in table.aliases.items():
+        aliases.setdefault(name, []).append(alias)
+    for name in table.names():
+        m = table.models[name]
+        price = f"${m.price_per_1m}/1M" if m.price_per_1m is not None else "no price"
+        extra = f"  aliases: {', '.join(sorted(aliases[name]))}" if name in aliases else ""
+        click.echo(
+            f"{name:28} {m.encoding:12} limit {m.max_tokens:>6}  {price:12} min {m.min_examples}{extra}"
+        )
+
+
+if __name__ == "__main__":
+    main()

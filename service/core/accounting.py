@@ -1,0 +1,196 @@
+"""Token accounting as the provider bills it, what is trained, default epochs and cost.
+
+Billed tokens follow the OpenAI cookbook (`num_tokens_from_messages`, reproduced exactly on its
+reference conversations): 3 tokens per message, the tokens of every string value (role,
+content, name), 1 more when `name` is present, and 3 for the reply priming. The cookbook does
+not cover tool traffic; tuneset counts a `tool_call_id` like a name (1 + its tokens) and each
+tool call as 2 + the tokens of its name and arguments, an estimate; tool definitions add the cookbook's
+`num_tokens_for_tools` overhead. Images are not counted (their cost depends on pixels the
+file does not carry): the report says so.
+
+Trained tokens are the tokens that carry loss: the content (and tool calls) of every assistant
+message with weight 1, plus its end-of-turn token. The training view marks exactly these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import tiktoken
+
+from service.core.conversation import ChatExample, Message, PreferenceExample, Tool, text_of
+from service.core.encodings import get_encoding
+from service.core.models import ModelInfo
+from service.core.tokens import count_text
+
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_NAME = 1
+REPLY_PRIMING = 3
+END_OF_TURN = 1  # the one token that closes a message (<|end|> / <|im_end|>), part of the 3 above
+TOKENS_PER_CALL = 2  # delimiters around a tool call's name and arguments (an estimate: not published)
+
+# cookbook num_tokens_for_tools constants (func_init depends on the model family)
+PROP_INIT, PROP_KEY, ENUM_INIT, ENUM_ITEM, FUNC_END = 3, 3, -3, 3, 12
+
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES = 3, 100, 25000
+MIN_DEFAULT_EPOCHS, MAX_DEFAULT_EPOCHS = 1, 25
+
+
+@dataclass(frozen=True)
+class MessageCount:
+    billed: int
+    trained: int
+
+
+class ExampleTokens(msgspec.Struct):
+    billed: int
+    trained: int
+    messages: int
+    per_message: list[MessageCount] | None = None
+    tools: int = 0
+
+
+class Accountant:
+    """Counts tokens for one encoding; caches the counts of short, often-repeated strings (roles)."""
+
+    def __init__(self, encoding: str | tiktoken.Encoding, func_init: int = 7) -> None:
+        self.enc = get_encoding(encoding) if isinstance(encoding, str) else encoding
+        self.func_init = func_init
+        self._small: dict[str, int] = {}
+
+    @classmethod
+    def for_model(cls, model: ModelInfo) -> Accountant:
+        return cls(model.encoding, model.func_init)
+
+    def count(self, text: str) -> int:
+        return count_text(self.enc, text)
+
+    def _small_count(self, text: str) -> int:
+        n = self._small.get(text)
+        if n is None:
+            n = count_text(self.enc, text)
+            if len(self._small) < 4096:
+                self._small[text] = n
+        return n
+
+    def message(self, m: Message) -> MessageCount:
+        content = m.content
+        if content is None:
+            body = 0
+        elif type(content) is str:
+            body = len(self.enc.encode_ordinary(content)) if len(content) <= 100_000 else self.count(content)
+        else:
+            body = self.count(text_of(m))
+        if m.tool_calls:
+            for call in m.tool_calls:
+                body += (
+                    TOKENS_PER_CALL
+                    + self._small_count(call.function.name)
+                    + self.count(call.function.arguments)
+                )
+        if m.function_call is not None:
+            body += (
+                TOKENS_PER_CALL
+                + self._small_count(m.function_call.name)
+                + self.count(m.function_call.arguments)
+            )
+        billed = TOKENS_PER_MESSAGE + self._small_count(m.role) + body
+        if m.name is not None:
+            billed += TOKENS_PER_NAME + self._small_count(m.name)
+        if m.tool_call_id is not None:
+            billed += TOKENS_PER_NAME + self._small_count(m.tool_call_id)
+        trained = body + END_OF_TURN if m.role == "assistant" and m.weight != 0 else 0
+        return MessageCount(billed, trained)
+
+    def tools(self, tools: list[Tool] | None, functions: Any = None) -> int:
+        """The cookbook's `num_tokens_for_tools`, tolerant of missing descriptions and types."""
+        defs = [t.function for t in tools or []] + list(functions or [])
+        if not defs:
+            return 0
+        total = 0
+        for f in defs:
+            total += self.func_init
+            desc = (f.description or "").removesuffix(".") if f.description else ""
+            total += self.count(f"{f.name}:{desc}")
+            props = (f.parameters or {}).get("properties") or {}
+            if isinstance(props, dict) and props:
+                total += PROP_INIT
+                for key, raw in props.items():
+                    total += PROP_KEY
+                    spec = raw if isinstance(raw, dict) else {}
+                    enum = spec.get("enum")
+                    if isinstance(enum, list):
+                        total += ENUM_INIT
+                        for item in enum:
+                            total += ENUM_ITEM + self.count(str(item))
+                    p_desc = str(spec.get("description", "")).removesuffix(".")
+                    total += self.count(f"{key}:{spec.get('type', '')}:{p_desc}")
+        return total + FUNC_END
+
+    def chat(self, example: ChatExample, *, detail: bool = False) -> ExampleTokens:
+        billed = REPLY_PRIMING
+        trained = 0
+        per: list[MessageCount] | None = [] if detail else None
+        for m in example.messages:
+            c = self.message(m)
+            billed += c.billed
+            trained += c.trained
+            if per is not None:
+                per.append(c)
+        tools = self.tools(example.tools, example.functions) if example.tools or example.functions else 0
+        return ExampleTokens(billed + tools, trained, len(example.messages), per, tools)
+
+    def preference(self, example: PreferenceExample) -> ExampleTokens:
+        """DPO billing is not published: the prompt once, plus both replies (both carry the loss)."""
+        prompt = self.chat(example.input)
+        replies = [self.message(m) for m in (*example.preferred_output, *example.non_preferred_output)]
+        return ExampleTokens(
+            prompt.billed + sum(r.billed for r in replies),
+            sum(r.trained for r in replies),
+            len(example.input.messages) + len(replies),
+            None,
+            prompt.tools,
+        )
+
+    def example(self, example: ChatExample | PreferenceExample, *, detail: bool = False) -> ExampleTokens:
+        if isinstance(example, ChatExample):
+            return self.chat(example, detail=detail)
+        return self.preference(example)
+
+
+def truncation_loss(tokens: ExampleTokens, limit: int) -> int:
+    """Trained tokens the provider's truncation from the end would cut (needs `per_message`)."""
+    if tokens.billed <= limit or tokens.per_message is None:
+        return 0
+    position = tokens.tools
+    lost = 0
+    for c in tokens.per_message:
+        end = position + c.billed
+        if end > limit and c.trained:
+            lost += min(c.trained, end - limit)
+        position = end
+    return lost
+
+
+def default_epochs(n_examples: int) -> int:
+    """The provider's default epoch count for a training file of this size (the cookbook's heuristic)."""
+    if n_examples <= 0:
+        return 0
+    if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+        return min(MAX_DEFAULT_EPOCHS, MIN_TARGET_EXAMPLES // n_examples)
+    if n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+        return max(MIN_DEFAULT_EPOCHS, MAX_TARGET_EXAMPLES // n_examples)
+    return TARGET_EPOCHS
+
+
+def billable_tokens(billed_per_example: list[int], limit: int) -> int:
+    """Tokens charged per epoch: each example counts at most up to the model's limit."""
+    return sum(min(limit, b) for b in billed_per_example)
+
+
+def estimated_cost(billable: int, epochs: int, price_per_1m: float | None) -> float | None:
+    if price_per_1m is None:
+        return None
+    return round(billable * epochs * price_per_1m / 1_000_000, 6)

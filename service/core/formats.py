@@ -1,0 +1,345 @@
+"""Input formats: detection, decoding and conversion to the internal representation.
+
+Every format becomes `ChatExample` or `PreferenceExample`. OpenAI chat lines take the fast
+path (a typed msgspec decode); the others are converted to OpenAI-shaped values first and
+then go through the explaining schema check, so every format reports problems the same way.
+
+For a JSON array file (as ShareGPT sets usually are) `line` is the 1-based position of the
+example in the array; for JSONL it is the line number.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal
+
+import msgspec
+
+from service.core.conversation import ChatExample, Example, PreferenceExample
+from service.core.problems import Problem, problem
+from service.core.schema_check import check_chat, check_preference, explain_chat, explain_preference
+
+Format = Literal["openai", "preference", "sharegpt", "hh", "alpaca", "completion"]
+FORMATS: tuple[Format, ...] = ("openai", "preference", "sharegpt", "hh", "alpaca", "completion")
+FORMAT_HELP = {
+    "openai": 'OpenAI chat: {"messages": [...], "tools": [...]}',
+    "preference": 'OpenAI preference (DPO): {"input": {"messages": [...]}, "preferred_output": [...], '
+    '"non_preferred_output": [...]}',
+    "sharegpt": 'ShareGPT: {"conversations": [{"from": "human"|"gpt"|"system", "value": ...}]}',
+    "hh": 'Human/Assistant transcripts: {"chosen": "\\n\\nHuman: ...\\n\\nAssistant: ...", "rejected": ...} '
+    'or {"text": ...}',
+    "alpaca": 'Alpaca: {"instruction", "input", "output"}',
+    "completion": 'legacy {"prompt", "completion"}',
+}
+
+
+class FormatError(ValueError):
+    """The input's format cannot be determined or is not supported."""
+
+
+class Record(msgspec.Struct):
+    """One input example after decoding: the example (None when unusable) and its schema problems."""
+
+    line: int
+    example: Example | None
+    problems: list[Problem]
+
+
+_chat_decoder = msgspec.json.Decoder(ChatExample)
+_pref_decoder = msgspec.json.Decoder(PreferenceExample)
+_any_decoder = msgspec.json.Decoder()
+
+
+def detect_format(obj: Any) -> Format | None:
+    """The format a decoded example looks like, judged by its keys."""
+    if not isinstance(obj, dict):
+        return None
+    keys = obj.keys()
+    if "preferred_output" in keys or "non_preferred_output" in keys:
+        return "preference"
+    if "messages" in keys:
+        return "openai"
+    if "conversations" in keys:
+        return "sharegpt"
+    if "chosen" in keys or ("text" in keys and "Assistant:" in str(obj.get("text", ""))):
+        return "hh"
+    if "instruction" in keys and "output" in keys:
+        return "alpaca"
+    if "prompt" in keys and "completion" in keys:
+        return "completion"
+    return None
+
+
+def _decode_chat_fast(raw: bytes, line: int) -> Record:
+    try:
+        example = _chat_decoder.decode(raw)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as e:
+        return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {e}", line)])
+    else:
+        return Record(line, example, check_chat(example, line))
+    chat, problems = explain_chat(_any_decoder.decode(raw), line)
+    return Record(line, chat, problems)
+
+
+def _decode_preference_fast(raw: bytes, line: int) -> Record:
+    try:
+        example = _pref_decoder.decode(raw)
+    except msgspec.ValidationError:
+        pass
+    except msgspec.DecodeError as e:
+        return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {e}", line)])
+    else:
+        return Record(line, example, check_preference(example, line))
+    pref, problems = explain_preference(_any_decoder.decode(raw), line)
+    return Record(line, pref, problems)
+
+
+# ---------------------------------------------------------------------------------------------
+# Converters from the other formats to OpenAI-shaped values
+
+SHAREGPT_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bard": "assistant",
+    "bing": "assistant",
+    "model": "assistant",
+    "system": "system",
+    "tool": "tool",
+    "observation": "tool",
+    "function_response": "tool",
+}
+
+
+def _sharegpt(obj: dict[str, Any], line: int) -> tuple[Any, list[Problem]]:
+    convo = obj.get("conversations")
+    if not isinstance(convo, list):
+        return None, [problem("missing_messages", "the example has no 'conversations' list", line)]
+    messages: list[Any] = []
+    problems: list[Problem] = []
+    if isinstance(obj.get("system"), str) and obj["system"]:
+        messages.append({"role": "system", "content": obj["system"]})
+    for i, turn in enumerate(convo, len(messages)):
+        if not isinstance(turn, dict):
+            messages.append(turn)  # the schema check names it
+            continue
+        who = turn.get("from")
+        role = SHAREGPT_ROLES.get(who.lower()) if isinstance(who, str) else None
+        if role is None:
+            problems.append(
+                problem(
+                    "unknown_role",
+                    f"turn {i} has unknown 'from' value {who!r} "
+                    f"(expected one of {', '.join(sorted(SHAREGPT_ROLES))})",
+                    line,
+                    i,
+                )
+            )
+            role = "user"
+        m: dict[str, Any] = {"role": role, "content": turn.get("value")}
+        if role == "tool":
+            m["tool_call_id"] = str(turn.get("tool_call_id", f"call_{i}"))
+        messages.append(m)
+    return {"messages": messages}, problems
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
+
+
+def parse_transcript(text: str) -> list[dict[str, str]]:
+    """A `Human: ... Assistant: ...` transcript as messages; text before the first turn is a system prompt."""
+    parts = _HH_TURN.split("\n\n" + text.lstrip("\n") if not text.startswith("\n\n") else text)
+    messages: list[dict[str, str]] = []
+    if parts[0].strip():
+        messages.append({"role": "system", "content": parts[0].strip()})
+    for who, body in zip(parts[1::2], parts[2::2], strict=True):
+        messages.append({"role": "user" if who == "Human" else "assistant", "content": body.strip()})
+    return messages
+
+
+def _hh(obj: dict[str, Any], line: int) -> tuple[Any, list[Problem]]:
+    if "chosen" not in obj:
+        text = obj.get("text")
+        if not isinstance(text, str):
+            return None, [
+                problem("missing_messages", "the example has neither 'chosen' nor a 'text' transcript", line)
+            ]
+        return {"messages": parse_transcript(text)}, []
+    chosen, rejected = obj.get("chosen"), obj.get("rejected")
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        return None, [
+            problem("invalid_preference", "'chosen' and 'rejected' must both be transcript strings", line)
+        ]
+    a, b = parse_transcript(chosen), parse_transcript(rejected)
+    if (
+        len(a) < 2
+        or len(b) < 2
+        or a[:-1] != b[:-1]
+        or a[-1]["role"] != "assistant"
+        or b[-1]["role"] != "assistant"
+    ):
+        return None, [
+            problem(
+                "invalid_preference",
+                "'chosen' and 'rejected' must share every turn but the final assistant reply",
+                line,
+            )
+        ]
+    return {"input": {"messages": a[:-1]}, "preferred_output": [a[-1]], "non_preferred_output": [b[-1]]}, []
+
+
+def _alpaca(obj: dict[str, Any], line: int) -> tuple[Any, list[Problem]]:
+    instruction, extra, output = obj.get("instruction"), obj.get("input"), obj.get("output")
+    if not isinstance(instruction, str) or not isinstance(output, str):
+        return None, [
+            problem("missing_messages", "an Alpaca example needs string 'instruction' and 'output'", line)
+        ]
+    prompt = instruction + (f"\n\n{extra}" if isinstance(extra, str) and extra else "")
+    messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
+    if isinstance(obj.get("system"), str) and obj["system"]:
+        messages.insert(0, {"role": "system", "content": obj["system"]})
+    return {"messages": messages}, []
+
+
+def _completion(obj: dict[str, Any], line: int) -> tuple[Any, list[Problem]]:
+    prompt, completion = obj.get("prompt"), obj.get("completion")
+    if not isinstance(prompt, str) or not isinstance(completion, str):
+        return None, [
+            problem("missing_messages", "a legacy example needs string 'prompt' and 'completion'", line)
+        ]
+    return {
+        "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    }, []
+
+
+_CONVERTERS = {"sharegpt": _sharegpt, "hh": _hh, "alpaca": _alpaca, "completion": _completion}
+
+
+def convert_value(obj: Any, fmt: Format, line: int) -> Record:
+    """One decoded value of any format as a Record."""
+    if fmt == "openai":
+        chat, problems = explain_chat(obj, line)
+        return Record(line, chat, problems)
+    if fmt == "preference":
+        pref, problems = explain_preference(obj, line)
+        return Record(line, pref, problems)
+    if not isinstance(obj, dict):
+        return Record(line, None, [problem("not_an_object", "the example is not an object", line)])
+    value, problems = _CONVERTERS[fmt](obj, line)
+    if value is None:
+        return Record(line, None, problems)
+    example: Example | None
+    if "input" in value:
+        example, more = explain_preference(value, line)
+    else:
+        example, more = explain_chat(value, line)
+    return Record(line, example, problems + more)
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole inputs
+
+
+def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
+    for number, raw in enumerate(chunks, 1):
+        if raw.strip():
+            yield number, raw
+
+
+def sniff(first: bytes) -> Format:
+    """The format of an input, from its first example; FormatError when nothing fits."""
+    try:
+        obj = _any_decoder.decode(first)
+    except msgspec.DecodeError as e:
+        raise FormatError(f"cannot detect the format: the first example is not valid JSON ({e})") from e
+    if isinstance(obj, list):
+        obj = obj[0] if obj else None
+    fmt = detect_format(obj)
+    if fmt is None:
+        raise FormatError(
+            f"cannot detect the format of the first example; pass --format (one of {', '.join(FORMATS)})"
+        )
+    return fmt
+
+
+def read_records(
+    lines: Iterable[bytes], fmt: Format | None = None, on_format: Callable[[Format], None] | None = None
+) -> Iterator[Record]:
+    """Decode JSONL lines (or a JSON array spread over them) into Records, streaming.
+
+    `on_format` hears the format once it is known (detected from the first example)."""
+    it = _lines(lines)
+    first = next(it, None)
+    if first is None:
+        return
+    if first[1].lstrip()[:1] == b"[":
+        yield from _read_array(first[1], list(it), fmt, on_format)
+        return
+    if fmt is None:
+        fmt = _detect_jsonl(first[1])
+    if on_format is not None:
+        on_format(fmt)
+    if fmt == "openai":
+        yield _decode_chat_fast(first[1], first[0])
+        for number, raw in it:
+            yield _decode_chat_fast(raw, number)
+        return
+    if fmt == "preference":
+        yield _decode_preference_fast(first[1], first[0])
+        for number, raw in it:
+            yield _decode_preference_fast(raw, number)
+        return
+    for number, raw in _chain(first, it):
+        try:
+            obj = _any_decoder.decode(raw)
+        except msgspec.DecodeError as e:
+            yield Record(
+                number, None, [problem("invalid_json", f"line {number} is not valid JSON: {e}", number)]
+            )
+            continue
+        yield convert_value(obj, fmt, number)
+
+
+def _chain(first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
+    yield first
+    yield from rest
+
+
+def _detect_jsonl(first: bytes) -> Format:
+    try:
+        return sniff(first)
+    except FormatError:
+        return "openai"  # the native format: its schema check then names what is wrong with the line
+
+
+def _read_array(
+    head: bytes, rest: list[tuple[int, bytes]], fmt: Format | None, on_format: Callable[[Format], None] | None
+) -> Iterator[Record]:
+    raw = b"\n".join([head, *(r for _, r in rest)])
+    try:
+        items = _any_decoder.decode(raw)
+    except msgspec.DecodeError as e:
+        yield Record(1, None, [problem("invalid_json", f"the JSON array is not valid JSON: {e}", 1)])
+        return
+    if not isinstance(items, list):
+        yield Record(1, None, [problem("not_an_object", "the file is neither JSONL nor a JSON array", 1)])
+        return
+    chosen: Format = fmt or (detect_format(items[0]) if items else None) or "openai"
+    if on_format is not None:
+        on_format(chosen)
+    for index, obj in enumerate(items, 1):
+        yield convert_value(obj, chosen, index)
+
+
+def parse_format(value: str | None) -> Format | None:
+    if value is None or value == "auto":
+        return None
+    for fmt in FORMATS:
+        if value == fmt:
+            return fmt
+    raise FormatError(f"unknown format {value!r}; choose one of {', '.join(FORMATS)}")

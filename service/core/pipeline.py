@@ -1,0 +1,455 @@
+"""Validate, repair and account examples under a recipe; the shared core of the CLI, API and workers.
+
+`Processor.process` takes one decoded Record to its outcome: the problems (each with the
+action its policy took), the changes fixes made, and the examples to write (none when
+dropped or failed, several when split into windows). `Summary` folds outcomes into the
+report. Both stream: memory holds one example at a time plus per-example token counts and
+16-byte content hashes (for exact-duplicate detection).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import statistics
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import msgspec
+
+from service.core.accounting import (
+    REPLY_PRIMING,
+    Accountant,
+    ExampleTokens,
+    billable_tokens,
+    default_epochs,
+    estimated_cost,
+    truncation_loss,
+)
+from service.core.conversation import ChatExample, Example, PreferenceExample, chat_of, image_count
+from service.core.formats import Format, Record, read_records
+from service.core.models import ModelInfo, ModelTable, load_table
+from service.core.problems import CODES, Action, Problem, problem
+from service.core.repair import (
+    Change,
+    drop_empty,
+    drop_leading_assistant,
+    drop_trailing,
+    insert_system,
+    merge_consecutive,
+    move_system_first,
+    normalize_text,
+    remove_special_tokens,
+    remove_weight_on_non_assistant,
+    split_windows,
+    train_last_only,
+)
+from service.core.structure import check_structure
+
+DEFAULT_MODEL = "gpt-4o-mini"
+MAX_PROBLEM_SAMPLES = 20
+
+
+class PolicyError(ValueError):
+    """A policy names an unknown code or an action that code does not allow."""
+
+
+class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What to do with a dataset. Every field is optional; defaults change nothing the provider accepts."""
+
+    model: str = DEFAULT_MODEL
+    format: Format | None = None
+    policies: dict[str, Action] = {}
+    system_prompt: str | None = None  # inserted by the `no_system_message` fix
+    train_on: Literal["all", "last"] = "all"  # "last": weight 0 on every assistant turn but the final one
+
+
+def parse_policies(items: Iterable[str]) -> dict[str, Action]:
+    """`["consecutive_same_role=fix", ...]` as a policy map; PolicyError names what is wrong."""
+    out: dict[str, Action] = {}
+    for item in items:
+        code, sep, action = item.partition("=")
+        if not sep:
+            raise PolicyError(f"policy {item!r} is not CODE=ACTION")
+        out[code.strip()] = _action(code.strip(), action.strip())
+    return out
+
+
+def _action(code: str, action: str) -> Action:
+    info = CODES.get(code)
+    if info is None:
+        raise PolicyError(f"unknown problem code {code!r}; see `tuneset codes`")
+    try:
+        act = Action(action)
+    except ValueError:
+        raise PolicyError(f"unknown action {action!r} for {code}; use keep, fix, drop or fail") from None
+    if act not in info.actions:
+        raise PolicyError(f"{code} allows {', '.join(a.value for a in info.actions)}, not {action}")
+    return act
+
+
+def check_recipe(recipe: Recipe) -> None:
+    for code, act in recipe.policies.items():
+        _action(code, act.value)
+    if recipe.policies.get("no_system_message") == Action.FIX and not recipe.system_prompt:
+        raise PolicyError("no_system_message=fix needs a system prompt to insert")
+
+
+class OutputExample(msgspec.Struct):
+    line: int
+    window: int | None
+    example: Example
+    tokens: ExampleTokens
+
+
+class Outcome(msgspec.Struct):
+    line: int
+    status: Literal["ok", "dropped", "failed"]
+    problems: list[Problem]
+    changes: list[Change]
+    outputs: list[OutputExample]
+    trained_before: int | None = None  # trained tokens before fixes, when fixes changed the example
+    images: int = 0
+
+
+_CHAT_FIXES: list[tuple[str, Callable[[ChatExample, int | None], tuple[ChatExample, list[Change]]]]] = [
+    ("weight_on_non_assistant", remove_weight_on_non_assistant),
+    ("special_token_text", remove_special_tokens),
+    ("unnormalized_text", normalize_text),
+    ("empty_content", drop_empty),
+    ("consecutive_same_role", merge_consecutive),
+    ("system_not_first", move_system_first),
+    ("assistant_first", drop_leading_assistant),
+    ("trailing_non_assistant", drop_trailing),
+]
+_CLEANED_BY_SCHEMA = {"unknown_key": "remove_unknown_key", "unknown_message_key": "remove_unknown_key"}
+
+
+class Processor:
+    """Applies one recipe to examples, one at a time."""
+
+    def __init__(self, recipe: Recipe, table: ModelTable | None = None) -> None:
+        check_recipe(recipe)
+        self.recipe = recipe
+        self.model: ModelInfo = (table or load_table()).resolve(recipe.model)
+        self.accountant = Accountant.for_model(self.model)
+        self.seen: dict[bytes, int] = {}
+
+    def action(self, code: str) -> Action:
+        return self.recipe.policies.get(code) or CODES[code].default
+
+    def process(self, record: Record) -> Outcome:
+        line = record.line
+        example = record.example
+        problems = list(record.problems)
+        if example is not None:
+            chat = chat_of(example)
+            problems += check_structure(chat, line, preference=isinstance(example, PreferenceExample))
+        for p in problems:
+            p.action = self.action(p.code).value
+        actions = {p.action for p in problems}
+        if "fail" in actions or example is None:
+            if example is None:
+                for p in problems:
+                    if p.action != "drop":
+                        p.action = "fail"
+            status: Literal["ok", "dropped", "failed"] = (
+                "dropped" if "fail" not in {p.action for p in problems} else "failed"
+            )
+            return Outcome(line, status, problems, [], [])
+        if "drop" in actions:
+            return Outcome(line, "dropped", problems, [], [])
+
+        changes: list[Change] = []
+        fix_codes = {p.code for p in problems if p.action == "fix"}
+        for p in problems:
+            if p.code in _CLEANED_BY_SCHEMA and p.action == "fix":
+                changes.append(
+                    Change(
+                        _CLEANED_BY_SCHEMA[p.code],
+                        p.code,
+                        line,
+                        p.message_index,
+                        p.message.replace("contains an extra key", "had the extra key") + "; removed",
+                    )
+                )
+        fixed = self._fix(example, line, fix_codes, changes)
+        trained_before = None
+        if changes:
+            trained_before = self.accountant.example(example).trained
+        images = sum(image_count(m) for m in chat_of(fixed).messages if type(m.content) is list)
+
+        outputs = self._budget(fixed, line, problems, changes)
+        if outputs is None:
+            return Outcome(line, "failed", problems, changes, [], trained_before, images)
+        outputs = self._dedupe(outputs, line, problems)
+        if outputs is None:
+            status = "failed" if problems[-1].action == "fail" else "dropped"
+            return Outcome(line, status, problems, changes, [], trained_before, images)
+        if not outputs:
+            return Outcome(line, "dropped", problems, changes, [], trained_before, images)
+        return Outcome(line, "ok", problems, changes, outputs, trained_before, images)
+
+    def _fix(self, example: Example, line: int, fix_codes: set[str], changes: list[Change]) -> Example:
+        want_last = self.recipe.train_on == "last"
+        if (
+            not fix_codes.intersection(c for c, _ in _CHAT_FIXES)
+            and "no_system_message" not in fix_codes
+            and not want_last
+        ):
+            return example
+        chat = example.input if isinstance(example, PreferenceExample) else example
+        for code, fix in _CHAT_FIXES:
+            if code in fix_codes:
+                chat, done = fix(chat, line)
+                changes.extend(done)
+        if "no_system_message" in fix_codes and self.recipe.system_prompt:
+            chat, done = insert_system(chat, line, self.recipe.system_prompt)
+            changes.extend(done)
+        if want_last and isinstance(example, ChatExample):
+            chat, done = train_last_only(chat, line)
+            changes.extend(done)
+        if isinstance(example, PreferenceExample):
+            return msgspec.structs.replace(example, input=chat)
+        return chat
+
+    def _budget(
+        self, example: Example, line: int, problems: list[Problem], changes: list[Change]
+    ) -> list[OutputExample] | None:
+        limit = self.model.max_tokens
+        tokens = self.accountant.example(example, detail=True)
+        if tokens.billed <= limit:
+            return [OutputExample(line, None, example, tokens)]
+        lost = truncation_loss(tokens, limit)
+        p = problem(
+            "over_token_limit",
+            f"the example has {tokens.billed} tokens, over {self.model.name}'s limit of {limit}; "
+            f"truncation from the end would lose {lost} of its {tokens.trained} trained tokens",
+            line,
+        )
+        p.action = self.action("over_token_limit").value
+        problems.append(p)
+        if p.action == "fail":
+            return None
+        if p.action == "drop":
+            return []
+        if p.action == "keep" or not isinstance(example, ChatExample) or tokens.per_message is None:
+            return [OutputExample(line, None, example, tokens)]
+        windows, done = split_windows(
+            example, line, [c.billed for c in tokens.per_message], REPLY_PRIMING + tokens.tools, limit
+        )
+        changes.extend(done)
+        return [
+            OutputExample(line, w, window, self.accountant.example(window))
+            for w, window in enumerate(windows)
+        ]
+
+    def _dedupe(
+        self, outputs: list[OutputExample], line: int, problems: list[Problem]
+    ) -> list[OutputExample] | None:
+        kept: list[OutputExample] = []
+        for out in outputs:
+            digest = hashlib.blake2b(msgspec.json.encode(out.example), digest_size=16).digest()
+            first = self.seen.get(digest)
+            if first is None:
+                self.seen[digest] = line
+                kept.append(out)
+                continue
+            p = problem("duplicate_example", f"the example duplicates line {first}", line)
+            p.action = self.action("duplicate_example").value
+            problems.append(p)
+            if p.action == "fail":
+                return None
+            if p.action == "keep":
+                kept.append(out)
+        if outputs and not kept:
+            return None
+        return kept
+
+
+class Stats(msgspec.Struct):
+    min: float
+    p10: float
+    median: float
+    mean: float
+    p90: float
+    max: float
+
+
+def stats(values: list[int]) -> Stats | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+
+    def q(f: float) -> float:
+        return float(ordered[min(len(ordered) - 1, int(f * (len(ordered) - 1) + 0.5))])
+
+    return Stats(
+        float(ordered[0]),
+        q(0.1),
+        float(statistics.median(ordered)),
+        round(statistics.fmean(ordered), 2),
+        q(0.9),
+        float(ordered[-1]),
+    )
+
+
+class TokenTotals(msgspec.Struct):
+    billed_total: int
+    trained_total: int
+    billable_total: int  # per epoch: each example capped at the model's limit
+    billed_per_example: Stats | None
+    trained_per_example: Stats | None
+    messages_per_example: Stats | None
+
+
+class ExampleDetail(msgspec.Struct):
+    line: int
+    window: int | None
+    status: str
+    billed_tokens: int
+    trained_tokens: int
+
+
+class Report(msgspec.Struct):
+    ok: bool
+    format: str | None
+    model: str
+    examples: int
+    examples_out: int
+    examples_ok: int
+    examples_dropped: int
+    examples_failed: int
+    problems: list[Problem]
+    problem_counts: dict[str, int]
+    tokens: TokenTotals
+    default_epochs: int
+    estimated_cost_usd: float | None
+    price_per_1m: float | None
+    fixes: dict[str, int]
+    changes: list[Change]
+    trained_tokens_before_fixes: int
+    notes: list[str]
+    examples_detail: list[ExampleDetail] | None = None
+
+
+class Summary:
+    """Folds outcomes into a Report."""
+
+    def __init__(self, processor: Processor, *, per_example: bool = False) -> None:
+        self.processor = processor
+        self.per_example = per_example
+        self.n = self.n_ok = self.n_dropped = self.n_failed = 0
+        self.problems: list[Problem] = []
+        self.counts: Counter[str] = Counter()
+        self.changes: list[Change] = []
+        self.fixes: Counter[str] = Counter()
+        self.billed: list[int] = []
+        self.trained: list[int] = []
+        self.messages: list[int] = []
+        self.trained_before = 0
+        self.detail: list[ExampleDetail] = []
+        self.images = 0
+        self.format: str | None = None
+
+    def add(self, outcome: Outcome) -> None:
+        self.n += 1
+        if outcome.status == "ok":
+            self.n_ok += 1
+        elif outcome.status == "dropped":
+            self.n_dropped += 1
+        else:
+            self.n_failed += 1
+        self.problems.extend(outcome.problems)
+        self.counts.update(p.code for p in outcome.problems)
+        self.changes.extend(outcome.changes)
+        self.fixes.update(c.kind for c in outcome.changes)
+        trained_now = 0
+        self.images += outcome.images
+        for out in outcome.outputs:
+            self.billed.append(out.tokens.billed)
+            self.trained.append(out.tokens.trained)
+            self.messages.append(out.tokens.messages)
+            trained_now += out.tokens.trained
+            if self.per_example:
+                self.detail.append(
+                    ExampleDetail(out.line, out.window, "ok", out.tokens.billed, out.tokens.trained)
+                )
+        self.trained_before += outcome.trained_before if outcome.trained_before is not None else trained_now
+        if self.per_example and not outcome.outputs:
+            self.detail.append(ExampleDetail(outcome.line, None, outcome.status, 0, 0))
+
+    def report(self) -> Report:
+        model = self.processor.model
+        n_out = len(self.billed)
+        problems = list(self.problems)
+        if n_out < model.min_examples:
+            p = problem(
+                "too_few_examples",
+                f"the file would have {n_out} example(s), but {model.name} needs at least "
+                f"{model.min_examples}",
+            )
+            p.action = self.processor.action("too_few_examples").value
+            problems.append(p)
+            self.counts["too_few_examples"] += 1
+        epochs = default_epochs(n_out)
+        billable = billable_tokens(self.billed, model.max_tokens)
+        notes = []
+        if self.images:
+            notes.append(f"{self.images} image(s): image tokens are not counted (they depend on pixel sizes)")
+        return Report(
+            ok=not any(p.action == "fail" for p in problems),
+            format=self.format,
+            model=model.name,
+            examples=self.n,
+            examples_out=n_out,
+            examples_ok=self.n_ok,
+            examples_dropped=self.n_dropped,
+            examples_failed=self.n_failed,
+            problems=problems,
+            problem_counts=dict(sorted(self.counts.items())),
+            tokens=TokenTotals(
+                billed_total=sum(self.billed),
+                trained_total=sum(self.trained),
+                billable_total=billable,
+                billed_per_example=stats(self.billed),
+                trained_per_example=stats(self.trained),
+                messages_per_example=stats(self.messages),
+            ),
+            default_epochs=epochs,
+            estimated_cost_usd=estimated_cost(billable, epochs, model.price_per_1m),
+            price_per_1m=model.price_per_1m,
+            fixes=dict(sorted(self.fixes.items())),
+            changes=self.changes,
+            trained_tokens_before_fixes=self.trained_before,
+            notes=notes,
+            examples_detail=self.detail if self.per_example else None,
+        )
+
+
+def run(
+    lines: Iterable[bytes],
+    recipe: Recipe,
+    *,
+    per_example: bool = False,
+    sink: Callable[[OutputExample], None] | None = None,
+    table: ModelTable | None = None,
+) -> Report:
+    """Validate (and with `sink`, write) a whole input under one recipe."""
+    processor = Processor(recipe, table)
+    summary = Summary(processor, per_example=per_example)
+
+    def detected(fmt: Format) -> None:
+        summary.format = fmt
+
+    for outcome in outcomes(read_records(lines, recipe.format, on_format=detected), processor):
+        summary.add(outcome)
+        if sink is not None:
+            for out in outcome.outputs:
+                sink(out)
+    return summary.report()
+
+
+def outcomes(records: Iterable[Record], processor: Processor) -> Iterator[Outcome]:
+    for record in records:
+        yield processor.process(record)

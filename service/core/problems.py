@@ -1,0 +1,269 @@
+"""Every problem tuneset reports: a closed list of stable codes.
+
+This registry is the one place the codes are defined; `docs/problem-codes.md` is generated
+from it (`tuneset codes --markdown`) and a test fails when the two drift. Severity `error`
+means the provider would reject the file or the build cannot proceed; `warning` means the
+data is accepted but probably not what you meant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+import msgspec
+
+Severity = Literal["error", "warning"]
+Layer = Literal["schema", "structure", "budget"]
+
+
+class Action(StrEnum):
+    KEEP = "keep"
+    FIX = "fix"
+    DROP = "drop"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class CodeInfo:
+    code: str
+    layer: Layer
+    severity: Severity
+    summary: str
+    fix: str | None = None  # what `fix` does, when the code has a fix
+    example_level: bool = True  # False: about the whole file, so `drop` makes no sense
+
+    @property
+    def actions(self) -> tuple[Action, ...]:
+        acts: list[Action] = []
+        if self.severity == "warning":
+            acts.append(Action.KEEP)
+        if self.fix:
+            acts.append(Action.FIX)
+        if self.example_level:
+            acts.append(Action.DROP)
+        acts.append(Action.FAIL)
+        if not self.example_level and Action.KEEP not in acts:
+            acts.insert(0, Action.KEEP)
+        return tuple(acts)
+
+    @property
+    def default(self) -> Action:
+        """Defaults reproduce what the provider does with the data as sent: nothing changes."""
+        return Action.KEEP if self.severity == "warning" else Action.FAIL
+
+
+_CODES = [
+    # -- schema: what the provider's own file validation rejects
+    CodeInfo("invalid_json", "schema", "error", "The line is not valid JSON."),
+    CodeInfo("not_an_object", "schema", "error", "The line is JSON but not an object."),
+    CodeInfo(
+        "missing_messages",
+        "schema",
+        "error",
+        "The example has no `messages` list (or its format's equivalent).",
+    ),
+    CodeInfo("invalid_messages", "schema", "error", "`messages` is not a non-empty list of objects."),
+    CodeInfo(
+        "unknown_key",
+        "schema",
+        "error",
+        "The example has a top-level key the format does not define.",
+        fix="remove the key",
+    ),
+    CodeInfo(
+        "unknown_message_key",
+        "schema",
+        "error",
+        "A message has a key the format does not define.",
+        fix="remove the key",
+    ),
+    CodeInfo(
+        "invalid_field", "schema", "error", "A field has the wrong type or value (e.g. `name` not a string)."
+    ),
+    CodeInfo(
+        "unknown_role",
+        "schema",
+        "error",
+        "A message's role is not system, user, assistant, tool or function.",
+    ),
+    CodeInfo(
+        "missing_content",
+        "schema",
+        "error",
+        "A message has no content (assistant messages may omit it only with `tool_calls`/`function_call`).",
+    ),
+    CodeInfo(
+        "invalid_content",
+        "schema",
+        "error",
+        "Content is neither a string nor a list of parts allowed for the role "
+        "(images only from the user, one refusal part alone).",
+    ),
+    CodeInfo("invalid_weight", "schema", "error", "`weight` is not the integer 0 or 1."),
+    CodeInfo(
+        "weight_on_non_assistant",
+        "schema",
+        "error",
+        "`weight` is set on a message that is not the assistant's.",
+        fix="remove the weight",
+    ),
+    CodeInfo("missing_tool_call_id", "schema", "error", "A tool message has no `tool_call_id`."),
+    CodeInfo("too_many_images", "schema", "error", "The example has more than 10 images."),
+    CodeInfo(
+        "special_token_text",
+        "schema",
+        "error",
+        "Text spells a special token such as `<|endoftext|>`; the provider rejects the file.",
+        fix="remove the special-token spellings from the text",
+    ),
+    CodeInfo(
+        "invalid_preference",
+        "schema",
+        "error",
+        "A preference example needs `input.messages` and exactly one assistant message in each of "
+        "`preferred_output` and `non_preferred_output`.",
+    ),
+    # -- structure: accepted by the schema, but probably not what you meant
+    CodeInfo(
+        "no_assistant_message",
+        "structure",
+        "error",
+        "The example has no assistant message: nothing to train.",
+    ),
+    CodeInfo(
+        "no_trainable_assistant",
+        "structure",
+        "warning",
+        "Every assistant message has `weight: 0`: the example is billed but trains nothing.",
+    ),
+    CodeInfo(
+        "consecutive_same_role",
+        "structure",
+        "warning",
+        "Two messages in a row have the same role (e.g. two assistant turns).",
+        fix="merge them into one message, joining the text with a blank line",
+    ),
+    CodeInfo(
+        "assistant_first",
+        "structure",
+        "warning",
+        "The conversation starts (after any system message) with the assistant: "
+        "that turn is trained with no prompt.",
+        fix="drop the assistant messages before the first user message",
+    ),
+    CodeInfo("no_user_message", "structure", "warning", "The example has no user message."),
+    CodeInfo(
+        "no_system_message",
+        "structure",
+        "warning",
+        "The example has no system message.",
+        fix="insert the configured system prompt",
+    ),
+    CodeInfo(
+        "system_not_first",
+        "structure",
+        "warning",
+        "A system message comes after other messages.",
+        fix="move the system message to the front",
+    ),
+    CodeInfo("system_repeated", "structure", "warning", "The example has more than one system message."),
+    CodeInfo(
+        "trailing_non_assistant",
+        "structure",
+        "warning",
+        "The example ends with non-assistant messages: billed, never trained.",
+        fix="drop the trailing messages",
+    ),
+    CodeInfo(
+        "empty_content",
+        "structure",
+        "warning",
+        "A message's text is empty or only whitespace.",
+        fix="drop the empty message",
+    ),
+    CodeInfo(
+        "unnormalized_text",
+        "structure",
+        "warning",
+        "Text is not Unicode NFC or has leading/trailing whitespace.",
+        fix="normalize to NFC and strip",
+    ),
+    CodeInfo(
+        "unmatched_tool_call_id",
+        "structure",
+        "error",
+        "A tool message's `tool_call_id` answers no earlier assistant tool call.",
+    ),
+    # -- budget: per target model
+    CodeInfo(
+        "over_token_limit",
+        "budget",
+        "warning",
+        "The example is longer than the model's per-example limit; the provider truncates it from the end.",
+        fix="split the conversation into windows that fit, training each assistant turn exactly once",
+    ),
+    CodeInfo(
+        "too_few_examples",
+        "budget",
+        "error",
+        "The file has fewer examples than the provider's minimum.",
+        example_level=False,
+    ),
+    CodeInfo(
+        "duplicate_example",
+        "budget",
+        "warning",
+        "The example is an exact duplicate of an earlier one.",
+        fix="drop the duplicate",
+    ),
+]
+
+CODES: dict[str, CodeInfo] = {c.code: c for c in _CODES}
+
+
+class Problem(msgspec.Struct, omit_defaults=False):
+    """One finding about one example (or about the file, when `line` is None)."""
+
+    code: str
+    severity: Severity
+    message: str
+    line: int | None = None
+    message_index: int | None = None
+    action: str | None = None  # what the policy did: keep | fix | drop | fail
+
+
+def problem(code: str, message: str, line: int | None = None, message_index: int | None = None) -> Problem:
+    return Problem(code, CODES[code].severity, message, line, message_index)
+
+
+def codes_markdown() -> str:
+    """The documentation page for every code, generated from this registry."""
+    out = [
+        "# Problem codes",
+        "",
+        "Generated from `service/core/problems.py` by `tuneset codes --markdown`; do not edit by hand.",
+        "",
+        "Every problem carries `code`, `severity`, `message`, the 1-based `line` of the example and the",
+        "0-based `message_index` (both null when the problem is about the whole file). A policy per code",
+        "chooses what a build does: `keep` (report only), `fix`, `drop` (drop the example) or `fail`.",
+        "Defaults change nothing the provider would accept: warnings are kept, errors fail.",
+        "",
+    ]
+    for layer in ("schema", "structure", "budget"):
+        out += [
+            f"## {layer}",
+            "",
+            "| code | severity | default | actions | meaning | fix |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in _CODES:
+            if c.layer == layer:
+                acts = ", ".join(a.value for a in c.actions)
+                fix = c.fix or "—"
+                out.append(
+                    f"| `{c.code}` | {c.severity} | {c.default.value} | {acts} | {c.summary} | {fix} |"
+                )
+        out.append("")
+    return "\n".join(out)

@@ -1,0 +1,342 @@
+"""The schema layer: the rules the provider's own file validation applies.
+
+Two paths reach the same answer. The fast path decodes a line straight into the Structs
+(msgspec rejects unknown keys and wrong types) and then applies the rules a type cannot
+express. Only when that decode fails does the slow path walk the generic JSON value to say
+*every* thing that is wrong, with the message index and a sentence a person understands,
+and build a cleaned copy so later layers can still count tokens for the report.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import msgspec
+
+from service.core.conversation import (
+    ROLES,
+    ChatExample,
+    FunctionCall,
+    FunctionDef,
+    ImagePart,
+    Message,
+    PreferenceExample,
+    RefusalPart,
+    TextPart,
+    Tool,
+    ToolCall,
+    image_count,
+    text_of,
+)
+from service.core.problems import Problem, problem
+from service.core.tokens import special_tokens_in
+
+MAX_IMAGES = 10
+MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight"})
+CHAT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
+PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
+
+
+def _type_name(value: Any) -> str:
+    return {
+        dict: "an object",
+        list: "a list",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), type(value).__name__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rules on decoded Structs (both paths end here)
+
+
+def check_messages(messages: list[Message], line: int | None, *, offset: int = 0) -> list[Problem]:
+    """Per-message rules a type cannot express. `offset` shifts indices (DPO outputs follow the input)."""
+    out: list[Problem] = []
+    images = 0
+    for i, m in enumerate(messages, offset):
+        role = m.role
+        if role not in ROLES:
+            msg = f"message {i} has no role" if not role else f"message {i} has unknown role {role!r}"
+            out.append(
+                problem(
+                    "unknown_role", msg + " (expected system, user, assistant, tool or function)", line, i
+                )
+            )
+            continue
+        content = m.content
+        if content is None:
+            if not (role == "assistant" and (m.tool_calls or m.function_call)):
+                out.append(problem("missing_content", f"{role} message {i} has no content", line, i))
+        elif type(content) is not str:
+            out.extend(_check_parts(m, i, line))
+            images += image_count(m)
+        if m.weight is not None:
+            if role != "assistant":
+                out.append(
+                    problem(
+                        "weight_on_non_assistant",
+                        f"{role} message {i} has `weight`; only assistant messages may",
+                        line,
+                        i,
+                    )
+                )
+            elif m.weight not in (0, 1):
+                out.append(
+                    problem(
+                        "invalid_weight", f"message {i} has weight {m.weight}; it must be 0 or 1", line, i
+                    )
+                )
+        if role == "tool" and not m.tool_call_id:
+            out.append(problem("missing_tool_call_id", f"tool message {i} has no `tool_call_id`", line, i))
+        if role != "assistant" and (m.tool_calls or m.function_call):
+            out.append(
+                problem(
+                    "invalid_field", f"{role} message {i} has tool calls; only the assistant may", line, i
+                )
+            )
+        if role != "tool" and m.tool_call_id is not None:
+            out.append(
+                problem(
+                    "invalid_field", f"{role} message {i} has `tool_call_id`; only tool messages may", line, i
+                )
+            )
+        found = special_tokens_in(text_of(m)) if content is not None else []
+        if found:
+            out.append(
+                problem(
+                    "special_token_text",
+                    f"message {i} contains special-token text {', '.join(found)}",
+                    line,
+                    i,
+                )
+            )
+    if images > MAX_IMAGES:
+        out.append(
+            problem(
+                "too_many_images", f"the example has {images} images; at most {MAX_IMAGES} are allowed", line
+            )
+        )
+    return out
+
+
+def _check_parts(m: Message, i: int, line: int | None) -> list[Problem]:
+    parts = m.content
+    assert isinstance(parts, list)
+    out: list[Problem] = []
+    if not parts:
+        out.append(
+            problem("missing_content", f"{m.role} message {i} has an empty list of content parts", line, i)
+        )
+    kinds = {type(p) for p in parts}
+    if ImagePart in kinds and m.role != "user":
+        out.append(
+            problem("invalid_content", f"{m.role} message {i} has an image; only user messages may", line, i)
+        )
+    if RefusalPart in kinds and (m.role != "assistant" or len(parts) != 1):
+        out.append(
+            problem(
+                "invalid_content",
+                f"message {i}: a refusal part must be the only part of an assistant message",
+                line,
+                i,
+            )
+        )
+    if m.role in ("system", "tool") and kinds - {TextPart}:
+        out.append(problem("invalid_content", f"{m.role} message {i} may only have text parts", line, i))
+    return out
+
+
+def check_chat(example: ChatExample, line: int | None) -> list[Problem]:
+    if not example.messages:
+        return [problem("invalid_messages", "`messages` is empty; it needs at least one message", line)]
+    return check_messages(example.messages, line)
+
+
+def check_preference(example: PreferenceExample, line: int | None) -> list[Problem]:
+    out = check_chat(example.input, line)
+    n = len(example.input.messages)
+    for key, outputs in (
+        ("preferred_output", example.preferred_output),
+        ("non_preferred_output", example.non_preferred_output),
+    ):
+        if len(outputs) != 1 or outputs[0].role != "assistant":
+            out.append(
+                problem("invalid_preference", f"`{key}` must hold exactly one assistant message", line)
+            )
+        else:
+            out.extend(check_messages(outputs, line, offset=n))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The slow, explaining path over generic JSON values
+
+
+class _Walker:
+    def __init__(self, line: int | None) -> None:
+        self.line = line
+        self.problems: list[Problem] = []
+        self.fatal = False
+
+    def add(self, code: str, message: str, index: int | None = None) -> None:
+        self.problems.append(problem(code, message, self.line, index))
+
+    def keys(
+        self, obj: dict[str, Any], allowed: frozenset[str], code: str, where: str, index: int | None = None
+    ) -> dict[str, Any]:
+        for key in obj:
+            if key not in allowed:
+                self.add(
+                    code,
+                    f"{where} contains an extra key {key!r} (allowed: {', '.join(sorted(allowed))})",
+                    index,
+                )
+        return {k: v for k, v in obj.items() if k in allowed}
+
+    def message(self, m: Any, i: int) -> dict[str, Any] | None:
+        if not isinstance(m, dict):
+            self.add("invalid_messages", f"message {i} is {_type_name(m)}, not an object", i)
+            return None
+        m = self.keys(m, MESSAGE_KEYS, "unknown_message_key", f"message {i}", i)
+        role = m.get("role")
+        if not isinstance(role, str):
+            m["role"] = "" if role is None else str(role)
+        content = m.get("content")
+        if content is not None and not isinstance(content, str):
+            if isinstance(content, list):
+                m["content"] = self.parts(content, i)
+            else:
+                self.add(
+                    "invalid_content",
+                    f"message {i} content is {_type_name(content)}; expected a string or a list of parts",
+                    i,
+                )
+                m["content"] = ""
+        for key in ("name", "tool_call_id"):
+            if key in m and not isinstance(m[key], str):
+                self.add(
+                    "invalid_field", f"message {i} `{key}` is {_type_name(m[key])}; expected a string", i
+                )
+                del m[key]
+        if "weight" in m and type(m["weight"]) is not int:
+            # an int weight is judged on the Struct; anything else cannot even be decoded
+            w = m.pop("weight")
+            if m.get("role") == "assistant":
+                self.add("invalid_weight", f"message {i} has weight {w!r}; it must be the integer 0 or 1", i)
+            else:
+                self.add(
+                    "weight_on_non_assistant",
+                    f"{m.get('role')} message {i} has `weight`; only assistant messages may",
+                    i,
+                )
+        for key in ("tool_calls", "function_call"):
+            if key in m and m[key] is not None:
+                try:
+                    msgspec.convert(m[key], _FIELD_TYPES[key])
+                except msgspec.ValidationError as e:
+                    self.add("invalid_field", f"message {i} `{key}` is malformed: {e}", i)
+                    del m[key]
+        return cast(dict[str, Any], m)
+
+    def parts(self, parts: list[Any], i: int) -> list[Any]:
+        good: list[Any] = []
+        for j, part in enumerate(parts):
+            try:
+                msgspec.convert(part, _PART_TYPE)
+            except msgspec.ValidationError as e:
+                self.add(
+                    "invalid_content",
+                    f"message {i} content part {j} is not a valid text, image_url or refusal part: {e}",
+                    i,
+                )
+            else:
+                good.append(part)
+        return good
+
+    def chat(
+        self, obj: Any, allowed: frozenset[str] = CHAT_KEYS, where: str = "the example"
+    ) -> dict[str, Any] | None:
+        if not isinstance(obj, dict):
+            self.add("not_an_object", f"{where} is {_type_name(obj)}, not an object")
+            return None
+        if "messages" not in obj:
+            self.add("missing_messages", f"{where} is missing key 'messages'")
+            return None
+        obj = self.keys(obj, allowed, "unknown_key", where)
+        messages = obj["messages"]
+        if not isinstance(messages, list) or not messages:
+            self.add("invalid_messages", f"`messages` is {_type_name(messages)}; expected a non-empty list")
+            return None
+        cleaned = [self.message(m, i) for i, m in enumerate(messages)]
+        if any(m is None for m in cleaned):
+            return None
+        obj["messages"] = cleaned
+        for key in ("tools", "functions", "parallel_tool_calls"):
+            if key in obj:
+                try:
+                    msgspec.convert(obj[key], _FIELD_TYPES[key])
+                except msgspec.ValidationError as e:
+                    self.add("invalid_field", f"`{key}` is malformed: {e}")
+                    del obj[key]
+        return cast(dict[str, Any], obj)
+
+
+_PART_TYPE = TextPart | ImagePart | RefusalPart
+_FIELD_TYPES: dict[str, Any] = {
+    "tool_calls": list[ToolCall],
+    "function_call": FunctionCall,
+    "tools": list[Tool],
+    "functions": list[FunctionDef],
+    "parallel_tool_calls": bool,
+}
+
+
+def explain_chat(obj: Any, line: int | None) -> tuple[ChatExample | None, list[Problem]]:
+    """Every schema problem of a generic JSON value, and a cleaned example when one can be made."""
+    w = _Walker(line)
+    cleaned = w.chat(obj)
+    if cleaned is None:
+        return None, w.problems
+    try:
+        example = msgspec.convert(cleaned, ChatExample)
+    except msgspec.ValidationError as e:  # a rule the walker does not know yet: still name it
+        w.add("invalid_field", f"the example does not match the chat schema: {e}")
+        return None, w.problems
+    return example, w.problems + check_chat(example, line)
+
+
+def explain_preference(obj: Any, line: int | None) -> tuple[PreferenceExample | None, list[Problem]]:
+    w = _Walker(line)
+    if not isinstance(obj, dict):
+        w.add("not_an_object", f"the example is {_type_name(obj)}, not an object")
+        return None, w.problems
+    obj = w.keys(obj, PREFERENCE_KEYS, "unknown_key", "the example")
+    if "input" not in obj:
+        w.add("missing_messages", "the example is missing key 'input' (with its 'messages')")
+        return None, w.problems
+    chat = w.chat(obj["input"], CHAT_KEYS, "`input`")
+    outputs: dict[str, list[Any]] = {}
+    for key in ("preferred_output", "non_preferred_output"):
+        value = obj.get(key)
+        if not isinstance(value, list) or len(value) != 1:
+            w.add("invalid_preference", f"`{key}` must be a list holding exactly one assistant message")
+            continue
+        m = w.message(value[0], len(chat["messages"]) if chat else 0)
+        if m is not None:
+            outputs[key] = [m]
+    if chat is None or len(outputs) != 2:
+        return None, w.problems
+    try:
+        example = msgspec.convert({"input": chat, **outputs}, PreferenceExample)
+    except msgspec.ValidationError as e:
+        w.add("invalid_field", f"the example does not match the preference schema: {e}")
+        return None, w.problems
+    return example, w.problems + check_preference(example, line)
+
+
+def find_special_tokens(example: ChatExample) -> list[tuple[int, list[str]]]:
+    return [(i, found) for i, m in enumerate(example.messages) if (found := special_tokens_in(text_of(m)))]
