@@ -198,7 +198,7 @@ def print_report(report: pipeline.Report, file: str, console: Console) -> None:
         t.add_row(
             "estimated cost",
             f"${report.estimated_cost_usd:,.2f}  "
-            f"(${report.price_per_1m}/1M × {tok.billable_total:,} × {report.default_epochs})",
+            f"(${report.price_per_1m:g}/1M × {tok.billable_total:,} × {report.default_epochs})",
         )
     console.print(t)
     if report.problems:

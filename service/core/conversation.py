@@ -38,10 +38,10 @@ class FunctionCall(msgspec.Struct, forbid_unknown_fields=True):
     arguments: str
 
 
-class ToolCall(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class ToolCall(msgspec.Struct, forbid_unknown_fields=True):
     id: str
+    type: Literal["function"]  # required by the provider, so never defaulted (and never omitted on output)
     function: FunctionCall
-    type: Literal["function"] = "function"
 
 
 class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
@@ -61,9 +61,9 @@ class FunctionDef(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True
     strict: bool | None = None
 
 
-class Tool(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class Tool(msgspec.Struct, forbid_unknown_fields=True):
+    type: Literal["function"]
     function: FunctionDef
-    type: Literal["function"] = "function"
 
 
 class ChatExample(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):

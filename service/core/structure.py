@@ -114,11 +114,14 @@ def check_structure(example: ChatExample, line: int | None, *, preference: bool 
         out.append(problem("no_system_message", "the example has no system message", line))
     if n_assistant and messages[-1].role != "assistant":
         first_trailing = max(i for i, m in enumerate(messages) if m.role == "assistant") + 1
+        last = len(messages) - 1
+        which = (
+            f"message {last} comes" if first_trailing == last else f"messages {first_trailing}..{last} come"
+        )
         out.append(
             problem(
                 "trailing_non_assistant",
-                f"messages {first_trailing}..{len(messages) - 1} come after the last assistant message: "
-                "billed, never trained",
+                f"{which} after the last assistant message: billed, never trained",
                 line,
                 first_trailing,
             )

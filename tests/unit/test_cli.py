@@ -1,0 +1,179 @@
+"""The offline CLI: exit codes, JSON shapes, the terminal view, and all-or-nothing conversion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from service.cli import main
+from tests.conftest import jsonl, mtbench_conversations
+
+GOOD = mtbench_conversations()[:12]
+
+
+def _file(tmp_path: Path, *values: Any, name: str = "data.jsonl") -> str:
+    path = tmp_path / name
+    path.write_bytes(jsonl(*values))
+    return str(path)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Any:
+    return CliRunner().invoke(main, list(args), env=env, catch_exceptions=False)
+
+
+def test_validate_ok_exits_0_with_the_json_report(tmp_path: Path) -> None:
+    result = invoke("validate", _file(tmp_path, *GOOD), "--json", "--per-example", "--model", "gpt-4o-mini")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["examples"] == 12
+    assert report["ok"] is True
+    for key in ("problems", "tokens", "default_epochs", "estimated_cost_usd", "fixes"):
+        assert key in report
+    assert report["tokens"]["billed_total"] == sum(e["billed_tokens"] for e in report["examples_detail"])
+    assert report["tokens"]["trained_total"] == sum(e["trained_tokens"] for e in report["examples_detail"])
+    assert report["default_epochs"] == 8  # 100 // 12
+    expected_cost = report["tokens"]["billable_total"] * 8 * 3.0 / 1e6
+    assert report["estimated_cost_usd"] == pytest.approx(expected_cost)
+    assert [e["line"] for e in report["examples_detail"]] == list(range(1, 13))
+    problem = report["problems"][0]
+    assert set(problem) >= {"line", "message_index", "code", "severity", "message"}
+
+
+def test_validate_errors_exit_1_and_name_line_and_rule(tmp_path: Path) -> None:
+    bad = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 2}]
+    }
+    result = invoke("validate", _file(tmp_path, *GOOD, bad))
+    assert result.exit_code == 1
+    assert "invalid_weight" in result.output
+    assert "13" in result.output  # the line
+    as_json = json.loads(invoke("validate", _file(tmp_path, *GOOD, bad), "--json").output)
+    weight = [p for p in as_json["problems"] if p["code"] == "invalid_weight"]
+    assert weight == [
+        {
+            "code": "invalid_weight",
+            "severity": "error",
+            "message": "message 1 has weight 2; it must be 0 or 1",
+            "line": 13,
+            "message_index": 1,
+            "action": "fail",
+        }
+    ]
+
+
+def test_policy_changes_the_outcome(tmp_path: Path) -> None:
+    bad = {
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo", "weight": 2}]
+    }
+    result = invoke("validate", _file(tmp_path, *GOOD, bad), "--policy", "invalid_weight=drop", "--json")
+    assert result.exit_code == 0
+    assert json.loads(result.output)["examples_out"] == 12
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["validate", "MISSING.jsonl"],
+        ["validate", "{f}", "--model", "gpt-9"],
+        ["validate", "{f}", "--policy", "nonsense=fix"],
+        ["validate", "{f}", "--policy", "invalid_json=keep"],
+        ["validate", "{f}", "--format", "csv"],
+        ["inspect", "{f}", "--model", "gpt-4o", "--template", "harmony"],
+        ["inspect", "{f}", "--line", "99"],
+        ["validate"],
+    ],
+)
+def test_usage_errors_exit_2(tmp_path: Path, args: list[str]) -> None:
+    f = _file(tmp_path, *GOOD)
+    result = invoke(*[a.format(f=f) for a in args])
+    assert result.exit_code == 2, result.output
+
+
+def test_inspect_json_shape_and_counts(tmp_path: Path) -> None:
+    result = invoke("inspect", _file(tmp_path, *GOOD), "--line", "2", "--json")
+    assert result.exit_code == 0
+    view = json.loads(result.output)
+    assert view["line"] == 2
+    assert set(view["segments"][0]) == {"text", "token_ids", "message_index", "role", "trained", "reason"}
+    assert view["trained_tokens"] == sum(len(s["token_ids"]) for s in view["segments"] if s["trained"])
+    assert view["billed_tokens"] == sum(len(s["token_ids"]) for s in view["segments"])
+    harmony = json.loads(invoke("inspect", _file(tmp_path, *GOOD), "--template", "harmony", "--json").output)
+    assert harmony["encoding"] == "o200k_harmony"
+    assert harmony["segments"][-1]["text"] == "<|return|>"
+
+
+def test_inspect_highlights_trained_tokens_in_a_terminal(tmp_path: Path) -> None:
+    f = _file(
+        tmp_path, {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    )
+    plain = invoke("inspect", f)
+    assert "\x1b[" not in plain.output  # no escape codes when not a terminal
+    colour = invoke("inspect", f, env={"FORCE_COLOR": "1", "TERM": "xterm-256color"})
+    assert colour.exit_code == 0
+    assert "\x1b[" in colour.output
+    assert "trained" in colour.output
+
+
+def test_convert_writes_provider_jsonl_after_fixes(tmp_path: Path) -> None:
+    two_assistants = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "assistant", "content": "How can I help?"},
+        ]
+    }
+    f = _file(tmp_path, *GOOD, two_assistants)
+    out = tmp_path / "out.jsonl"
+    result = invoke("convert", f, "--to", "openai", "-o", str(out), "--policy", "consecutive_same_role=fix")
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == 13
+    assert lines[-1]["messages"][1] == {"role": "assistant", "content": "Hello.\n\nHow can I help?"}
+
+
+def test_convert_writes_nothing_when_an_example_fails(tmp_path: Path) -> None:
+    f = _file(tmp_path, *GOOD, {"messages": "nope"})
+    out = tmp_path / "out.jsonl"
+    result = invoke("convert", f, "--to", "openai", "-o", str(out))
+    assert result.exit_code == 1
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tuneset-")]
+
+
+def test_convert_sharegpt_to_openai(data_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sharegpt.jsonl"
+    result = invoke(
+        "convert", str(data_dir / "sharegpt_fastchat_dummy.json"), "--to", "openai", "-o", str(out)
+    )
+    assert result.exit_code == 0
+    lines = out.read_text().splitlines()
+    assert len(lines) == 500
+    assert json.loads(lines[0])["messages"][0] == {"role": "user", "content": "Who are you?"}
+
+
+def test_convert_to_preference(tmp_path: Path) -> None:
+    pair = {
+        "chosen": "\n\nHuman: Hi\n\nAssistant: Hello!",
+        "rejected": "\n\nHuman: Hi\n\nAssistant: Go away.",
+    }
+    f = _file(tmp_path, *[pair] * 1, *[{**pair, "chosen": pair["chosen"] + f" {i}"} for i in range(10)])
+    out = tmp_path / "dpo.jsonl"
+    result = invoke("convert", f, "--to", "preference", "-o", str(out))
+    assert result.exit_code == 0, result.output
+    first = json.loads(out.read_text().splitlines()[0])
+    assert first == {
+        "input": {"messages": [{"role": "user", "content": "Hi"}]},
+        "preferred_output": [{"role": "assistant", "content": "Hello!"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Go away."}],
+    }
+
+
+def test_codes_markdown_is_the_checked_in_page() -> None:
+    page = Path(__file__).parents[2] / "docs" / "problem-codes.md"
+    assert invoke("codes", "--markdown").output == page.read_text(), (
+        "run: tuneset codes --markdown > docs/problem-codes.md"
+    )
