@@ -147,17 +147,12 @@ class Processor:
             problems += check_structure(chat, line, preference=isinstance(example, PreferenceExample))
         for p in problems:
             p.action = self.action(p.code).value
+            if example is None and p.action not in ("drop", "fail"):
+                p.action = "fail"  # nothing usable was decoded: no fix or keep can make it writable
         actions = {p.action for p in problems}
-        if "fail" in actions or example is None:
-            if example is None:
-                for p in problems:
-                    if p.action != "drop":
-                        p.action = "fail"
-            status: Literal["ok", "dropped", "failed"] = (
-                "dropped" if "fail" not in {p.action for p in problems} else "failed"
-            )
-            return Outcome(line, status, problems, [], [])
-        if "drop" in actions:
+        if "fail" in actions:
+            return Outcome(line, "failed", problems, [], [])
+        if "drop" in actions or example is None:
             return Outcome(line, "dropped", problems, [], [])
 
         changes: list[Change] = []
