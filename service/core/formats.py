@@ -18,7 +18,7 @@ import msgspec
 
 from service.core.conversation import ChatExample, Example, PreferenceExample
 from service.core.problems import Problem, problem
-from service.core.schema_check import check_chat, check_preference, explain_chat, explain_preference
+from service.core.schema_check import explain_chat, explain_preference
 
 Format = Literal["openai", "preference", "sharegpt", "hh", "alpaca", "completion"]
 FORMATS: tuple[Format, ...] = ("openai", "preference", "sharegpt", "hh", "alpaca", "completion")
@@ -39,7 +39,9 @@ class FormatError(ValueError):
 
 
 class Record(msgspec.Struct):
-    """One input example after decoding: the example (None when unusable) and its schema problems."""
+    """One input example after decoding: the example (None when unusable) and its decoding problems.
+
+    The rules a type cannot express are `lint`'s; `pipeline.Processor` applies both."""
 
     line: int
     example: Example | None
@@ -79,7 +81,7 @@ def _decode_chat_fast(raw: bytes, line: int) -> Record:
     except msgspec.DecodeError as e:
         return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {e}", line)])
     else:
-        return Record(line, example, check_chat(example, line))
+        return Record(line, example, [])
     chat, problems = explain_chat(_any_decoder.decode(raw), line)
     return Record(line, chat, problems)
 
@@ -92,7 +94,7 @@ def _decode_preference_fast(raw: bytes, line: int) -> Record:
     except msgspec.DecodeError as e:
         return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {e}", line)])
     else:
-        return Record(line, example, check_preference(example, line))
+        return Record(line, example, [])
     pref, problems = explain_preference(_any_decoder.decode(raw), line)
     return Record(line, pref, problems)
 
@@ -247,7 +249,7 @@ def convert_value(obj: Any, fmt: Format, line: int) -> Record:
 
 def _lines(chunks: Iterable[bytes]) -> Iterator[tuple[int, bytes]]:
     for number, raw in enumerate(chunks, 1):
-        if raw.strip():
+        if raw and not raw.isspace():  # no copy of the line, unlike strip()
             yield number, raw
 
 

@@ -26,12 +26,14 @@ from service.core.accounting import (
     estimated_cost,
     truncation_loss,
 )
-from service.core.conversation import ChatExample, Example, PreferenceExample, chat_of, image_count
+from service.core.conversation import ChatExample, Example, Message, PreferenceExample
 from service.core.formats import Format, Record, read_records
+from service.core.lint import lint
 from service.core.models import ModelInfo, ModelTable, load_table
 from service.core.problems import CODES, Action, Problem, problem
 from service.core.repair import (
     Change,
+    Fixed,
     drop_empty,
     drop_leading_assistant,
     drop_trailing,
@@ -44,7 +46,6 @@ from service.core.repair import (
     split_windows,
     train_last_only,
 )
-from service.core.structure import check_structure
 
 DEFAULT_MODEL = "gpt-4o-mini"
 MAX_PROBLEM_SAMPLES = 20
@@ -112,7 +113,10 @@ class Outcome(msgspec.Struct):
     images: int = 0
 
 
-_CHAT_FIXES: list[tuple[str, Callable[[ChatExample, int | None], tuple[ChatExample, list[Change]]]]] = [
+FixStep = Callable[[ChatExample, int | None], Fixed]
+
+# The order fixes run in: in-place rewrites first, then the ones that drop, merge or move messages.
+_CHAT_FIXES: list[tuple[str, FixStep]] = [
     ("weight_on_non_assistant", remove_weight_on_non_assistant),
     ("special_token_text", remove_special_tokens),
     ("unnormalized_text", normalize_text),
@@ -122,7 +126,28 @@ _CHAT_FIXES: list[tuple[str, Callable[[ChatExample, int | None], tuple[ChatExamp
     ("assistant_first", drop_leading_assistant),
     ("trailing_non_assistant", drop_trailing),
 ]
+_REPLY_FIXES: dict[str, FixStep] = {
+    "special_token_text": remove_special_tokens,
+    "unnormalized_text": normalize_text,
+}
 _CLEANED_BY_SCHEMA = {"unknown_key": "remove_unknown_key", "unknown_message_key": "remove_unknown_key"}
+
+
+def apply_fixes(
+    chat: ChatExample, line: int | None, steps: list[FixStep], offset: int = 0
+) -> tuple[ChatExample, list[Change]]:
+    """Run fixes in order; every change's message index refers to the example as it was given."""
+    origin: list[int | None] = list(range(offset, offset + len(chat.messages)))
+    changes: list[Change] = []
+    for step in steps:
+        chat, done, kept = step(chat, line)
+        for c in done:
+            if c.message_index is not None:
+                c.message_index = origin[c.message_index]
+        if kept is not None:
+            origin = [None if k is None else origin[k] for k in kept]
+        changes.extend(done)
+    return chat, changes
 
 
 class Processor:
@@ -134,87 +159,91 @@ class Processor:
         self.model: ModelInfo = (table or load_table()).resolve(recipe.model)
         self.accountant = Accountant.for_model(self.model)
         self.seen: dict[bytes, int] = {}
+        self._actions = {code: recipe.policies.get(code) or info.default for code, info in CODES.items()}
 
     def action(self, code: str) -> Action:
-        return self.recipe.policies.get(code) or CODES[code].default
+        return self._actions[code]
 
     def process(self, record: Record) -> Outcome:
         line = record.line
         example = record.example
-        problems = list(record.problems)
-        if example is not None:
-            chat = chat_of(example)
-            problems += check_structure(chat, line, preference=isinstance(example, PreferenceExample))
+        problems = record.problems + lint(example, line) if example is not None else list(record.problems)
+        failed = dropped = False
+        fix_codes: set[str] = set()
         for p in problems:
-            p.action = self.action(p.code).value
-            if example is None and p.action not in ("drop", "fail"):
-                p.action = "fail"  # nothing usable was decoded: no fix or keep can make it writable
-        actions = {p.action for p in problems}
-        if "fail" in actions:
+            act = self._actions[p.code]
+            if example is None and act is not Action.DROP:
+                act = Action.FAIL  # nothing usable was decoded: no fix or keep can make it writable
+            p.action = act.value
+            if act is Action.FAIL:
+                failed = True
+            elif act is Action.DROP:
+                dropped = True
+            elif act is Action.FIX:
+                fix_codes.add(p.code)
+        if failed:
             return Outcome(line, "failed", problems, [], [])
-        if "drop" in actions or example is None:
+        if dropped or example is None:
             return Outcome(line, "dropped", problems, [], [])
 
         changes: list[Change] = []
-        fix_codes = {p.code for p in problems if p.action == "fix"}
-        for p in problems:
-            if p.code in _CLEANED_BY_SCHEMA and p.action == "fix":
-                changes.append(
-                    Change(
-                        _CLEANED_BY_SCHEMA[p.code],
-                        p.code,
-                        line,
-                        p.message_index,
-                        p.message.replace("contains an extra key", "had the extra key") + "; removed",
-                    )
+        fixed = example
+        if fix_codes or self.recipe.train_on == "last":
+            changes = [
+                Change(
+                    _CLEANED_BY_SCHEMA[p.code],
+                    p.code,
+                    line,
+                    p.message_index,
+                    p.message.replace("contains an extra key", "had the extra key") + "; removed",
                 )
-        fixed = self._fix(example, line, fix_codes, changes)
-        trained_before = None
-        if changes:
-            trained_before = self.accountant.example(example).trained
-        images = sum(image_count(m) for m in chat_of(fixed).messages if type(m.content) is list)
+                for p in problems
+                if p.code in _CLEANED_BY_SCHEMA and p.action == "fix"
+            ]
+            fixed = self._fix(example, line, fix_codes, changes)
+        trained_before = self.accountant.example(example).trained if changes else None
 
         outputs = self._budget(fixed, line, problems, changes)
         if outputs is None:
-            return Outcome(line, "failed", problems, changes, [], trained_before, images)
-        outputs = self._dedupe(outputs, line, problems)
-        if outputs is None:
-            status = "failed" if problems[-1].action == "fail" else "dropped"
-            return Outcome(line, status, problems, changes, [], trained_before, images)
-        if not outputs:
-            return Outcome(line, "dropped", problems, changes, [], trained_before, images)
-        return Outcome(line, "ok", problems, changes, outputs, trained_before, images)
+            return Outcome(line, "failed", problems, changes, [], trained_before)
+        images = outputs[0].tokens.images if outputs else 0
+        outputs, dup_failed = self._dedupe(outputs, line, problems)
+        status: Literal["ok", "dropped", "failed"] = (
+            "failed" if dup_failed else "ok" if outputs else "dropped"
+        )
+        return Outcome(line, status, problems, changes, outputs, trained_before, images)
 
     def _fix(self, example: Example, line: int, fix_codes: set[str], changes: list[Change]) -> Example:
-        want_last = self.recipe.train_on == "last"
-        if (
-            not fix_codes.intersection(c for c, _ in _CHAT_FIXES)
-            and "no_system_message" not in fix_codes
-            and not want_last
-        ):
-            return example
-        chat = example.input if isinstance(example, PreferenceExample) else example
-        for code, fix in _CHAT_FIXES:
-            if code in fix_codes:
-                chat, done = fix(chat, line)
-                changes.extend(done)
-        if "no_system_message" in fix_codes and self.recipe.system_prompt:
-            chat, done = insert_system(chat, line, self.recipe.system_prompt)
+        steps = [fix for code, fix in _CHAT_FIXES if code in fix_codes]
+        prompt = self.recipe.system_prompt
+        if "no_system_message" in fix_codes and prompt:
+            steps.append(lambda chat, line: insert_system(chat, line, prompt))
+        if isinstance(example, ChatExample):
+            if self.recipe.train_on == "last":
+                steps.append(train_last_only)
+            fixed, done = apply_fixes(example, line, steps)
             changes.extend(done)
-        if want_last and isinstance(example, ChatExample):
-            chat, done = train_last_only(chat, line)
+            return fixed
+        # a preference example: the prompt gets every fix, each reply the text fixes
+        chat, done = apply_fixes(example.input, line, steps)
+        changes.extend(done)
+        offset = len(example.input.messages)
+        reply_steps = [fix for code, fix in _REPLY_FIXES.items() if code in fix_codes]
+        replies: list[list[Message]] = []
+        for reply in (example.preferred_output, example.non_preferred_output):
+            fixed_reply, done = apply_fixes(ChatExample(messages=reply), line, reply_steps, offset)
             changes.extend(done)
-        if isinstance(example, PreferenceExample):
-            return msgspec.structs.replace(example, input=chat)
-        return chat
+            replies.append(fixed_reply.messages)
+        return PreferenceExample(chat, replies[0], replies[1])
 
     def _budget(
         self, example: Example, line: int, problems: list[Problem], changes: list[Change]
     ) -> list[OutputExample] | None:
         limit = self.model.max_tokens
-        tokens = self.accountant.example(example, detail=True)
+        tokens = self.accountant.example(example)
         if tokens.billed <= limit:
             return [OutputExample(line, None, example, tokens)]
+        tokens = self.accountant.example(example, detail=True)
         lost = truncation_loss(tokens, limit)
         p = problem(
             "over_token_limit",
@@ -222,7 +251,7 @@ class Processor:
             f"truncation from the end would lose {lost} of its {tokens.trained} trained tokens",
             line,
         )
-        p.action = self.action("over_token_limit").value
+        p.action = self._actions["over_token_limit"].value
         problems.append(p)
         if p.action == "fail":
             return None
@@ -241,25 +270,24 @@ class Processor:
 
     def _dedupe(
         self, outputs: list[OutputExample], line: int, problems: list[Problem]
-    ) -> list[OutputExample] | None:
+    ) -> tuple[list[OutputExample], bool]:
+        """The outputs that are not exact duplicates of earlier ones (by content hash); True: fail."""
         kept: list[OutputExample] = []
         for out in outputs:
-            digest = hashlib.blake2b(msgspec.json.encode(out.example), digest_size=16).digest()
+            digest = hashlib.sha256(msgspec.json.encode(out.example)).digest()[:16]
             first = self.seen.get(digest)
             if first is None:
                 self.seen[digest] = line
                 kept.append(out)
                 continue
             p = problem("duplicate_example", f"the example duplicates line {first}", line)
-            p.action = self.action("duplicate_example").value
+            p.action = self._actions["duplicate_example"].value
             problems.append(p)
             if p.action == "fail":
-                return None
+                return [], True
             if p.action == "keep":
                 kept.append(out)
-        if outputs and not kept:
-            return None
-        return kept
+        return kept, False
 
 
 class Stats(msgspec.Struct):
@@ -355,10 +383,12 @@ class Summary:
             self.n_dropped += 1
         else:
             self.n_failed += 1
-        self.problems.extend(outcome.problems)
-        self.counts.update(p.code for p in outcome.problems)
-        self.changes.extend(outcome.changes)
-        self.fixes.update(c.kind for c in outcome.changes)
+        if outcome.problems:
+            self.problems.extend(outcome.problems)
+            self.counts.update(p.code for p in outcome.problems)
+        if outcome.changes:
+            self.changes.extend(outcome.changes)
+            self.fixes.update(c.kind for c in outcome.changes)
         trained_now = 0
         self.images += outcome.images
         for out in outcome.outputs:

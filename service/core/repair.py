@@ -1,7 +1,10 @@
-"""Fixes: each returns a new example and a record of every change it made (what, where, why).
+"""Fixes: each returns a new example, a record of every change it made, and where each message came from.
 
-Fixes never mutate their input, so the caller can compare before and after (the report
-counts trained tokens on both sides).
+Fixes never mutate their input, so the caller can compare before and after (the report counts
+trained tokens on both sides). A fix reports `message_index` in terms of the messages it was
+given and returns `kept` (for each output message, the index of the input message it derives
+from, None for an inserted one) so that `Processor` can chain fixes and still report every
+change against the example as the caller sent it.
 """
 
 from __future__ import annotations
@@ -13,14 +16,14 @@ from itertools import accumulate
 import msgspec
 
 from service.core.conversation import ChatExample, ContentPart, Message, RefusalPart, TextPart, text_of
-from service.core.structure import is_unnormalized
+from service.core.lint import is_unnormalized
 from service.core.tokens import special_pattern, special_tokens_in
 
 replace = msgspec.structs.replace
 
 
 class Change(msgspec.Struct):
-    """One change a fix made to one example."""
+    """One change a fix made to one example: what, where (line, message index), why (the code)."""
 
     kind: str
     code: str | None
@@ -29,11 +32,16 @@ class Change(msgspec.Struct):
     detail: str
 
 
+Kept = list[int | None] | None  # None: the messages kept their positions
+Fixed = tuple[ChatExample, list[Change], Kept]
+
+
 def _with(example: ChatExample, messages: list[Message]) -> ChatExample:
     return replace(example, messages=messages)
 
 
-def _map_text(m: Message, f: Callable[[str], str]) -> Message:
+def map_text(m: Message, f: Callable[[str], str]) -> Message:
+    """The message with `f` applied to its text (string content, text and refusal parts)."""
     content = m.content
     if content is None:
         return m
@@ -50,76 +58,84 @@ def _map_text(m: Message, f: Callable[[str], str]) -> Message:
     return replace(m, content=parts)
 
 
-def remove_weight_on_non_assistant(
-    example: ChatExample, line: int | None
-) -> tuple[ChatExample, list[Change]]:
-    changes: list[Change] = []
+def _map_messages(
+    example: ChatExample,
+    line: int | None,
+    kind: str,
+    code: str,
+    fn: Callable[[int, Message], tuple[Message, str] | None],
+) -> Fixed:
+    """A fix that rewrites some messages in place: `fn` returns the new message and why, or None."""
     messages = list(example.messages)
+    changes: list[Change] = []
     for i, m in enumerate(messages):
-        if m.weight is not None and m.role != "assistant":
-            messages[i] = replace(m, weight=None)
-            changes.append(
-                Change(
-                    "remove_weight",
-                    "weight_on_non_assistant",
-                    line,
-                    i,
-                    f"removed weight {m.weight} from {m.role} message {i}",
-                )
-            )
-    return _with(example, messages), changes
+        done = fn(i, m)
+        if done is not None:
+            messages[i] = done[0]
+            changes.append(Change(kind, code, line, i, done[1]))
+    return _with(example, messages), changes, None
 
 
-def remove_special_tokens(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
-    changes: list[Change] = []
-    messages = list(example.messages)
+def remove_weight_on_non_assistant(example: ChatExample, line: int | None) -> Fixed:
+    def fix(i: int, m: Message) -> tuple[Message, str] | None:
+        if m.weight is None or m.role == "assistant":
+            return None
+        return replace(m, weight=None), f"removed weight {m.weight} from a {m.role} message"
+
+    return _map_messages(example, line, "remove_weight", "weight_on_non_assistant", fix)
+
+
+def remove_special_tokens(example: ChatExample, line: int | None) -> Fixed:
     pattern = special_pattern()
-    for i, m in enumerate(messages):
+
+    def fix(i: int, m: Message) -> tuple[Message, str] | None:
         found = special_tokens_in(text_of(m))
-        if found:
-            messages[i] = _map_text(m, lambda s: pattern.sub("", s))
-            changes.append(
-                Change(
-                    "remove_special_tokens",
-                    "special_token_text",
-                    line,
-                    i,
-                    f"removed {', '.join(found)} from message {i}",
-                )
-            )
-    return _with(example, messages), changes
+        if not found:
+            return None
+        return map_text(m, lambda s: pattern.sub("", s)), f"removed {', '.join(found)}"
+
+    return _map_messages(example, line, "remove_special_tokens", "special_token_text", fix)
 
 
-def normalize_text(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
-    changes: list[Change] = []
-    messages = list(example.messages)
-    for i, m in enumerate(messages):
-        if is_unnormalized(text_of(m)):
-            messages[i] = _map_text(m, lambda s: unicodedata.normalize("NFC", s).strip())
-            changes.append(
-                Change(
-                    "normalize_text",
-                    "unnormalized_text",
-                    line,
-                    i,
-                    f"normalized {m.role} message {i} to NFC and stripped surrounding whitespace",
-                )
-            )
-    return _with(example, messages), changes
+def normalize_text(example: ChatExample, line: int | None) -> Fixed:
+    def fix(i: int, m: Message) -> tuple[Message, str] | None:
+        if not is_unnormalized(text_of(m)):
+            return None
+        return (
+            map_text(m, lambda s: unicodedata.normalize("NFC", s).strip()),
+            f"normalized the {m.role} message to NFC and stripped surrounding whitespace",
+        )
+
+    return _map_messages(example, line, "normalize_text", "unnormalized_text", fix)
 
 
-def drop_empty(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
+def train_last_only(example: ChatExample, line: int | None) -> Fixed:
+    """`weight: 0` on every assistant message but the last."""
+    last = max((i for i, m in enumerate(example.messages) if m.role == "assistant"), default=-1)
+
+    def fix(i: int, m: Message) -> tuple[Message, str] | None:
+        if m.role != "assistant" or i == last or m.weight == 0:
+            return None
+        return replace(m, weight=0), "set weight 0: only the final assistant turn is trained"
+
+    return _map_messages(example, line, "train_last_only", None, fix)  # type: ignore[arg-type]
+
+
+def drop_empty(example: ChatExample, line: int | None) -> Fixed:
     keep: list[Message] = []
+    kept: list[int | None] = []
     changes: list[Change] = []
     for i, m in enumerate(example.messages):
-        empty = m.content is not None and not text_of(m).strip() and not m.tool_calls and m.role != "tool"
-        if empty and not (isinstance(m.content, list) and any(type(p) is not TextPart for p in m.content)):
+        only_text = isinstance(m.content, str) or all(type(p) is TextPart for p in m.content or [])
+        empty = m.content is not None and only_text and not text_of(m).strip() and not m.tool_calls
+        if empty and m.role != "tool":
             changes.append(
-                Change("drop_empty_message", "empty_content", line, i, f"dropped empty {m.role} message {i}")
+                Change("drop_empty_message", "empty_content", line, i, f"dropped an empty {m.role} message")
             )
         else:
             keep.append(m)
-    return _with(example, keep), changes
+            kept.append(i)
+    return _with(example, keep), changes, kept
 
 
 def _merge_two(a: Message, b: Message) -> Message:
@@ -139,9 +155,10 @@ def _merge_two(a: Message, b: Message) -> Message:
     return replace(a, content=content, tool_calls=calls, weight=weight)
 
 
-def merge_consecutive(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
+def merge_consecutive(example: ChatExample, line: int | None) -> Fixed:
     """Merge runs of user (or assistant) messages; a merged assistant turn is trained if any part was."""
     out: list[Message] = []
+    kept: list[int | None] = []
     changes: list[Change] = []
     for i, m in enumerate(example.messages):
         if out and m.role == out[-1].role and m.role in ("user", "assistant"):
@@ -152,45 +169,48 @@ def merge_consecutive(example: ChatExample, line: int | None) -> tuple[ChatExamp
                     "consecutive_same_role",
                     line,
                     i,
-                    f"merged {m.role} message {i} into the message before it",
+                    f"merged into the {m.role} message before it, joined by a blank line",
                 )
             )
         else:
             out.append(m)
-    return _with(example, out), changes
+            kept.append(i)
+    return _with(example, out), changes, kept
 
 
-def move_system_first(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
-    systems = [m for m in example.messages if m.role == "system"]
-    rest = [m for m in example.messages if m.role != "system"]
+def move_system_first(example: ChatExample, line: int | None) -> Fixed:
+    messages = example.messages
+    order = [i for i, m in enumerate(messages) if m.role == "system"]
+    order += [i for i, m in enumerate(messages) if m.role != "system"]
     changes = [
-        Change("move_system_first", "system_not_first", line, i, f"moved system message {i} to the front")
-        for i, m in enumerate(example.messages)
-        if m.role == "system" and any(x.role != "system" for x in example.messages[:i])
+        Change("move_system_first", "system_not_first", line, i, "moved the system message to the front")
+        for i, m in enumerate(messages)
+        if m.role == "system" and any(x.role != "system" for x in messages[:i])
     ]
-    return _with(example, systems + rest), changes
+    return _with(example, [messages[i] for i in order]), changes, list(order)
 
 
-def insert_system(example: ChatExample, line: int | None, prompt: str) -> tuple[ChatExample, list[Change]]:
+def insert_system(example: ChatExample, line: int | None, prompt: str) -> Fixed:
     if any(m.role == "system" for m in example.messages):
-        return example, []
+        return example, [], None
     change = Change(
         "insert_system_prompt",
         "no_system_message",
         line,
-        0,
-        f"inserted the configured system prompt ({len(prompt)} characters)",
+        None,
+        f"inserted the configured system prompt ({len(prompt)} characters) at the front",
     )
-    return _with(example, [Message("system", prompt), *example.messages]), [change]
+    kept: list[int | None] = [None, *range(len(example.messages))]
+    return _with(example, [Message("system", prompt), *example.messages]), [change], kept
 
 
-def drop_leading_assistant(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
+def drop_leading_assistant(example: ChatExample, line: int | None) -> Fixed:
     out: list[Message] = []
+    kept: list[int | None] = []
     changes: list[Change] = []
     seen_user = False
     for i, m in enumerate(example.messages):
-        if m.role == "user":
-            seen_user = True
+        seen_user = seen_user or m.role == "user"
         if not seen_user and m.role in ("assistant", "tool"):
             changes.append(
                 Change(
@@ -198,15 +218,16 @@ def drop_leading_assistant(example: ChatExample, line: int | None) -> tuple[Chat
                     "assistant_first",
                     line,
                     i,
-                    f"dropped {m.role} message {i} before the first user message",
+                    f"dropped a {m.role} message before the first user message",
                 )
             )
             continue
         out.append(m)
-    return _with(example, out), changes
+        kept.append(i)
+    return _with(example, out), changes, kept
 
 
-def drop_trailing(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
+def drop_trailing(example: ChatExample, line: int | None) -> Fixed:
     messages = example.messages
     last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=len(messages) - 1)
     changes = [
@@ -215,31 +236,11 @@ def drop_trailing(example: ChatExample, line: int | None) -> tuple[ChatExample, 
             "trailing_non_assistant",
             line,
             i,
-            f"dropped trailing {m.role} message {i} (billed, never trained)",
+            f"dropped a trailing {m.role} message (billed, never trained)",
         )
         for i, m in enumerate(messages[last + 1 :], last + 1)
     ]
-    return _with(example, list(messages[: last + 1])), changes
-
-
-def train_last_only(example: ChatExample, line: int | None) -> tuple[ChatExample, list[Change]]:
-    """`weight: 0` on every assistant message but the last."""
-    messages = list(example.messages)
-    last = max((i for i, m in enumerate(messages) if m.role == "assistant"), default=-1)
-    changes: list[Change] = []
-    for i, m in enumerate(messages):
-        if m.role == "assistant" and i != last and m.weight != 0:
-            messages[i] = replace(m, weight=0)
-            changes.append(
-                Change(
-                    "train_last_only",
-                    None,
-                    line,
-                    i,
-                    f"set weight 0 on assistant message {i}: only the final turn is trained",
-                )
-            )
-    return _with(example, messages), changes
+    return _with(example, list(messages[: last + 1])), changes, list(range(last + 1))
 
 
 def split_windows(
@@ -250,9 +251,11 @@ def split_windows(
     `billed` is each message's billed tokens; `fixed_cost` what every window pays regardless
     (tool definitions, the reply priming). Leading system messages go into every window.
     Each window ends on a trained assistant turn and holds as many new turns as fit, then as
-    much earlier context as fits; assistant turns that are only context get `weight: 0`, so
-    each trained turn is trained in exactly one window. A turn too long to fit even alone
-    gets a window of its own and stays over the limit (the provider then truncates it).
+    much earlier context as fits; it starts on a user message (never mid-exchange, so no
+    tool result loses its call), or on an assistant turn when no user message fits.
+    Assistant turns that are only context get `weight: 0`, so each trained turn is trained
+    in exactly one window. A turn too long to fit even alone gets a window of its own and
+    stays over the limit (the provider then truncates it).
     """
     messages = example.messages
     n_sys = 0
@@ -274,16 +277,15 @@ def split_windows(
         while k + 1 < len(targets) and cost(new_from, targets[k + 1]) <= limit:
             k += 1
             end = targets[k]
-        start = min(new_from, end)
-        if cost(start, end) > limit:  # not even the new turns fit: keep the closest context that does
-            start = end
-            while start - 1 >= n_sys and cost(start - 1, end) <= limit:
-                start -= 1
-        else:
-            while start - 1 >= n_sys and cost(start - 1, end) <= limit:
-                start -= 1
-        while start < end and messages[start].role != "user" and start < new_from:
-            start += 1  # a window's context starts on a user turn, not mid-exchange
+        # as much earlier context as fits (all of the new turns, when they fit), then back to a user turn
+        start = end
+        while start - 1 >= n_sys and cost(start - 1, end) <= limit:
+            start -= 1
+        first_user = next((i for i in range(start, end) if messages[i].role == "user"), None)
+        if first_user is not None:
+            start = first_user
+        else:  # no prompt fits: start on an assistant turn, so a tool result keeps the call it answers
+            start = next(i for i in range(start, end + 1) if messages[i].role == "assistant")
         window = list(messages[:n_sys])
         for i in range(start, end + 1):
             m = messages[i]

@@ -1,10 +1,10 @@
-"""The schema layer: the rules the provider's own file validation applies.
+"""Decoding problems: what is wrong with a line's JSON shape (keys, types), explained.
 
-Two paths reach the same answer. The fast path decodes a line straight into the Structs
-(msgspec rejects unknown keys and wrong types) and then applies the rules a type cannot
-express. Only when that decode fails does the slow path walk the generic JSON value to say
-*every* thing that is wrong, with the message index and a sentence a person understands,
-and build a cleaned copy so later layers can still count tokens for the report.
+The fast path (`formats`) decodes a line straight into the Structs; msgspec rejects unknown
+keys and wrong types. Only when that decode fails does this slow path walk the generic JSON
+value to say *every* thing that is wrong, with the message index and a sentence a person
+understands, and build a cleaned copy so the rules in `lint` and the token counts can still
+run for the report. The rules a type cannot express live in `lint`.
 """
 
 from __future__ import annotations
@@ -14,24 +14,18 @@ from typing import Any, cast
 import msgspec
 
 from service.core.conversation import (
-    ROLES,
     ChatExample,
     FunctionCall,
     FunctionDef,
     ImagePart,
-    Message,
     PreferenceExample,
     RefusalPart,
     TextPart,
     Tool,
     ToolCall,
-    image_count,
-    text_of,
 )
 from service.core.problems import Problem, problem
-from service.core.tokens import special_tokens_in
 
-MAX_IMAGES = 10
 MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight"})
 CHAT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
 PREFERENCE_KEYS = frozenset({"input", "preferred_output", "non_preferred_output"})
@@ -47,129 +41,6 @@ def _type_name(value: Any) -> str:
         float: "a number",
         type(None): "null",
     }.get(type(value), type(value).__name__)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rules on decoded Structs (both paths end here)
-
-
-def check_messages(messages: list[Message], line: int | None, *, offset: int = 0) -> list[Problem]:
-    """Per-message rules a type cannot express. `offset` shifts indices (DPO outputs follow the input)."""
-    out: list[Problem] = []
-    images = 0
-    for i, m in enumerate(messages, offset):
-        role = m.role
-        if role not in ROLES:
-            msg = f"message {i} has no role" if not role else f"message {i} has unknown role {role!r}"
-            out.append(
-                problem(
-                    "unknown_role", msg + " (expected system, user, assistant, tool or function)", line, i
-                )
-            )
-            continue
-        content = m.content
-        if content is None:
-            if not (role == "assistant" and (m.tool_calls or m.function_call)):
-                out.append(problem("missing_content", f"{role} message {i} has no content", line, i))
-        elif type(content) is not str:
-            out.extend(_check_parts(m, i, line))
-            images += image_count(m)
-        if m.weight is not None:
-            if role != "assistant":
-                out.append(
-                    problem(
-                        "weight_on_non_assistant",
-                        f"{role} message {i} has `weight`; only assistant messages may",
-                        line,
-                        i,
-                    )
-                )
-            elif m.weight not in (0, 1):
-                out.append(
-                    problem(
-                        "invalid_weight", f"message {i} has weight {m.weight}; it must be 0 or 1", line, i
-                    )
-                )
-        if role == "tool" and not m.tool_call_id:
-            out.append(problem("missing_tool_call_id", f"tool message {i} has no `tool_call_id`", line, i))
-        if role != "assistant" and (m.tool_calls or m.function_call):
-            out.append(
-                problem(
-                    "invalid_field", f"{role} message {i} has tool calls; only the assistant may", line, i
-                )
-            )
-        if role != "tool" and m.tool_call_id is not None:
-            out.append(
-                problem(
-                    "invalid_field", f"{role} message {i} has `tool_call_id`; only tool messages may", line, i
-                )
-            )
-        found = special_tokens_in(text_of(m)) if content is not None else []
-        if found:
-            out.append(
-                problem(
-                    "special_token_text",
-                    f"message {i} contains special-token text {', '.join(found)}",
-                    line,
-                    i,
-                )
-            )
-    if images > MAX_IMAGES:
-        out.append(
-            problem(
-                "too_many_images", f"the example has {images} images; at most {MAX_IMAGES} are allowed", line
-            )
-        )
-    return out
-
-
-def _check_parts(m: Message, i: int, line: int | None) -> list[Problem]:
-    parts = m.content
-    assert isinstance(parts, list)
-    out: list[Problem] = []
-    if not parts:
-        out.append(
-            problem("missing_content", f"{m.role} message {i} has an empty list of content parts", line, i)
-        )
-    kinds = {type(p) for p in parts}
-    if ImagePart in kinds and m.role != "user":
-        out.append(
-            problem("invalid_content", f"{m.role} message {i} has an image; only user messages may", line, i)
-        )
-    if RefusalPart in kinds and (m.role != "assistant" or len(parts) != 1):
-        out.append(
-            problem(
-                "invalid_content",
-                f"message {i}: a refusal part must be the only part of an assistant message",
-                line,
-                i,
-            )
-        )
-    if m.role in ("system", "tool") and kinds - {TextPart}:
-        out.append(problem("invalid_content", f"{m.role} message {i} may only have text parts", line, i))
-    return out
-
-
-def check_chat(example: ChatExample, line: int | None) -> list[Problem]:
-    if not example.messages:
-        return [problem("invalid_messages", "`messages` is empty; it needs at least one message", line)]
-    return check_messages(example.messages, line)
-
-
-def check_preference(example: PreferenceExample, line: int | None) -> list[Problem]:
-    out = check_chat(example.input, line)
-    n = len(example.input.messages)
-    for key, outputs in (
-        ("preferred_output", example.preferred_output),
-        ("non_preferred_output", example.non_preferred_output),
-    ):
-        if len(outputs) != 1 or outputs[0].role != "assistant":
-            out.append(
-                problem("invalid_preference", f"`{key}` must hold exactly one assistant message", line)
-            )
-        else:
-            out.extend(check_messages(outputs, line, offset=n))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +177,7 @@ def explain_chat(obj: Any, line: int | None) -> tuple[ChatExample | None, list[P
     except msgspec.ValidationError as e:  # a rule the walker does not know yet: still name it
         w.add("invalid_field", f"the example does not match the chat schema: {e}")
         return None, w.problems
-    return example, w.problems + check_chat(example, line)
+    return example, w.problems
 
 
 def explain_preference(obj: Any, line: int | None) -> tuple[PreferenceExample | None, list[Problem]]:
@@ -335,8 +206,4 @@ def explain_preference(obj: Any, line: int | None) -> tuple[PreferenceExample | 
     except msgspec.ValidationError as e:
         w.add("invalid_field", f"the example does not match the preference schema: {e}")
         return None, w.problems
-    return example, w.problems + check_preference(example, line)
-
-
-def find_special_tokens(example: ChatExample) -> list[tuple[int, list[str]]]:
-    return [(i, found) for i, m in enumerate(example.messages) if (found := special_tokens_in(text_of(m)))]
+    return example, w.problems

@@ -19,10 +19,10 @@ import pytest
 
 from service.core.accounting import Accountant
 from service.core.conversation import ChatExample, Message
+from service.core.lint import lint as check_structure
 from service.core.models import ModelTable, load_table
 from service.core.pipeline import OutputExample, PolicyError, Processor, Recipe, Report, run
 from service.core.problems import Action
-from service.core.structure import check_structure
 
 ACCOUNTANT = Accountant.for_model(load_table().resolve("gpt-4o-mini"))
 
@@ -208,7 +208,8 @@ def test_insert_system_prompt(tmp_path: Path) -> None:
         policies={"no_system_message": Action.FIX},
         system_prompt="Answer in one word.",
     )
-    check_fixed(r, before, after, [("insert_system_prompt", "no_system_message", 2, 0)])
+    # the inserted message has no index in the example as sent
+    check_fixed(r, before, after, [("insert_system_prompt", "no_system_message", 2, None)])
     assert "19 characters" in r.report.changes[0].detail
     assert trained(after) == trained(before)
 
@@ -345,11 +346,6 @@ def test_remove_unknown_keys(tmp_path: Path) -> None:
     assert r.report.tokens.trained_total == trained(GOOD) + trained(after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Change.message_index (and its detail) count messages of the example as earlier fixes "
-    "left it, not of the input the problems refer to",
-)
 def test_change_indices_refer_to_the_input_when_fixes_combine(tmp_path: Path) -> None:
     before = {"messages": [SYS, u(""), u("Capital of France?"), u("One word."), a("Paris.")]}
     after = {"messages": [SYS, u("Capital of France?\n\nOne word."), a("Paris.")]}
@@ -375,11 +371,6 @@ PREF = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Processor._fix applies chat fixes to a preference example's `input` only; a problem in "
-    "`preferred_output` is reported as fixed and written unchanged",
-)
 def test_special_token_fix_reaches_the_preferred_output(tmp_path: Path) -> None:
     before = {**PREF, "preferred_output": [a("4.<|endoftext|>")], "non_preferred_output": [a("6.")]}
     after = {**PREF, "non_preferred_output": [a("6.")]}
@@ -511,11 +502,6 @@ def test_split_windows_exactly(tmp_path: Path) -> None:
     assert windows == _split([u1, a1], [u2, a2, u3, a3], [u4, a4, u5, a5])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: split_windows starts a window mid-exchange (on a weight-0 assistant turn) when the "
-    "new turns do not all fit; the user-turn alignment only applies to context before new_from",
-)
 def test_split_windows_start_on_a_user_turn_when_new_turns_do_not_fit(tmp_path: Path) -> None:
     _, u1, a1, u2, a2, u3, a3, u4, a4, u5, a5 = LONG["messages"]
     limit = 60
@@ -545,11 +531,6 @@ WITH_TOOLS = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: split_windows drops the assistant tool call from a window's context (to start it on a "
-    "user turn) but keeps the tool result that answers it: the window fails unmatched_tool_call_id",
-)
 def test_split_windows_keep_a_tool_result_with_its_call(tmp_path: Path) -> None:
     sys_, _u1, _a1, u2, call, result, final = WITH_TOOLS["messages"]
 
