@@ -237,12 +237,21 @@ def print_report(report: pipeline.Report, file: str, console: Console) -> None:
 
 
 def view_for(
-    example: ChatExample | PreferenceExample, model: str | None, template: str | None, table: ModelTable
+    example: ChatExample | PreferenceExample,
+    model: str | None,
+    template: str | None,
+    table: ModelTable,
+    *,
+    train_eot: bool = True,
 ) -> TrainingView:
-    """The training view of one example for a provider model or a chat template."""
+    """The training view of one example (for DPO: the prompt and the preferred reply) for a
+    provider model or a chat template; `train_eot=False` leaves end-of-turn tokens untrained."""
     chat = chat_of(example)
     if template is not None:
-        return build_view(chat, get_template(template))
+        chosen = get_template(template)
+        if not train_eot:
+            chosen = msgspec.structs.replace(chosen, name=f"{chosen.name}-no-eot", train_end=False)
+        return build_view(chat, chosen)
     info = table.resolve(model or pipeline.DEFAULT_MODEL)
     billed = Accountant.for_model(info).example(example).billed
     return build_view(chat, provider_template(info.encoding), target=info.name, billed_tokens=billed)
@@ -261,6 +270,12 @@ def view_for(
     default=None,
     help="Chat template for token-level training instead of a provider model.",
 )
+@click.option(
+    "--train-eot/--no-train-eot",
+    default=True,
+    show_default=True,
+    help="With --template: whether the end-of-turn token of a trained turn carries loss.",
+)
 @_format_opt
 @_models_opt
 @click.option("--json", "as_json", is_flag=True, help="Print the view as JSON.")
@@ -269,6 +284,7 @@ def inspect(
     line_no: int | None,
     model: str | None,
     template: str | None,
+    train_eot: bool,
     fmt: str,
     models: str | None,
     as_json: bool,
@@ -283,7 +299,7 @@ def inspect(
             click.echo(f"line {p.line}: {p.code}: {p.message}", err=True)
         sys.exit(1)
     try:
-        view = view_for(record.example, model, template, table)
+        view = view_for(record.example, model, template, table, train_eot=train_eot)
     except (ModelError, TemplateError) as e:
         _usage(str(e))
     if as_json:

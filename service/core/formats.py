@@ -73,30 +73,26 @@ def detect_format(obj: Any) -> Format | None:
     return None
 
 
-def _decode_chat_fast(raw: bytes, line: int) -> Record:
-    try:
-        example = _chat_decoder.decode(raw)
-    except msgspec.ValidationError:
-        pass
-    except msgspec.DecodeError as e:
-        return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {e}", line)])
-    else:
-        return Record(line, example, [])
-    chat, problems = explain_chat(_any_decoder.decode(raw), line)
-    return Record(line, chat, problems)
+def _invalid_json(line: int, error: msgspec.DecodeError) -> Record:
+    return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {error}", line)])
 
 
-def _decode_preference_fast(raw: bytes, line: int) -> Record:
+def decode_line(raw: bytes, line: int, fmt: Format) -> Record:
+    """One JSONL line as a Record. OpenAI lines try a typed decode first (the fast path); only
+    a line it rejects is decoded generically and explained."""
+    typed = _chat_decoder if fmt == "openai" else _pref_decoder if fmt == "preference" else None
+    if typed is not None:
+        try:
+            return Record(line, typed.decode(raw), [])
+        except msgspec.ValidationError:
+            pass  # valid JSON of the wrong shape, or malformed past the point the types failed: explain
+        except msgspec.DecodeError as e:
+            return _invalid_json(line, e)
     try:
-        example = _pref_decoder.decode(raw)
-    except msgspec.ValidationError:
-        pass
+        obj = _any_decoder.decode(raw)
     except msgspec.DecodeError as e:
-        return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {e}", line)])
-    else:
-        return Record(line, example, [])
-    pref, problems = explain_preference(_any_decoder.decode(raw), line)
-    return Record(line, pref, problems)
+        return _invalid_json(line, e)
+    return convert_value(obj, fmt, line)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,39 +268,39 @@ def sniff(first: bytes) -> Format:
 def read_records(
     lines: Iterable[bytes], fmt: Format | None = None, on_format: Callable[[Format], None] | None = None
 ) -> Iterator[Record]:
-    """Decode JSONL lines (or a JSON array spread over them) into Records, streaming.
+    """Decode JSONL lines, or one JSON array (on one line or spread over many), into Records.
 
-    `on_format` hears the format once it is known (detected from the first example)."""
+    JSONL streams line by line; a JSON array file is decoded whole. A file is taken for an
+    array when its first line starts with `[` and either is not valid JSON on its own (the
+    array spans lines) or is the only line. `on_format` hears the format once it is known
+    (detected from the first example unless given)."""
     it = _lines(lines)
     first = next(it, None)
     if first is None:
         return
-    if first[1].lstrip()[:1] == b"[":
-        yield from _read_array(first[1], list(it), fmt, on_format)
-        return
-    if fmt is None:
-        fmt = _detect_jsonl(first[1])
+    number, raw = first
+    if raw.lstrip()[:1] == b"[":
+        second = next(it, None)
+        head_alone = _decodes(raw)
+        if second is None or not head_alone:
+            rest = [raw] + ([second[1]] if second else []) + [r for _, r in it]
+            yield from _read_array(b"\n".join(rest), fmt, on_format)
+            return
+        it = _chain(second, it)
+    chosen = fmt or _detect_jsonl(raw)
     if on_format is not None:
-        on_format(fmt)
-    if fmt == "openai":
-        yield _decode_chat_fast(first[1], first[0])
-        for number, raw in it:
-            yield _decode_chat_fast(raw, number)
-        return
-    if fmt == "preference":
-        yield _decode_preference_fast(first[1], first[0])
-        for number, raw in it:
-            yield _decode_preference_fast(raw, number)
-        return
-    for number, raw in _chain(first, it):
-        try:
-            obj = _any_decoder.decode(raw)
-        except msgspec.DecodeError as e:
-            yield Record(
-                number, None, [problem("invalid_json", f"line {number} is not valid JSON: {e}", number)]
-            )
-            continue
-        yield convert_value(obj, fmt, number)
+        on_format(chosen)
+    yield decode_line(raw, number, chosen)
+    for number, raw in it:
+        yield decode_line(raw, number, chosen)
+
+
+def _decodes(raw: bytes) -> bool:
+    try:
+        _any_decoder.decode(raw)
+    except msgspec.DecodeError:
+        return False
+    return True
 
 
 def _chain(first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]) -> Iterator[tuple[int, bytes]]:
@@ -320,9 +316,8 @@ def _detect_jsonl(first: bytes) -> Format:
 
 
 def _read_array(
-    head: bytes, rest: list[tuple[int, bytes]], fmt: Format | None, on_format: Callable[[Format], None] | None
+    raw: bytes, fmt: Format | None, on_format: Callable[[Format], None] | None
 ) -> Iterator[Record]:
-    raw = b"\n".join([head, *(r for _, r in rest)])
     try:
         items = _any_decoder.decode(raw)
     except msgspec.DecodeError as e:

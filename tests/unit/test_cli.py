@@ -177,3 +177,14 @@ def test_codes_markdown_is_the_checked_in_page() -> None:
     assert invoke("codes", "--markdown").output == page.read_text(), (
         "run: tuneset codes --markdown > docs/problem-codes.md"
     )
+
+
+def test_inspect_end_of_turn_training_is_configurable(tmp_path: Path) -> None:
+    f = _file(tmp_path, *GOOD)
+    on = json.loads(invoke("inspect", f, "--template", "chatml", "--json").output)
+    off = json.loads(invoke("inspect", f, "--template", "chatml", "--no-train-eot", "--json").output)
+    assistant_turns = sum(1 for m in GOOD[0]["messages"] if m["role"] == "assistant")
+    assert on["trained_tokens"] - off["trained_tokens"] == assistant_turns
+    ends = [s for s in off["segments"] if s["text"] == "<|im_end|>"]
+    assert ends
+    assert not any(s["trained"] for s in ends)
