@@ -1,8 +1,9 @@
 """The `tuneset` command line. The offline commands (validate, inspect, convert, codes, models)
 need no server: they run the core directly on a file.
 
-Exit status: 0 when no example has an error (after the chosen policies), 1 when some do,
-2 on usage errors (bad options, unknown model or code, unreadable file). click gives the 2.
+Exit status: 0 when no example has an error (after the chosen policies), 1 when some do or
+the file as a whole breaks a provider rule (too few examples), 2 on usage errors (bad
+options, unknown model or code, unreadable file). click gives the 2.
 """
 
 from __future__ import annotations
