@@ -254,8 +254,11 @@ def view_for(
             chosen = msgspec.structs.replace(chosen, name=f"{chosen.name}-no-eot", train_end=False)
         return build_view(chat, chosen)
     info = table.resolve(model or pipeline.DEFAULT_MODEL)
-    billed = Accountant.for_model(info).example(example).billed
-    return build_view(chat, provider_template(info.encoding), target=info.name, billed_tokens=billed)
+    billed = Accountant.for_model(info).chat(chat).billed  # the same scope as the view
+    view = build_view(chat, provider_template(info.encoding), target=info.name, billed_tokens=billed)
+    if isinstance(example, PreferenceExample):
+        view.notes.append("a preference example: shown and counted as its prompt with the preferred reply")
+    return view
 
 
 @main.command()
@@ -358,6 +361,8 @@ def print_view(view: TrainingView, line: int, console: Console) -> None:
             seg.reason,
         )
     console.print(t)
+    for note in view.notes:
+        console.print(f"note: {note}")
     console.print(
         Text.assemble(
             "billed tokens ",
@@ -426,29 +431,33 @@ def convert(
     table = _table(models)
     recipe = _recipe(model, fmt, policies, system_prompt, train_on, table)
     out_path = Path(output)
-    fd, tmp_name = tempfile.mkstemp(prefix=".tuneset-", suffix=".jsonl", dir=out_path.parent or ".")
+    if not out_path.parent.is_dir():
+        _usage(f"cannot write {out_path}: {out_path.parent} is not a directory")
+    fd, tmp_name = tempfile.mkstemp(prefix=".tuneset-", suffix=".jsonl", dir=out_path.parent)
     wrong_kind: list[int] = []
-    with os.fdopen(fd, "wb") as sink_file:
+    ok = False
+    try:
+        with os.fdopen(fd, "wb") as sink_file:
 
-        def sink(out: pipeline.OutputExample) -> None:
-            example = out.example
-            if target == "openai":
-                sink_file.write(_json.encode(chat_of(example)) + b"\n")
-            elif isinstance(example, PreferenceExample):
-                sink_file.write(_json.encode(example) + b"\n")
-            else:
-                wrong_kind.append(out.line)
+            def sink(out: pipeline.OutputExample) -> None:
+                example = out.example
+                if target == "openai":
+                    sink_file.write(_json.encode(chat_of(example)) + b"\n")
+                elif isinstance(example, PreferenceExample):
+                    sink_file.write(_json.encode(example) + b"\n")
+                else:
+                    wrong_kind.append(out.line)
 
-        try:
-            report = pipeline.run(_lines(file), recipe, sink=sink, table=table)
-        except FormatError as e:
+            try:
+                report = pipeline.run(_lines(file), recipe, sink=sink, table=table)
+            except FormatError as e:
+                _usage(str(e))
+        ok = report.ok and not wrong_kind
+        if ok:
+            os.replace(tmp_name, out_path)
+    finally:
+        if not ok:  # nothing half-written, whatever went wrong
             os.unlink(tmp_name)
-            _usage(str(e))
-    ok = report.ok and not wrong_kind
-    if ok:
-        os.replace(tmp_name, out_path)
-    else:
-        os.unlink(tmp_name)
     if as_json:
         _out(report)
     else:

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from service.core.conversation import ChatExample, Example, PreferenceExample
-from service.core.problems import Problem, problem
+from service.core.problems import Change, Problem, problem
 from service.core.schema_check import explain_chat, explain_preference
 
 Format = Literal["openai", "preference", "sharegpt", "hh", "alpaca", "completion"]
@@ -46,6 +46,7 @@ class Record(msgspec.Struct):
     line: int
     example: Example | None
     problems: list[Problem]
+    cleaned: list[Change] = []  # what decoding removed to make the example usable (unknown keys, ...)
 
 
 _chat_decoder = msgspec.json.Decoder(ChatExample)
@@ -73,8 +74,23 @@ def detect_format(obj: Any) -> Format | None:
     return None
 
 
-def _invalid_json(line: int, error: msgspec.DecodeError) -> Record:
-    return Record(line, None, [problem("invalid_json", f"line {line} is not valid JSON: {error}", line)])
+# What decoding untrusted bytes can raise: malformed JSON, invalid UTF-8 inside a string (msgspec
+# raises UnicodeDecodeError for it), and nesting deep enough to exhaust the recursion limit.
+DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+def _why(error: Exception) -> str:
+    if isinstance(error, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {error.start}"
+    if isinstance(error, RecursionError):
+        return "nested too deeply"
+    return str(error)
+
+
+def _invalid_json(line: int, error: Exception) -> Record:
+    return Record(
+        line, None, [problem("invalid_json", f"line {line} is not valid JSON: {_why(error)}", line)]
+    )
 
 
 def decode_line(raw: bytes, line: int, fmt: Format) -> Record:
@@ -86,11 +102,11 @@ def decode_line(raw: bytes, line: int, fmt: Format) -> Record:
             return Record(line, typed.decode(raw), [])
         except msgspec.ValidationError:
             pass  # valid JSON of the wrong shape, or malformed past the point the types failed: explain
-        except msgspec.DecodeError as e:
+        except DECODE_ERRORS as e:
             return _invalid_json(line, e)
     try:
         obj = _any_decoder.decode(raw)
-    except msgspec.DecodeError as e:
+    except DECODE_ERRORS as e:
         return _invalid_json(line, e)
     return convert_value(obj, fmt, line)
 
@@ -111,6 +127,7 @@ SHAREGPT_ROLES = {
     "tool": "tool",
     "observation": "tool",
     "function_response": "tool",
+    "function_call": "assistant",
 }
 
 
@@ -120,6 +137,7 @@ def _sharegpt(obj: dict[str, Any], line: int) -> tuple[Any, list[Problem]]:
         return None, [problem("missing_messages", "the example has no 'conversations' list", line)]
     messages: list[Any] = []
     problems: list[Problem] = []
+    last_call: str | None = None
     if isinstance(obj.get("system"), str) and obj["system"]:
         messages.append({"role": "system", "content": obj["system"]})
     for i, turn in enumerate(convo, len(messages)):
@@ -139,11 +157,31 @@ def _sharegpt(obj: dict[str, Any], line: int) -> tuple[Any, list[Problem]]:
                 )
             )
             role = "user"
-        m: dict[str, Any] = {"role": role, "content": turn.get("value")}
-        if role == "tool":
-            m["tool_call_id"] = str(turn.get("tool_call_id", f"call_{i}"))
+        value = turn.get("value")
+        m: dict[str, Any] = {"role": role, "content": value}
+        if role == "assistant" and who == "function_call":
+            call = _sharegpt_call(value, f"call_{i}")
+            if call is not None:
+                m = {"role": "assistant", "tool_calls": [call]}
+                last_call = call["id"]
+        elif role == "tool":
+            m["tool_call_id"] = str(turn.get("tool_call_id") or last_call or "")
         messages.append(m)
     return {"messages": messages}, problems
+
+
+def _sharegpt_call(value: Any, call_id: str) -> dict[str, Any] | None:
+    """A ShareGPT `function_call` turn (`{"name": ..., "arguments": ...}` as JSON text) as a tool call."""
+    try:
+        spec = msgspec.json.decode(value) if isinstance(value, str) else None
+    except DECODE_ERRORS:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        return None
+    arguments = spec.get("arguments", {})
+    if not isinstance(arguments, str):
+        arguments = msgspec.json.encode(arguments).decode()
+    return {"id": call_id, "type": "function", "function": {"name": spec["name"], "arguments": arguments}}
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant): ?")
@@ -221,22 +259,16 @@ _CONVERTERS = {"sharegpt": _sharegpt, "hh": _hh, "alpaca": _alpaca, "completion"
 def convert_value(obj: Any, fmt: Format, line: int) -> Record:
     """One decoded value of any format as a Record."""
     if fmt == "openai":
-        chat, problems = explain_chat(obj, line)
-        return Record(line, chat, problems)
+        return Record(line, *explain_chat(obj, line))
     if fmt == "preference":
-        pref, problems = explain_preference(obj, line)
-        return Record(line, pref, problems)
+        return Record(line, *explain_preference(obj, line))
     if not isinstance(obj, dict):
         return Record(line, None, [problem("not_an_object", "the example is not an object", line)])
     value, problems = _CONVERTERS[fmt](obj, line)
     if value is None:
         return Record(line, None, problems)
-    example: Example | None
-    if "input" in value:
-        example, more = explain_preference(value, line)
-    else:
-        example, more = explain_chat(value, line)
-    return Record(line, example, problems + more)
+    example, more, cleaned = (explain_preference if "input" in value else explain_chat)(value, line)
+    return Record(line, example, problems + more, cleaned)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,8 +285,8 @@ def sniff(first: bytes) -> Format:
     """The format of an input, from its first example; FormatError when nothing fits."""
     try:
         obj = _any_decoder.decode(first)
-    except msgspec.DecodeError as e:
-        raise FormatError(f"cannot detect the format: the first example is not valid JSON ({e})") from e
+    except DECODE_ERRORS as e:
+        raise FormatError(f"cannot detect the format: the first example is not valid JSON ({_why(e)})") from e
     if isinstance(obj, list):
         obj = obj[0] if obj else None
     fmt = detect_format(obj)
@@ -279,6 +311,7 @@ def read_records(
     if first is None:
         return
     number, raw = first
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark, as some editors write
     if raw.lstrip()[:1] == b"[":
         second = next(it, None)
         head_alone = _decodes(raw)
@@ -287,10 +320,19 @@ def read_records(
             yield from _read_array(b"\n".join(rest), fmt, on_format)
             return
         it = _chain(second, it)
-    chosen = fmt or _detect_jsonl(raw)
+    head = [(number, raw)]
+    chosen = fmt or _detect(raw)
+    while chosen is None and len(head) < DETECT_LINES:  # detect from the first line that decodes
+        following = next(it, None)
+        if following is None:
+            break
+        head.append(following)
+        chosen = _detect(following[1])
+    chosen = chosen or "openai"  # the native format: its checks then name what is wrong with each line
     if on_format is not None:
         on_format(chosen)
-    yield decode_line(raw, number, chosen)
+    for number, raw in head:
+        yield decode_line(raw, number, chosen)
     for number, raw in it:
         yield decode_line(raw, number, chosen)
 
@@ -298,7 +340,7 @@ def read_records(
 def _decodes(raw: bytes) -> bool:
     try:
         _any_decoder.decode(raw)
-    except msgspec.DecodeError:
+    except DECODE_ERRORS:
         return False
     return True
 
@@ -308,11 +350,14 @@ def _chain(first: tuple[int, bytes], rest: Iterator[tuple[int, bytes]]) -> Itera
     yield from rest
 
 
-def _detect_jsonl(first: bytes) -> Format:
+DETECT_LINES = 100  # lines read ahead at most to find one whose format is recognisable
+
+
+def _detect(raw: bytes) -> Format | None:
     try:
-        return sniff(first)
+        return sniff(raw)
     except FormatError:
-        return "openai"  # the native format: its schema check then names what is wrong with the line
+        return None
 
 
 def _read_array(
@@ -320,8 +365,8 @@ def _read_array(
 ) -> Iterator[Record]:
     try:
         items = _any_decoder.decode(raw)
-    except msgspec.DecodeError as e:
-        yield Record(1, None, [problem("invalid_json", f"the JSON array is not valid JSON: {e}", 1)])
+    except DECODE_ERRORS as e:
+        yield Record(1, None, [problem("invalid_json", f"the JSON array is not valid JSON: {_why(e)}", 1)])
         return
     if not isinstance(items, list):
         yield Record(1, None, [problem("not_an_object", "the file is neither JSONL nor a JSON array", 1)])

@@ -118,6 +118,16 @@ def _extras(m: Message, i: int, line: int | None, calls: _Calls, out: list[Probl
             )
         for call in m.tool_calls or ():
             calls.ids.add(call.id)
+            found = special_tokens_in(call.function.name + " " + call.function.arguments)
+            if found:
+                out.append(
+                    problem(
+                        "special_token_text",
+                        f"message {i} has special-token text {', '.join(found)} in a tool call",
+                        line,
+                        i,
+                    )
+                )
     if role == "tool":
         if not m.tool_call_id:
             out.append(problem("missing_tool_call_id", f"tool message {i} has no `tool_call_id`", line, i))

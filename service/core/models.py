@@ -17,6 +17,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from service.core.encodings import encoding_names
+
 MODELS_ENV = "TUNESET_MODELS"
 
 
@@ -63,21 +65,36 @@ class ModelTable:
 
 def _parse(doc: dict[str, Any], base: ModelTable | None = None) -> ModelTable:
     defaults = doc.get("defaults", {})
+    entries = doc.get("models", {})
+    if not isinstance(defaults, dict) or not isinstance(entries, dict):
+        raise ModelError("a model table has a [defaults] table and [models.NAME] tables")
     models = dict(base.models) if base else {}
     aliases = dict(base.aliases) if base else {}
-    for name, entry in doc.get("models", {}).items():
+    for name, entry in entries.items():
         try:
+            if not isinstance(entry, dict):
+                raise TypeError("expected a table")
             models[name] = ModelInfo(
                 name=name,
                 encoding=str(entry["encoding"]),
                 max_tokens=int(entry["max_tokens"]),
-                min_examples=int(entry.get("min_examples", defaults.get("min_examples", 10))),
+                min_examples=int(entry.get("min_examples") or defaults.get("min_examples") or 10),
                 price_per_1m=None if entry.get("price_per_1m") is None else float(entry["price_per_1m"]),
-                tools_func_init=entry.get("tools_func_init"),
+                tools_func_init=None
+                if entry.get("tools_func_init") is None
+                else int(entry["tools_func_init"]),
             )
+            names = entry.get("aliases", [])
+            if not isinstance(names, list):
+                raise TypeError("aliases must be a list of names")
         except (KeyError, TypeError, ValueError) as e:
             raise ModelError(f"model table entry {name!r} is invalid: {e}") from e
-        for alias in entry.get("aliases", []):
+        if models[name].encoding not in encoding_names():
+            raise ModelError(
+                f"model table entry {name!r} names encoding {models[name].encoding!r}; "
+                f"known: {', '.join(encoding_names())}"
+            )
+        for alias in names:
             aliases[str(alias)] = name
     return ModelTable(models, aliases)
 

@@ -30,9 +30,8 @@ from service.core.conversation import ChatExample, Example, Message, PreferenceE
 from service.core.formats import Format, Record, read_records
 from service.core.lint import lint
 from service.core.models import ModelInfo, ModelTable, load_table
-from service.core.problems import CODES, Action, Problem, problem
+from service.core.problems import CODES, Action, Change, Problem, problem
 from service.core.repair import (
-    Change,
     Fixed,
     drop_empty,
     drop_leading_assistant,
@@ -90,8 +89,8 @@ def _action(code: str, action: str) -> Action:
 
 
 def check_recipe(recipe: Recipe) -> None:
-    for code, act in recipe.policies.items():
-        _action(code, act.value)
+    """PolicyError when a policy is unknown or not allowed; plain strings become Actions."""
+    recipe.policies = {code: _action(code, str(act)) for code, act in recipe.policies.items()}
     if recipe.policies.get("no_system_message") == Action.FIX and not recipe.system_prompt:
         raise PolicyError("no_system_message=fix needs a system prompt to insert")
 
@@ -130,7 +129,6 @@ _REPLY_FIXES: dict[str, FixStep] = {
     "special_token_text": remove_special_tokens,
     "unnormalized_text": normalize_text,
 }
-_CLEANED_BY_SCHEMA = {"unknown_key": "remove_unknown_key", "unknown_message_key": "remove_unknown_key"}
 
 
 def apply_fixes(
@@ -160,6 +158,9 @@ class Processor:
         self.accountant = Accountant.for_model(self.model)
         self.seen: dict[bytes, int] = {}
         self._actions = {code: recipe.policies.get(code) or info.default for code, info in CODES.items()}
+        self._fixes = {code for code, act in self._actions.items() if act is Action.FIX}
+        if recipe.train_on == "last":
+            self._fixes.add("train_on_last")
 
     def action(self, code: str) -> Action:
         return self._actions[code]
@@ -169,41 +170,28 @@ class Processor:
         example = record.example
         problems = record.problems + lint(example, line) if example is not None else list(record.problems)
         failed = dropped = False
-        fix_codes: set[str] = set()
         for p in problems:
             act = self._actions[p.code]
             if example is None and act is not Action.DROP:
                 act = Action.FAIL  # nothing usable was decoded: no fix or keep can make it writable
             p.action = act.value
-            if act is Action.FAIL:
-                failed = True
-            elif act is Action.DROP:
-                dropped = True
-            elif act is Action.FIX:
-                fix_codes.add(p.code)
+            failed = failed or act is Action.FAIL
+            dropped = dropped or act is Action.DROP
         if failed:
             return Outcome(line, "failed", problems, [], [])
         if dropped or example is None:
             return Outcome(line, "dropped", problems, [], [])
 
-        changes: list[Change] = []
+        changes = [c for c in record.cleaned if c.code is not None and self._actions[c.code] is Action.FIX]
         fixed = example
-        if fix_codes or self.recipe.train_on == "last":
-            changes = [
-                Change(
-                    _CLEANED_BY_SCHEMA[p.code],
-                    p.code,
-                    line,
-                    p.message_index,
-                    p.message.replace("contains an extra key", "had the extra key") + "; removed",
-                )
-                for p in problems
-                if p.code in _CLEANED_BY_SCHEMA and p.action == "fix"
-            ]
-            fixed = self._fix(example, line, fix_codes, changes)
-        trained_before = self.accountant.example(example).trained if changes else None
+        if self._fixes:
+            fixed = self._fix(example, line, changes)
+            if fixed != example and not self._recheck(fixed, line, problems):
+                failed = any(p.action == "fail" for p in problems)
+                return Outcome(line, "failed" if failed else "dropped", problems, changes, [])
 
         outputs = self._budget(fixed, line, problems, changes)
+        trained_before = self.accountant.example(example).trained if changes else None
         if outputs is None:
             return Outcome(line, "failed", problems, changes, [], trained_before)
         images = outputs[0].tokens.images if outputs else 0
@@ -213,10 +201,29 @@ class Processor:
         )
         return Outcome(line, status, problems, changes, outputs, trained_before, images)
 
-    def _fix(self, example: Example, line: int, fix_codes: set[str], changes: list[Change]) -> Example:
-        steps = [fix for code, fix in _CHAT_FIXES if code in fix_codes]
+    def _recheck(self, fixed: Example, line: int, problems: list[Problem]) -> bool:
+        """Lint what the fixes made: a fix can leave an example the provider would still reject
+        (dropping the only assistant turn, emptying a text). What is new, or still fails, is
+        reported "after fixes"; False when the example cannot be written."""
+        reported = {p.code for p in problems}
+        ok = True
+        for q in lint(fixed, line):
+            act = self._actions[q.code]
+            if act is Action.FIX:  # the one round of fixes did not resolve it
+                act = Action.FAIL if q.severity == "error" else Action.KEEP
+            if act is Action.KEEP and q.code in reported:
+                continue
+            q.message = f"after fixes, {q.message}"
+            q.action = act.value
+            problems.append(q)
+            ok = ok and act is Action.KEEP
+        return ok
+
+    def _fix(self, example: Example, line: int, changes: list[Change]) -> Example:
+        """Every fix the recipe asks for, in a fixed order; fixes with nothing to do change nothing."""
+        steps = [fix for code, fix in _CHAT_FIXES if code in self._fixes]
         prompt = self.recipe.system_prompt
-        if "no_system_message" in fix_codes and prompt:
+        if "no_system_message" in self._fixes and prompt:
             steps.append(lambda chat, line: insert_system(chat, line, prompt))
         if isinstance(example, ChatExample):
             if self.recipe.train_on == "last":
@@ -228,7 +235,7 @@ class Processor:
         chat, done = apply_fixes(example.input, line, steps)
         changes.extend(done)
         offset = len(example.input.messages)
-        reply_steps = [fix for code, fix in _REPLY_FIXES.items() if code in fix_codes]
+        reply_steps = [fix for code, fix in _REPLY_FIXES.items() if code in self._fixes]
         replies: list[list[Message]] = []
         for reply in (example.preferred_output, example.non_preferred_output):
             fixed_reply, done = apply_fixes(ChatExample(messages=reply), line, reply_steps, offset)
@@ -257,6 +264,8 @@ class Processor:
             return None
         if p.action == "drop":
             return []
+        if p.action == "fix" and not isinstance(example, ChatExample):
+            p.action = "keep"  # windows are for chat examples; a DPO example is sent as it is
         if p.action == "keep" or not isinstance(example, ChatExample) or tokens.per_message is None:
             return [OutputExample(line, None, example, tokens)]
         windows, done = split_windows(

@@ -234,6 +234,16 @@ class Problem(msgspec.Struct, omit_defaults=False):
     action: str | None = None  # what the policy did: keep | fix | drop | fail
 
 
+class Change(msgspec.Struct):
+    """One change a fix made to one example: what, where (line, message index), why (the code)."""
+
+    kind: str
+    code: str | None
+    line: int | None
+    message_index: int | None
+    detail: str
+
+
 def problem(code: str, message: str, line: int | None = None, message_index: int | None = None) -> Problem:
     return Problem(code, CODES[code].severity, message, line, message_index)
 

@@ -17,19 +17,10 @@ import msgspec
 
 from service.core.conversation import ChatExample, ContentPart, Message, RefusalPart, TextPart, text_of
 from service.core.lint import is_unnormalized
+from service.core.problems import Change
 from service.core.tokens import special_pattern, special_tokens_in
 
 replace = msgspec.structs.replace
-
-
-class Change(msgspec.Struct):
-    """One change a fix made to one example: what, where (line, message index), why (the code)."""
-
-    kind: str
-    code: str | None
-    line: int | None
-    message_index: int | None
-    detail: str
 
 
 Kept = list[int | None] | None  # None: the messages kept their positions
@@ -89,10 +80,27 @@ def remove_special_tokens(example: ChatExample, line: int | None) -> Fixed:
     pattern = special_pattern()
 
     def fix(i: int, m: Message) -> tuple[Message, str] | None:
-        found = special_tokens_in(text_of(m))
+        calls = m.tool_calls or []
+        found = special_tokens_in(
+            " ".join([text_of(m), *(c.function.name + " " + c.function.arguments for c in calls)])
+        )
         if not found:
             return None
-        return map_text(m, lambda s: pattern.sub("", s)), f"removed {', '.join(found)}"
+        fixed = map_text(m, lambda s: pattern.sub("", s))
+        if calls:
+            clean = [
+                replace(
+                    c,
+                    function=replace(
+                        c.function,
+                        name=pattern.sub("", c.function.name),
+                        arguments=pattern.sub("", c.function.arguments),
+                    ),
+                )
+                for c in calls
+            ]
+            fixed = replace(fixed, tool_calls=clean)
+        return fixed, f"removed {', '.join(found)}"
 
     return _map_messages(example, line, "remove_special_tokens", "special_token_text", fix)
 
@@ -251,8 +259,9 @@ def split_windows(
     `billed` is each message's billed tokens; `fixed_cost` what every window pays regardless
     (tool definitions, the reply priming). Leading system messages go into every window.
     Each window ends on a trained assistant turn and holds as many new turns as fit, then as
-    much earlier context as fits; it starts on a user message (never mid-exchange, so no
-    tool result loses its call), or on an assistant turn when no user message fits.
+    much earlier context as fits; it starts on a user message (never mid-exchange), or when
+    no user message fits on the first message that is not a tool result (so no result loses
+    its call).
     Assistant turns that are only context get `weight: 0`, so each trained turn is trained
     in exactly one window. A turn too long to fit even alone gets a window of its own and
     stays over the limit (the provider then truncates it).
@@ -277,15 +286,18 @@ def split_windows(
         while k + 1 < len(targets) and cost(new_from, targets[k + 1]) <= limit:
             k += 1
             end = targets[k]
-        # as much earlier context as fits (all of the new turns, when they fit), then back to a user turn
+        # as much earlier context as fits (all of the new turns, when they fit) ...
         start = end
         while start - 1 >= n_sys and cost(start - 1, end) <= limit:
             start -= 1
-        first_user = next((i for i in range(start, end) if messages[i].role == "user"), None)
+        # ... then forward to a user turn, never past the first new turn: when the new turns do
+        # not all fit, only untrained messages lie between them and `end`, so skipping is safe
+        last_start = min(new_from, end) if start <= new_from else end
+        first_user = next((i for i in range(start, last_start + 1) if messages[i].role == "user"), None)
         if first_user is not None:
             start = first_user
-        else:  # no prompt fits: start on an assistant turn, so a tool result keeps the call it answers
-            start = next(i for i in range(start, end + 1) if messages[i].role == "assistant")
+        while messages[start].role == "tool" and start < end:  # never open on a result whose call is left out
+            start += 1  # (tool results are never trained: skipping one loses no training)
         window = list(messages[:n_sys])
         for i in range(start, end + 1):
             m = messages[i]

@@ -24,7 +24,7 @@ from service.core.conversation import (
     Tool,
     ToolCall,
 )
-from service.core.problems import Problem, problem
+from service.core.problems import Change, Problem, problem
 
 MESSAGE_KEYS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "weight"})
 CHAT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
@@ -51,7 +51,7 @@ class _Walker:
     def __init__(self, line: int | None) -> None:
         self.line = line
         self.problems: list[Problem] = []
-        self.fatal = False
+        self.cleaned: list[Change] = []  # what decoding already removed; a `fix` policy keeps it removed
 
     def add(self, code: str, message: str, index: int | None = None) -> None:
         self.problems.append(problem(code, message, self.line, index))
@@ -66,6 +66,8 @@ class _Walker:
                     f"{where} contains an extra key {key!r} (allowed: {', '.join(sorted(allowed))})",
                     index,
                 )
+                removed = Change("remove_unknown_key", code, self.line, index, f"removed the key {key!r}")
+                self.cleaned.append(removed)
         return {k: v for k, v in obj.items() if k in allowed}
 
     def message(self, m: Any, i: int) -> dict[str, Any] | None:
@@ -103,6 +105,9 @@ class _Walker:
                     "weight_on_non_assistant",
                     f"{m.get('role')} message {i} has `weight`; only assistant messages may",
                     i,
+                )
+                self.cleaned.append(
+                    Change("remove_weight", "weight_on_non_assistant", self.line, i, f"removed weight {w!r}")
                 )
         for key in ("tool_calls", "function_call"):
             if key in m and m[key] is not None:
@@ -166,29 +171,32 @@ _FIELD_TYPES: dict[str, Any] = {
 }
 
 
-def explain_chat(obj: Any, line: int | None) -> tuple[ChatExample | None, list[Problem]]:
+Explained = tuple[Any, list[Problem], list[Change]]
+
+
+def explain_chat(obj: Any, line: int | None) -> Explained:
     """Every schema problem of a generic JSON value, and a cleaned example when one can be made."""
     w = _Walker(line)
     cleaned = w.chat(obj)
     if cleaned is None:
-        return None, w.problems
+        return None, w.problems, w.cleaned
     try:
         example = msgspec.convert(cleaned, ChatExample)
     except msgspec.ValidationError as e:  # a rule the walker does not know yet: still name it
         w.add("invalid_field", f"the example does not match the chat schema: {e}")
-        return None, w.problems
-    return example, w.problems
+        return None, w.problems, w.cleaned
+    return example, w.problems, w.cleaned
 
 
-def explain_preference(obj: Any, line: int | None) -> tuple[PreferenceExample | None, list[Problem]]:
+def explain_preference(obj: Any, line: int | None) -> Explained:
     w = _Walker(line)
     if not isinstance(obj, dict):
         w.add("not_an_object", f"the example is {_type_name(obj)}, not an object")
-        return None, w.problems
+        return None, w.problems, w.cleaned
     obj = w.keys(obj, PREFERENCE_KEYS, "unknown_key", "the example")
     if "input" not in obj:
         w.add("missing_messages", "the example is missing key 'input' (with its 'messages')")
-        return None, w.problems
+        return None, w.problems, w.cleaned
     chat = w.chat(obj["input"], CHAT_KEYS, "`input`")
     outputs: dict[str, list[Any]] = {}
     for key in ("preferred_output", "non_preferred_output"):
@@ -200,10 +208,10 @@ def explain_preference(obj: Any, line: int | None) -> tuple[PreferenceExample | 
         if m is not None:
             outputs[key] = [m]
     if chat is None or len(outputs) != 2:
-        return None, w.problems
+        return None, w.problems, w.cleaned
     try:
         example = msgspec.convert({"input": chat, **outputs}, PreferenceExample)
     except msgspec.ValidationError as e:
         w.add("invalid_field", f"the example does not match the preference schema: {e}")
-        return None, w.problems
-    return example, w.problems
+        return None, w.problems, w.cleaned
+    return example, w.problems, w.cleaned

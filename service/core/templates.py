@@ -41,7 +41,9 @@ class ChatTemplate(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_o
     encoding: str
     description: str = ""
     header: str  # opens a message; {role}
-    name_header: str | None = None  # opens a message that has a name; {role} {name}
+    name_field: str = ""  # written after the header when the message has a name; {name}
+    call_id_field: str = ""  # written after the header when the message has a tool_call_id; {tool_call_id}
+    header_end: str = ""  # closes the header, after those fields
     role_names: dict[str, str] = {}  # rename roles when rendering (harmony: system -> developer)
     system_prefix: str = ""  # written before the system prompt's text
     assistant_header: str | None = None  # the prompt side of an assistant turn (default: header)
@@ -92,24 +94,26 @@ BUILTIN_TEMPLATES: dict[str, ChatTemplate] = {
             name="openai-o200k",
             encoding="o200k_harmony",
             description="what an o200k provider model bills (stand-in structure tokens)",
-            header="<|start|>{role}<|message|>",
-            name_header="<|start|>{role}<|message|>{name}<|message|>",
+            header="<|start|>{role}",
+            name_field="<|channel|>{name}",
+            call_id_field="<|channel|>{tool_call_id}",
+            header_end="<|message|>",
             end="<|end|>",
             tool_calls_inline=True,
             tool_call_generated="<|channel|>{name}<|channel|>",
-            tool_result_header="<|start|>{role}<|message|>{tool_call_id}<|message|>",
             priming="<|start|>assistant<|message|>",
         ),
         ChatTemplate(
             name="openai-cl100k",
             encoding="cl100k_im",
             description="what a cl100k provider model bills (stand-in structure tokens)",
-            header="<|im_start|>{role}<|im_sep|>",
-            name_header="<|im_start|>{role}<|im_sep|>{name}<|im_sep|>",
+            header="<|im_start|>{role}",
+            name_field="<|im_sep|>{name}",
+            call_id_field="<|im_sep|>{tool_call_id}",
+            header_end="<|im_sep|>",
             end="<|im_end|>",
             tool_calls_inline=True,
             tool_call_generated="<|im_sep|>{name}<|im_sep|>",
-            tool_result_header="<|im_start|>{role}<|im_sep|>{tool_call_id}<|im_sep|>",
             priming="<|im_start|>assistant<|im_sep|>",
         ),
     ]
@@ -192,7 +196,9 @@ def compile_template(template: ChatTemplate) -> Compiled:
     enc = get_encoding(template.encoding)
     literals = (
         template.header,
-        template.name_header,
+        template.name_field,
+        template.call_id_field,
+        template.header_end,
         template.assistant_header,
         template.assistant_generated,
         template.end,

@@ -37,6 +37,7 @@ class TrainingView(msgspec.Struct):
     billed_tokens: int
     trained_tokens: int
     total_tokens: int
+    notes: list[str] = []
 
     def token_ids(self) -> list[int]:
         return [t for s in self.segments for t in s.token_ids]
@@ -156,10 +157,13 @@ def render(example: ChatExample, template: ChatTemplate) -> list[Segment]:
                 )
             elif role == "assistant" and t.assistant_header is not None:
                 header = c.pieces(t.assistant_header, role=shown)
-            elif m.name is not None and t.name_header is not None:
-                header = c.pieces(t.name_header, role=shown, name=m.name)
             else:
                 header = c.pieces(t.header, role=shown)
+                if m.name is not None and t.name_field:
+                    header += c.pieces(t.name_field, name=m.name)
+                if m.tool_call_id is not None and t.call_id_field:
+                    header += c.pieces(t.call_id_field, tool_call_id=m.tool_call_id)
+                header += c.pieces(t.header_end)
             b.add(header, i, role, False, f"{shown} header (template): not trained")
             if role == "assistant" and t.assistant_generated:
                 b.add(
@@ -233,6 +237,16 @@ def build_view(
     segments = render(example, template)
     total = sum(len(s.token_ids) for s in segments)
     trained = sum(len(s.token_ids) for s in segments if s.trained)
+    notes = []
+    if example.tools or example.functions:
+        notes.append(
+            "tool definitions are not shown as segments: "
+            + (
+                "the provider bills them by its formula (in billed_tokens)"
+                if template.priming
+                else "this template does not render them"
+            )
+        )
     return TrainingView(
         target=target or template.name,
         encoding=template.encoding,
@@ -240,4 +254,5 @@ def build_view(
         billed_tokens=total if billed_tokens is None else billed_tokens,
         trained_tokens=trained,
         total_tokens=total,
+        notes=notes,
     )

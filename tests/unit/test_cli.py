@@ -188,3 +188,49 @@ def test_inspect_end_of_turn_training_is_configurable(tmp_path: Path) -> None:
     ends = [s for s in off["segments"] if s["text"] == "<|im_end|>"]
     assert ends
     assert not any(s["trained"] for s in ends)
+
+
+def test_inspect_a_preference_example_counts_one_scope(tmp_path: Path) -> None:
+    pair = {
+        "input": {"messages": [{"role": "user", "content": "What is 2+2?"}]},
+        "preferred_output": [{"role": "assistant", "content": "4"}],
+        "non_preferred_output": [{"role": "assistant", "content": "Five, probably."}],
+    }
+    view = json.loads(invoke("inspect", _file(tmp_path, pair), "--json").output)
+    assert view["billed_tokens"] == sum(len(s["token_ids"]) for s in view["segments"])
+    assert any("preferred" in n for n in view["notes"])
+
+
+@pytest.mark.parametrize(
+    "table",
+    [
+        "models = 5\n",
+        '[models.x]\nencoding = "o200k_base"\nmax_tokens = 10\naliases = 5\n',
+        '[models.x]\nencoding = "nope"\nmax_tokens = 10\n',
+        "[models.x]\nmax_tokens = 10\n",
+        "not toml [",
+    ],
+)
+def test_a_bad_model_table_is_a_usage_error(tmp_path: Path, table: str) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(table)
+    result = invoke("validate", _file(tmp_path, *GOOD), "--models", str(models))
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+
+
+def test_convert_into_a_missing_directory_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(
+        "convert", _file(tmp_path, *GOOD), "--to", "openai", "-o", str(tmp_path / "no" / "x.jsonl")
+    )
+    assert result.exit_code == 2
+
+
+def test_convert_leaves_no_temporary_file_when_input_is_undecodable(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"messages": [{"role": "user", "content": "\xff"}]}\n')
+    out = tmp_path / "out" / "x.jsonl"
+    out.parent.mkdir()
+    result = invoke("convert", str(bad), "--to", "openai", "-o", str(out))
+    assert result.exit_code == 1
+    assert list(out.parent.iterdir()) == []

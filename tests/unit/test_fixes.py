@@ -339,7 +339,7 @@ def test_remove_unknown_keys(tmp_path: Path) -> None:
     details = [c.detail for c in r.report.changes]
     assert "'metadata'" in details[0]
     assert "'lang'" in details[1]
-    assert all(d.endswith("; removed") for d in details)
+    assert all(d.startswith("removed the key") for d in details)
     assert r.report.ok
     # the unknown keys were never counted, so trained tokens are those of the cleaned example
     assert r.report.trained_tokens_before_fixes == trained(GOOD) + trained(after)
@@ -547,3 +547,30 @@ def test_split_windows_keep_a_tool_result_with_its_call(tmp_path: Path) -> None:
         [p.code for p in check_structure(example(w), None) if p.severity == "error"] for w in windows
     ] == [[]] * len(windows)
     assert sum(trained(w) for w in windows) == trained(WITH_TOOLS)
+
+
+def test_fixed_examples_are_checked_again(tmp_path: Path) -> None:
+    """A fix can leave an example the provider rejects; the recheck reports it and nothing is written."""
+    before = {"messages": [SYS, a("Hello!"), u("Bye")]}  # assistant first, then a trailing user turn
+    r = fix(before, tmp_path, policies={"assistant_first": Action.FIX, "trailing_non_assistant": Action.FIX})
+    assert 2 not in r.written
+    after = [p for p in r.report.problems if p.line == 2 and p.message.startswith("after fixes")]
+    assert [(p.code, p.action) for p in after] == [("no_assistant_message", "fail")]
+    assert not r.report.ok
+
+
+def test_a_fix_that_empties_a_turn_is_followed_by_the_empty_fix(tmp_path: Path) -> None:
+    before = {"messages": [SYS, u("Say it."), a("<|endoftext|>"), u("Again?"), a("Done.")]}
+    after = {"messages": [SYS, u("Say it.\n\nAgain?"), a("Done.")]}
+    r = fix(
+        before,
+        tmp_path,
+        policies={
+            "special_token_text": Action.FIX,
+            "empty_content": Action.FIX,
+            "consecutive_same_role": Action.FIX,
+        },
+    )
+    assert r.written == {1: [GOOD], 2: [after]}
+    assert [c[0] for c in r.changes()] == ["remove_special_tokens", "drop_empty_message", "merge_consecutive"]
+    assert [c[3] for c in r.changes()] == [2, 2, 3]  # indices of the example as sent

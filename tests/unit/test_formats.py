@@ -150,3 +150,37 @@ def test_blank_lines_keep_numbering() -> None:
     assert [r.line for r in records] == [1, 3]
     assert records[1].problems[0].code == "invalid_json"
     assert "line 3" in records[1].problems[0].message
+
+
+def test_sharegpt_function_calls_and_observations_become_tool_traffic() -> None:
+    record = _one(
+        {
+            "conversations": [
+                {"from": "human", "value": "Weather in Paris?"},
+                {"from": "function_call", "value": '{"name": "weather", "arguments": {"city": "Paris"}}'},
+                {"from": "observation", "value": '{"temp": 21}'},
+                {"from": "gpt", "value": "21 degrees."},
+            ]
+        }
+    )
+    assert record.problems == []
+    call = record.example.messages[1]
+    assert call.tool_calls[0].function.name == "weather"
+    assert json.loads(call.tool_calls[0].function.arguments) == {"city": "Paris"}
+    assert record.example.messages[2].tool_call_id == call.tool_calls[0].id
+    report = run(
+        [
+            jsonl(
+                {
+                    "conversations": [
+                        {"from": "human", "value": "q"},
+                        {"from": "function_call", "value": '{"name": "f"}'},
+                        {"from": "observation", "value": "r"},
+                        {"from": "gpt", "value": "a"},
+                    ]
+                }
+            )
+        ],
+        Recipe(),
+    )
+    assert "unmatched_tool_call_id" not in report.problem_counts

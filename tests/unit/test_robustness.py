@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -116,3 +117,90 @@ def test_malformed_json_after_a_shape_error_is_invalid_json(fmt: str) -> None:
     """msgspec's typed decode can fail on the shape before it sees the bad JSON: still invalid_json."""
     report = run([b'{"messages": Infinity, "input": Infinity}\n'], Recipe(format=parse_format(fmt)))
     assert [p.code for p in report.problems if p.line == 1] == ["invalid_json"]
+
+
+@pytest.mark.parametrize("fmt", [None, *FORMATS])
+def test_invalid_utf8_and_deep_nesting_are_invalid_json(fmt: str | None) -> None:
+    good = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    bad_utf8 = b'{"messages": [{"role": "user", "content": "\xff"}, {"role": "assistant", "content": "y"}]}\n'
+    deep = b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+    report = run([good, bad_utf8, deep], Recipe(format=parse_format(fmt)))
+    assert [(p.line, p.code) for p in report.problems if p.line in (2, 3)] == [
+        (2, "invalid_json"),
+        (3, "invalid_json"),
+    ]
+    messages = [p.message for p in report.problems if p.line in (2, 3)]
+    assert "UTF-8" in messages[0]
+    assert "deeply" in messages[1]
+
+
+def test_a_json_array_with_invalid_utf8_or_deep_nesting_is_reported() -> None:
+    bad = run([b'[{"prompt": "\xff", "completion": "b"}]'], Recipe())
+    assert [p.code for p in bad.problems if p.line] == ["invalid_json"]
+    deep = b"[" + b"[" * 5000 + b"]" * 5000 + b"]"
+    assert [p.code for p in run([deep], Recipe()).problems if p.line] == ["invalid_json"]
+
+
+def test_a_byte_order_mark_is_ignored(data_dir: Path) -> None:
+    bom = b"\xef\xbb\xbf"
+    array = (data_dir / "sharegpt_fastchat_dummy.json").read_bytes()
+    report = run([bom + array], Recipe())
+    assert (report.format, report.examples, report.examples_failed) == ("sharegpt", 500, 0)
+    line = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
+    report = run([bom + line, line.replace(b"yo", b"hey")], Recipe())
+    assert report.examples_failed == 0
+
+
+def test_the_format_is_detected_from_the_first_line_that_decodes() -> None:
+    lines = [
+        b"{not json\n",
+        *[
+            json.dumps(
+                {"conversations": [{"from": "human", "value": f"q{i}"}, {"from": "gpt", "value": "a"}]}
+            ).encode()
+            + b"\n"
+            for i in range(3)
+        ],
+    ]
+    report = run(lines, Recipe())
+    assert report.format == "sharegpt"
+    assert [(p.line, p.code) for p in report.problems if p.severity == "error" and p.line] == [
+        (1, "invalid_json")
+    ]
+
+
+def test_policies_given_as_plain_strings_in_code() -> None:
+    recipe = Recipe(policies={"consecutive_same_role": "fix"})  # type: ignore[dict-item]
+    report = run(
+        [
+            b'{"messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "assistant", "content": "c"}]}\n'
+        ],
+        recipe,
+    )
+    assert report.fixes == {"merge_consecutive": 1}
+
+
+def test_special_token_text_in_tool_calls_is_flagged() -> None:
+    line = json.dumps(
+        {
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {
+                            "id": "c",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": '{"x": "<|endoftext|>"}'},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c", "content": "ok"},
+                {"role": "assistant", "content": "done"},
+            ]
+        }
+    ).encode()
+    found = [
+        (p.code, p.message_index) for p in run([line], Recipe()).problems if p.severity == "error" and p.line
+    ]
+    assert found == [("special_token_text", 1)]

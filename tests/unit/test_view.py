@@ -154,3 +154,28 @@ def test_real_conversations_render_for_every_template() -> None:
             view = build_view(example, get_template(name))
             assert view.trained_tokens > 0
             assert view.trained_tokens < view.total_tokens
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+def test_provider_view_bills_names_and_call_ids_on_any_role(encoding: str) -> None:
+    example = chat(
+        {"role": "user", "content": "Weather?", "name": "ann"},
+        {
+            "role": "assistant",
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "name": "w", "content": "sunny"},
+        {"role": "assistant", "content": "Sunny."},
+    )
+    view = build_view(example, provider_template(encoding))
+    tokens = Accountant(encoding, 7).chat(example)
+    assert (view.total_tokens, view.trained_tokens) == (tokens.billed, tokens.trained)
+
+
+def test_provider_view_says_when_tool_definitions_are_billed_but_not_shown() -> None:
+    tools = [{"type": "function", "function": {"name": "w", "description": "Weather.", "parameters": {}}}]
+    example = chat(("user", "Weather?"), ("assistant", "Sunny."), tools=tools)
+    view = build_view(example, provider_template("o200k_base"))
+    assert view.notes
