@@ -2,8 +2,10 @@
 
 The Structs forbid unknown fields so that a strict msgspec decode of a line doubles as the
 provider's schema check (the fast path); anything it rejects goes to the slow, explaining
-validator in `schema_check`. Encoding omits defaults, so an example writes back exactly
-the keys the provider expects.
+validator in `schema_check`. Encoding omits defaults, so an example writes back exactly the
+keys the provider expects. The Structs are not tracked by the cyclic garbage collector
+(`gc=False`): values decoded from JSON cannot form reference cycles, and untracked objects
+make decoding and collection cheaper at a few hundred thousand messages a second.
 """
 
 from __future__ import annotations
@@ -13,38 +15,38 @@ from typing import Any, Literal
 import msgspec
 
 
-class TextPart(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fields=True):
+class TextPart(msgspec.Struct, tag="text", tag_field="type", forbid_unknown_fields=True, gc=False):
     text: str
 
 
-class ImageUrl(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class ImageUrl(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     url: str
     detail: Literal["auto", "low", "high"] | None = None
 
 
-class ImagePart(msgspec.Struct, tag="image_url", tag_field="type", forbid_unknown_fields=True):
+class ImagePart(msgspec.Struct, tag="image_url", tag_field="type", forbid_unknown_fields=True, gc=False):
     image_url: ImageUrl
 
 
-class RefusalPart(msgspec.Struct, tag="refusal", tag_field="type", forbid_unknown_fields=True):
+class RefusalPart(msgspec.Struct, tag="refusal", tag_field="type", forbid_unknown_fields=True, gc=False):
     refusal: str
 
 
 ContentPart = TextPart | ImagePart | RefusalPart
 
 
-class FunctionCall(msgspec.Struct, forbid_unknown_fields=True):
+class FunctionCall(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     name: str
     arguments: str
 
 
-class ToolCall(msgspec.Struct, forbid_unknown_fields=True):
+class ToolCall(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     id: str
     type: Literal["function"]  # required by the provider, so never defaulted (and never omitted on output)
     function: FunctionCall
 
 
-class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     role: str
     content: str | list[ContentPart] | None = None
     name: str | None = None
@@ -54,19 +56,19 @@ class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
     weight: int | None = None
 
 
-class FunctionDef(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class FunctionDef(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     name: str
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
 
 
-class Tool(msgspec.Struct, forbid_unknown_fields=True):
+class Tool(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     type: Literal["function"]
     function: FunctionDef
 
 
-class ChatExample(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class ChatExample(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """One supervised example: `{"messages": [...], "tools": [...], ...}`."""
 
     messages: list[Message]
@@ -75,7 +77,7 @@ class ChatExample(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True
     functions: list[FunctionDef] | None = None
 
 
-class PreferenceExample(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True):
+class PreferenceExample(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=True, gc=False):
     """One DPO example: a shared prompt and one preferred and one non-preferred assistant reply."""
 
     input: ChatExample
