@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 import msgspec
@@ -476,14 +476,12 @@ def run(
     def detected(fmt: Format) -> None:
         summary.format = fmt
 
-    for outcome in outcomes(read_records(lines, recipe.format, on_format=detected), processor):
-        summary.add(outcome)
+    process = processor.process
+    add = summary.add
+    for record in read_records(lines, recipe.format, on_format=detected):
+        outcome = process(record)
+        add(outcome)
         if sink is not None:
             for out in outcome.outputs:
                 sink(out)
     return summary.report()
-
-
-def outcomes(records: Iterable[Record], processor: Processor) -> Iterator[Outcome]:
-    for record in records:
-        yield processor.process(record)
