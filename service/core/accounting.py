@@ -77,15 +77,6 @@ class Accountant:
     def count(self, text: str) -> int:
         return count_text(self.enc, text)
 
-    def _encode_plain(self, text: str) -> list[int]:
-        """tiktoken's `encode_ordinary` without its Python wrapper (measurable at 200k calls a
-        second); the wrapper's only extra is a retry for lone surrogates, kept here."""
-        try:
-            ids: list[int] = self._core_encode(text)
-        except UnicodeEncodeError:
-            return self.enc.encode_ordinary(text)
-        return ids
-
     def _small_count(self, text: str) -> int:
         n = self._small.get(text)
         if n is None:
@@ -121,13 +112,18 @@ class Accountant:
             body += TOKENS_PER_CALL + self._small_count(fc.name) + self.count(fc.arguments)
         return body
 
+    def _name_tokens(self, m: Message) -> int:
+        """A name, or a tool_call_id, costs 1 plus its tokens."""
+        n = 0
+        if m.name is not None:
+            n += TOKENS_PER_NAME + self._small_count(m.name)
+        if m.tool_call_id is not None:
+            n += TOKENS_PER_NAME + self._small_count(m.tool_call_id)
+        return n
+
     def message(self, m: Message) -> MessageCount:
         body = self._body(m)
-        billed = TOKENS_PER_MESSAGE + self._small_count(m.role) + body
-        if m.name is not None:
-            billed += TOKENS_PER_NAME + self._small_count(m.name)
-        if m.tool_call_id is not None:
-            billed += TOKENS_PER_NAME + self._small_count(m.tool_call_id)
+        billed = TOKENS_PER_MESSAGE + self._small_count(m.role) + body + self._name_tokens(m)
         trained = body + END_OF_TURN if m.role == "assistant" and m.weight != 0 else 0
         return MessageCount(billed, trained)
 
@@ -168,7 +164,7 @@ class Accountant:
             per = None
             billed = REPLY_PRIMING + TOKENS_PER_MESSAGE * len(example.messages)
             trained = 0
-            encode = self._encode_plain
+            encode = self._core_encode  # tiktoken's encode_ordinary minus its Python wrapper
             small = self._small
             for m in example.messages:
                 content = m.content
@@ -180,17 +176,17 @@ class Accountant:
                     and m.tool_calls is None
                     and m.function_call is None
                 ):
-                    body = len(encode(content))
+                    try:
+                        body = len(encode(content))
+                    except UnicodeEncodeError:  # lone surrogates: the wrapper's own retry
+                        body = len(self.enc.encode_ordinary(content))
                 else:
                     body = self._body(m)
                     if type(content) is list:
                         images += image_count(m)
-                n = small.get(role)
-                billed += body + (n if n is not None else self._small_count(role))
-                if m.name is not None:
-                    billed += TOKENS_PER_NAME + self._small_count(m.name)
-                if m.tool_call_id is not None:
-                    billed += TOKENS_PER_NAME + self._small_count(m.tool_call_id)
+                billed += body + (small.get(role) or self._small_count(role))
+                if m.name is not None or m.tool_call_id is not None:
+                    billed += self._name_tokens(m)
                 if role == "assistant" and m.weight != 0:
                     trained += body + END_OF_TURN
         tools = self.tools(example.tools, example.functions) if example.tools or example.functions else 0

@@ -190,7 +190,7 @@ def lint_messages(
     n_assistant = roles.count("assistant")
     if n_system + n_user + n_assistant + roles.count("tool") + roles.count("function") != len(roles):
         out += _unknown_roles(messages, line, offset)
-    first_turn = next((i for i, r in enumerate(roles) if r != "system"), -1)
+    first_turn = 0 if not n_system else next((i for i, r in enumerate(roles) if r != "system"), -1)
     if n_system and (n_system > 1 or (first_turn >= 0 and roles.index("system") > first_turn)):
         seen = 0
         for i, r in enumerate(roles):
@@ -214,7 +214,7 @@ def lint_messages(
                             i + offset,
                         )
                     )
-    calls = _Calls()
+    calls: _Calls | None = None
     images = 0
     previous = ""
     for i, m in enumerate(messages, offset):
@@ -233,6 +233,7 @@ def lint_messages(
             or m.function_call is not None
             or role == "tool"
         ):
+            calls = calls or _Calls()
             _extras(m, i, line, calls, out)
         content = m.content
         if type(content) is str:
@@ -247,8 +248,9 @@ def lint_messages(
             if all(type(p) is ImagePart for p in content):
                 continue  # image-only: no text to judge
             text = text_of(m)
-        # the common case, decided without a call: ASCII, no surrounding whitespace, no `<|`
-        if text and not text[0].isspace() and not text[-1].isspace() and "<|" not in text and text.isascii():
+        # the common case, decided without a call: ASCII (an O(1) flag), nothing to strip (strip()
+        # returns the very same object then), no `<|`
+        if text and text.isascii() and text.strip() is text and "<|" not in text:
             continue
         _text(text, role, i, line, out, bool(m.tool_calls))
 
@@ -262,7 +264,7 @@ def lint_messages(
         return out
     if n_assistant == 0:
         out.append(problem("no_assistant_message", "the example has no assistant message", line))
-    elif n_assistant == calls.untrained_assistants:
+    elif calls is not None and n_assistant == calls.untrained_assistants:
         out.append(
             problem(
                 "no_trainable_assistant", "every assistant message has weight 0: nothing is trained", line
