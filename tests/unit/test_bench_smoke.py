@@ -35,7 +35,7 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path, capsys: pytest.Capt
 
     for label in ("(a)", "(b)", "(c)"):
         figure(out, rf"^{re.escape(label)} .*? {NUMBER} MB/s")
-        figure(out, rf"^{re.escape(label)} .*? MB/s   best {NUMBER} s")
+        figure(out, rf"^{re.escape(label)} .*? MB/s   best {NUMBER} CPU s")
     figure(out, rf"\(c\)/\(a\) = {NUMBER}")
     figure(out, rf"\(c\)/\(b\) = {NUMBER}")
     assert "(agree)" in out  # tuneset's billed tokens equal the cookbook's on the same file
