@@ -15,7 +15,7 @@ $(UV):
 	.tools/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
 install: $(UV)  ## Install the locked dependencies into .venv
-	$(UV) sync --locked --quiet
+	$(UV) sync --locked --all-extras --quiet
 
 lint: install  ## ruff and mypy --strict
 	$(UV) run --locked ruff check .

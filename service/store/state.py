@@ -1,0 +1,259 @@
+"""Redis state: API keys, datasets, jobs (one hash each), job events (one stream each), idempotency.
+
+Bulk data never lives here (see `blobs`). Job status changes go through one Lua script that
+compares and sets, so concurrent workers and cancels agree: a job reaches exactly one terminal
+state, and `started` / `finished` times are written by the transition that made them true.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import redis
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+P = "tuneset:"
+
+
+def new_id(prefix: str) -> str:
+    """Sortable by creation time (millisecond prefix), unguessable (random suffix)."""
+    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+
+
+def now() -> float:
+    return round(time.time(), 3)
+
+
+def hash_key(api_key: str) -> str:
+    return hashlib.sha256(api_key.encode()).hexdigest()
+
+
+# KEYS[1] job hash; ARGV: allowed-from statuses (comma separated), to, field/value pairs to set.
+_TRANSITION = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+for allowed in string.gmatch(ARGV[1], '[^,]+') do
+  if status == allowed then
+    redis.call('HSET', KEYS[1], 'status', ARGV[2])
+    for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    return 1
+  end
+end
+return 0
+"""
+
+
+@dataclass
+class State:
+    r: redis.Redis
+
+    @classmethod
+    def from_url(cls, url: str) -> State:
+        return cls(
+            redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+        )
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.r.ping())
+        except redis.RedisError:
+            return False
+
+    # -- API keys ---------------------------------------------------------------------------
+
+    def create_key(self, tenant: str) -> str:
+        """A new API key for `tenant`: returned once, only its SHA-256 is stored."""
+        key = "ts_" + secrets.token_urlsafe(32)
+        self.r.hset(P + "keys", hash_key(key), tenant)
+        return key
+
+    def tenant_for(self, api_key: str) -> str | None:
+        tenant: str | None = self.r.hget(P + "keys", hash_key(api_key))  # type: ignore[assignment]
+        return tenant
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def create_dataset(self, tenant: str, name: str, kind: str, description: str | None) -> dict[str, Any]:
+        ds = {
+            "id": new_id("ds"),
+            "tenant": tenant,
+            "name": name,
+            "kind": kind,
+            "description": description or "",
+            "created_at": now(),
+            "batches": 0,
+            "examples": 0,
+            "bytes": 0,
+        }
+        pipe = self.r.pipeline()
+        pipe.hset(P + f"ds:{ds['id']}", mapping=ds)
+        pipe.zadd(P + f"t:{tenant}:datasets", {str(ds["id"]): 0})
+        pipe.execute()
+        return ds
+
+    def get_dataset(self, tenant: str, dataset_id: str) -> dict[str, Any] | None:
+        ds: dict[str, Any] = self.r.hgetall(P + f"ds:{dataset_id}")  # type: ignore[assignment]
+        if not ds or ds.get("tenant") != tenant:
+            return None  # another tenant's dataset does not exist for this one
+        for field in ("batches", "examples", "bytes"):
+            ds[field] = int(ds[field])
+        ds["created_at"] = float(ds["created_at"])
+        return ds
+
+    def list_ids(self, tenant: str, what: str, after: str | None, limit: int) -> list[str]:
+        """Ids in creation order after the cursor (ids sort by creation time)."""
+        low = f"({after}" if after else "-"
+        ids: list[str] = self.r.zrangebylex(P + f"t:{tenant}:{what}", low, "+", start=0, num=limit)  # type: ignore[assignment]
+        return ids
+
+    def add_batch(self, tenant: str, dataset_id: str, batch: dict[str, Any]) -> None:
+        pipe = self.r.pipeline()
+        pipe.rpush(P + f"ds:{dataset_id}:batches", json.dumps(batch))
+        pipe.hincrby(P + f"ds:{dataset_id}", "batches", 1)
+        pipe.hincrby(P + f"ds:{dataset_id}", "examples", int(batch["examples"]))
+        pipe.hincrby(P + f"ds:{dataset_id}", "bytes", int(batch["bytes"]))
+        pipe.execute()
+
+    def batches(self, dataset_id: str) -> list[dict[str, Any]]:
+        raw: list[str] = self.r.lrange(P + f"ds:{dataset_id}:batches", 0, -1)  # type: ignore[assignment]
+        return [json.loads(b) for b in raw]
+
+    def delete_dataset(self, tenant: str, dataset_id: str) -> None:
+        pipe = self.r.pipeline()
+        pipe.delete(P + f"ds:{dataset_id}", P + f"ds:{dataset_id}:batches")
+        pipe.zrem(P + f"t:{tenant}:datasets", dataset_id)
+        pipe.execute()
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def create_job(self, tenant: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
+        job_id = new_id("job")
+        job = {
+            "id": job_id,
+            "tenant": tenant,
+            "kind": kind,
+            "status": "queued",
+            "stage": "queued",
+            "done": 0,
+            "total": 0,
+            "created_at": now(),
+            "spec": json.dumps(spec),
+            "attempts": 0,
+        }
+        pipe = self.r.pipeline()
+        pipe.hset(P + f"job:{job_id}", mapping=job)
+        pipe.zadd(P + f"t:{tenant}:jobs", {job_id: 0})
+        pipe.execute()
+        self.event(job_id, "status", {"status": "queued"})
+        return self.job(job_id) or job
+
+    def job(self, job_id: str) -> dict[str, Any] | None:
+        raw: dict[str, str] = self.r.hgetall(P + f"job:{job_id}")  # type: ignore[assignment]
+        if not raw:
+            return None
+        job: dict[str, Any] = dict(raw)
+        for field in ("done", "total", "attempts"):
+            job[field] = int(raw.get(field, 0))
+        for field in ("created_at", "started_at", "finished_at"):
+            job[field] = float(raw[field]) if raw.get(field) else None
+        for field in ("spec", "result", "error"):
+            job[field] = json.loads(raw[field]) if raw.get(field) else None
+        job["cancel_requested"] = raw.get("cancel_requested") == "1"
+        return job
+
+    def tenant_job(self, tenant: str, job_id: str) -> dict[str, Any] | None:
+        job = self.job(job_id)
+        return job if job and job["tenant"] == tenant else None
+
+    def transition(self, job_id: str, allowed: set[str], to: str, **fields: Any) -> bool:
+        """Compare-and-set the status; False when the job is not in an allowed status."""
+        if to in TERMINAL:
+            fields.setdefault("finished_at", now())
+        if to == "running":
+            fields.setdefault("started_at", now())
+        argv: list[str] = [",".join(sorted(allowed)), to]
+        for name, value in fields.items():
+            argv += [name, value if isinstance(value, str) else json.dumps(value)]
+        reply: Any = self.r.eval(_TRANSITION, 1, P + f"job:{job_id}", *argv)
+        done: bool = reply == 1
+        if done:
+            self.event(
+                job_id, "status", {"status": to, **({"error": fields["error"]} if "error" in fields else {})}
+            )
+        return done
+
+    def progress(self, job_id: str, stage: str, done: int, total: int) -> None:
+        self.r.hset(P + f"job:{job_id}", mapping={"stage": stage, "done": done, "total": total})
+        self.event(job_id, "progress", {"stage": stage, "done": done, "total": total})
+
+    def count_attempt(self, job_id: str) -> int:
+        attempts: Any = self.r.hincrby(P + f"job:{job_id}", "attempts", 1)
+        return int(attempts)
+
+    def request_cancel(self, job_id: str) -> None:
+        self.r.hset(P + f"job:{job_id}", "cancel_requested", "1")
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return self.r.hget(P + f"job:{job_id}", "cancel_requested") == "1"
+
+    # -- events -----------------------------------------------------------------------------
+
+    def event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
+        event_id: str = self.r.xadd(  # type: ignore[assignment]
+            P + f"job:{job_id}:events",
+            {"type": kind, "data": json.dumps(data)},
+            maxlen=10_000,
+            approximate=True,
+        )
+        return event_id
+
+    def events(self, job_id: str, after: str = "0", block_ms: int = 0) -> list[tuple[str, str, str]]:
+        """Events after `after` (a stream id), as (id, type, json data); blocks up to `block_ms`."""
+        reply: Any = self.r.xread({P + f"job:{job_id}:events": after}, count=100, block=block_ms or None)
+        out: list[tuple[str, str, str]] = []
+        for _stream, entries in reply or []:
+            for event_id, fields in entries:
+                out.append((event_id, fields["type"], fields["data"]))
+        return out
+
+    def iter_events(
+        self, job_id: str, after: str = "0", block_ms: int = 1000
+    ) -> Iterator[tuple[str, str, str]]:
+        """Every event after `after`, waiting for more until the job is terminal."""
+        while True:
+            batch = self.events(job_id, after, block_ms)
+            yield from batch
+            if batch:
+                after = batch[-1][0]
+                continue
+            job = self.job(job_id)
+            if job is None or job["status"] in TERMINAL:
+                tail = self.events(job_id, after)
+                yield from tail
+                return
+
+    # -- idempotency ------------------------------------------------------------------------
+
+    def idempotency_begin(self, tenant: str, key: str, body_hash: str, ttl_s: int) -> dict[str, Any] | None:
+        """None when this request is the first with the key (it now holds it); else the record."""
+        name = P + f"idem:{tenant}:{hash_key(key)}"
+        if self.r.set(name, json.dumps({"body": body_hash, "state": "in_flight"}), nx=True, ex=ttl_s):
+            return None
+        raw: str | None = self.r.get(name)  # type: ignore[assignment]
+        return json.loads(raw) if raw else {"body": body_hash, "state": "in_flight"}
+
+    def idempotency_finish(
+        self, tenant: str, key: str, body_hash: str, status: int, response: Any, ttl_s: int
+    ) -> None:
+        record = {"body": body_hash, "state": "done", "status": status, "response": response}
+        self.r.set(P + f"idem:{tenant}:{hash_key(key)}", json.dumps(record), ex=ttl_s)
+
+    def idempotency_abort(self, tenant: str, key: str) -> None:
+        self.r.delete(P + f"idem:{tenant}:{hash_key(key)}")

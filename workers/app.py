@@ -1,0 +1,43 @@
+"""The Celery application: configuration that makes tasks survive dying workers.
+
+`acks_late` + `reject_on_worker_lost` re-deliver a task whose worker died (measured here:
+with `acks_late` alone killed tasks were lost); prefetch 1 keeps one task per process; the
+broker's visibility timeout exceeds the hard time limit, so a healthy long task is never
+handed to a second worker. `worker_cancel_long_running_tasks_on_connection_loss` stays off:
+with it on, a Redis restart killed the worker (shared/reliability.md).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from service.settings import Settings, get_settings
+
+
+def make_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    if settings.visibility_timeout_s <= settings.build_time_limit_s:
+        raise ValueError("TUNESET_VISIBILITY_TIMEOUT_S must exceed TUNESET_BUILD_TIME_LIMIT_S")
+    app = Celery("tuneset", broker=settings.redis_url, include=["workers.tasks"])
+    app.conf.update(
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.build_time_limit_s,
+        task_soft_time_limit=max(1, settings.build_time_limit_s - 30),
+        task_ignore_result=True,
+        task_default_queue=settings.cpu_queue,
+        task_routes={"tuneset.build": {"queue": settings.cpu_queue}},
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.visibility_timeout_s,
+            "socket_timeout": 10,
+            "socket_connect_timeout": 5,
+        },
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+app = make_app()
