@@ -24,7 +24,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
         task_time_limit=settings.build_time_limit_s,
-        task_soft_time_limit=max(1, settings.build_time_limit_s - 30),
+        # the soft limit leaves a tenth of the budget to record the failure before the hard kill
+        task_soft_time_limit=max(1, settings.build_time_limit_s * 9 // 10),
         task_ignore_result=True,
         task_default_queue=settings.cpu_queue,
         task_routes={"tuneset.build": {"queue": settings.cpu_queue}},

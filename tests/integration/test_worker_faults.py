@@ -1,0 +1,83 @@
+"""Workers die: a build whose worker is SIGKILLed mid-task is finished by another worker, once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from service.queue import BUILD_TASK, enqueue
+from service.run import stop, worker_command
+from service.settings import Settings
+from service.store.blobs import LocalBlobStore
+from service.store.state import State
+from tests.conftest import sharegpt_conversations
+from tests.integration.conftest import ROOT, settings_env
+from tests.integration.test_build_worker import _dataset, _wait
+
+
+def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            worker_command(settings),
+            env=settings_env(settings),
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so the test can kill the pool child too
+        )
+    deadline = time.monotonic() + 30
+    while b"ready." not in log.read_bytes():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    return proc
+
+
+@pytest.fixture
+def quick_redelivery(settings: Settings) -> Settings:
+    """A short visibility timeout, so a task whose worker vanished is handed out again soon."""
+    return settings.model_copy(update={"build_time_limit_s": 20, "visibility_timeout_s": 25})
+
+
+def test_a_killed_worker_leaves_a_build_another_worker_finishes(quick_redelivery: Settings) -> None:
+    settings = quick_redelivery
+    state = State.from_url(settings.redis_url)
+    blobs = LocalBlobStore(settings.blob_root)
+    conversations = sharegpt_conversations()
+    examples = [
+        {"messages": [{**m, "content": f"{m['content']} ({i})"} for m in c["messages"]]}
+        for i in range(60)
+        for c in conversations
+    ]  # 30,000 distinct conversations: a build of several seconds
+    dataset_id = _dataset(state, blobs, "acme", examples)
+    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}})
+
+    first = _start_worker(settings, settings.data_dir / "worker1.log")
+    try:
+        enqueue(settings, BUILD_TASK, [job["id"]])
+        deadline = time.monotonic() + 30
+        while (state.job(job["id"]) or {}).get("done", 0) == 0:
+            assert time.monotonic() < deadline, "the build never started"
+            time.sleep(0.05)
+        os.killpg(first.pid, signal.SIGKILL)  # the main process and its pool child, mid-build
+        first.wait()
+    finally:
+        stop(first)
+    assert state.job(job["id"])["status"] == "running"  # type: ignore[index]
+
+    second = _start_worker(settings, settings.data_dir / "worker2.log")
+    try:
+        done = _wait(state, job["id"], timeout=180)
+    finally:
+        stop(second)
+    assert done["status"] == "succeeded", done
+    assert done["attempts"] == 2
+    assert done["result"]["examples"] == len(examples)
+    statuses = [json.loads(d)["status"] for _, kind, d in state.events(job["id"]) if kind == "status"]
+    assert statuses == ["queued", "running", "succeeded"]
