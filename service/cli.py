@@ -509,5 +509,30 @@ def models_cmd(models: str | None) -> None:
         )
 
 
+@main.command()
+def openapi() -> None:
+    """Print the HTTP API's OpenAPI schema as YAML (the source of openapi.yaml)."""
+    click.echo(openapi_yaml(), nl=False)
+
+
+def openapi_yaml() -> str:
+    import yaml  # type: ignore[import-untyped]
+
+    from service.api.app import create_app
+
+    schema = create_app().openapi_schema.to_schema()
+    text: str = yaml.safe_dump(schema, sort_keys=False, allow_unicode=True)
+    return text
+
+
+def _register_service_commands() -> None:
+    from service import run
+
+    for command in (run.api, run.worker, run.keys, run.dev):
+        main.add_command(command)
+
+
+_register_service_commands()
+
 if __name__ == "__main__":
     main()

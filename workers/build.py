@@ -10,13 +10,16 @@ finish) is what the sharded pipeline will split.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import tempfile
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import redis
 
 from service.core.conversation import chat_of
 from service.core.formats import Format, read_records
@@ -33,6 +36,38 @@ _json = msgspec.json.Encoder()
 
 class Cancelled(Exception):
     """The caller asked to cancel; stop at the next boundary."""
+
+
+class Resilient:
+    """The job state as a build sees it while Redis may restart under it (shared/reliability.md):
+    progress and cancel checks are best effort, and the final transition is retried until Redis
+    answers again, so the job still reaches its one terminal state."""
+
+    def __init__(self, state: State, patience_s: float = 120) -> None:
+        self.state = state
+        self.patience_s = patience_s
+
+    def progress(self, job_id: str, stage: str, done: int, total: int) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self.state.progress(job_id, stage, done, total)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        try:
+            return self.state.cancel_requested(job_id)
+        except redis.RedisError:
+            return False
+
+    def finish(self, job_id: str, allowed: set[str], to: str, **fields: Any) -> bool:
+        deadline = time.monotonic() + self.patience_s
+        delay = 0.2
+        while True:
+            try:
+                return self.state.transition(job_id, allowed, to, **fields)
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
 
 def artifact_key(tenant: str, job_id: str, name: str) -> str:
@@ -70,33 +105,27 @@ def run_build(
         state.transition(job_id, {"queued", "running"}, "cancelled", stage="cancelled")
         return
     state.transition(job_id, {"queued"}, "running", stage="validating")
+    live = Resilient(state)
     try:
-        result = _build(job_id, job, state, blobs)
+        result = _build(job_id, job, state, live, blobs)
     except Cancelled:
-        state.transition(job_id, {"queued", "running"}, "cancelled", stage="cancelled")
+        live.finish(job_id, {"queued", "running"}, "cancelled", stage="cancelled")
     except (PolicyError, ModelError, msgspec.ValidationError) as e:
-        state.transition(
-            job_id,
-            {"queued", "running"},
-            "failed",
-            stage="failed",
-            error={"code": "invalid_recipe", "message": str(e)},
-        )
+        error = {"code": "invalid_recipe", "message": str(e)}
+        live.finish(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
     else:
         if result.get("error"):
-            state.transition(
-                job_id,
-                {"running"},
-                "failed",
-                stage="failed",
-                error=result["error"],
-                result={"artifacts": result["artifacts"]},
+            artifacts = {"artifacts": result["artifacts"]}
+            live.finish(
+                job_id, {"running"}, "failed", stage="failed", error=result["error"], result=artifacts
             )
         else:
-            state.transition(job_id, {"running"}, "succeeded", stage="done", result=result)
+            live.finish(job_id, {"running"}, "succeeded", stage="done", result=result)
 
 
-def _build(job_id: str, job: dict[str, Any], state: State, blobs: BlobStore) -> dict[str, Any]:
+def _build(
+    job_id: str, job: dict[str, Any], state: State, live: Resilient, blobs: BlobStore
+) -> dict[str, Any]:
     tenant = job["tenant"]
     spec = job["spec"] or {}
     recipe = msgspec.convert(spec.get("recipe") or {}, Recipe)
@@ -104,11 +133,11 @@ def _build(job_id: str, job: dict[str, Any], state: State, blobs: BlobStore) -> 
     total = sum(int(b["examples"]) for b in batches)
     processor = Processor(recipe)
     summary = Summary(processor)
-    state.progress(job_id, "validating", 0, total)
+    live.progress(job_id, "validating", 0, total)
 
     def dataset_lines() -> Iterator[bytes]:
         for batch in batches:  # line numbers run on across batches, in push order
-            if state.cancel_requested(job_id):
+            if live.cancel_requested(job_id):
                 raise Cancelled
             yield from _lines(blobs.open_chunks(batch["key"]))
 
@@ -118,6 +147,7 @@ def _build(job_id: str, job: dict[str, Any], state: State, blobs: BlobStore) -> 
             dataset = state.get_dataset(tenant, spec["dataset_id"]) or {}
             # batches are stored as canonical OpenAI lines of the dataset's kind
             fmt: Format = "preference" if dataset.get("kind") == "preference" else "openai"
+            summary.format = fmt
             for n, record in enumerate(read_records(dataset_lines(), fmt), 1):
                 outcome = processor.process(record)
                 summary.add(outcome)
@@ -125,9 +155,9 @@ def _build(job_id: str, job: dict[str, Any], state: State, blobs: BlobStore) -> 
                     example = output.example if fmt == "preference" else chat_of(output.example)
                     out.write(_json.encode(example) + b"\n")
                 if n % PROGRESS_EVERY == 0:
-                    state.progress(job_id, "validating", n, total)
+                    live.progress(job_id, "validating", n, total)
         report = summary.report()
-        state.progress(job_id, "writing", summary.n, total)
+        live.progress(job_id, "writing", summary.n, total)
         artifacts = [
             _store(
                 blobs, artifact_key(tenant, job_id, "report.json"), msgspec.json.format(_json.encode(report))

@@ -1,0 +1,88 @@
+"""The one place the API is wired: routes, auth, dependencies, errors, metrics, limits, OpenAPI."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from litestar import Litestar, Router
+from litestar.datastructures import State as AppState
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+
+from service.api import Metrics, Services, batches, builds, datasets, health, jobs, tools
+from service.api.auth import provide_services, provide_tenant, require_tenant
+from service.api.errors import exception_handlers
+from service.api.health import MetricsMiddleware
+from service.core.models import load_table
+from service.settings import Settings, get_settings
+from service.store.state import State
+
+
+def _version() -> str:
+    try:
+        return version("tuneset")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        return "0.0.0"
+
+
+def openapi_config() -> OpenAPIConfig:
+    return OpenAPIConfig(
+        title="tuneset",
+        version=_version(),
+        description=(
+            "Turns chat conversations into fine-tuning datasets and shows exactly what a model will be "
+            "trained on. Every /v1 route needs `Authorization: Bearer <key>` (`tuneset keys create`) and "
+            "sees only its tenant's resources. Errors are RFC 9457 problem details "
+            "(`application/problem+json`)."
+        ),
+        components=Components(
+            security_schemes={
+                "bearer": SecurityScheme(
+                    type="http", scheme="bearer", description="an API key from `tuneset keys create`"
+                )
+            }
+        ),
+        tags=[
+            Tag(name="datasets", description="Datasets of chat or preference examples."),
+            Tag(name="batches", description="Examples pushed into a dataset, checked line by line."),
+            Tag(name="builds", description="Validate, repair and account a whole dataset as a job."),
+            Tag(name="jobs", description="Job status, events (SSE), cancellation and artifacts."),
+            Tag(name="tools", description="Synchronous inspection and validation."),
+            Tag(name="health", description="Liveness, readiness and metrics."),
+        ],
+        use_handler_docstrings=True,
+        path="/schema",
+    )
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    settings = settings or get_settings()
+    services = Services(
+        settings=settings, state=State.from_url(settings.redis_url), metrics=Metrics(), table=load_table()
+    )
+    v1 = Router(
+        path="/v1",
+        route_handlers=[
+            datasets.DatasetController,
+            batches.BatchController,
+            builds.start_build,
+            jobs.JobController,
+            tools.inspect_example,
+            tools.validate_examples,
+        ],
+        guards=[require_tenant],
+        dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
+        security=[{"bearer": []}],
+    )
+    return Litestar(
+        route_handlers=[v1, health.livez, health.readyz, health.metrics],
+        dependencies={"services": Provide(provide_services, sync_to_thread=False)},
+        exception_handlers=exception_handlers(),
+        middleware=[MetricsMiddleware(services.metrics)],
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=openapi_config(),
+        state=AppState({"services": services}),
+        on_shutdown=[services.close],
+        debug=False,
+    )

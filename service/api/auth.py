@@ -1,0 +1,47 @@
+"""Bearer API keys → tenants. Every route under /v1 has the guard; handlers get `tenant`.
+
+A key is looked up by its SHA-256 (`State.tenant_for`); a missing, malformed or unknown key
+is a 401 problem with `WWW-Authenticate: Bearer`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import anyio.to_thread
+from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers.base import BaseRouteHandler
+
+from service.api import Services
+from service.api.errors import ApiProblem
+
+
+def services_of(connection: ASGIConnection[Any, Any, Any, Any]) -> Services:
+    return cast(Services, connection.app.state.services)
+
+
+def provide_services(request: Request[Any, Any, Any]) -> Services:
+    return services_of(request)
+
+
+def _unauthorized(detail: str) -> ApiProblem:
+    return ApiProblem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="tuneset"'})
+
+
+async def require_tenant(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: resolve the bearer key to its tenant, or answer 401."""
+    scheme, _sep, key = connection.headers.get("authorization", "").partition(" ")
+    key = key.strip()
+    if scheme.lower() != "bearer" or not key:
+        raise _unauthorized("this endpoint needs an API key: 'Authorization: Bearer <key>'")
+    state = services_of(connection).state
+    tenant = await anyio.to_thread.run_sync(state.tenant_for, key)
+    if tenant is None:
+        raise _unauthorized("the API key is not valid")
+    connection.state.tenant = tenant
+
+
+def provide_tenant(request: Request[Any, Any, Any]) -> str:
+    tenant: str = request.state.tenant
+    return tenant

@@ -1,0 +1,373 @@
+"""Batch ingestion: POST /v1/datasets/{id}/batches.
+
+The body is JSONL (`application/jsonl`, `application/x-ndjson`) or JSON `{"examples": [...]}`,
+optionally gzip-encoded (decompressed under the same size cap as raw bodies). Every line is
+decoded (`formats`) and linted (`lint`); a line is bad when it has a problem of the schema layer
+(what the provider's own file check rejects: invalid JSON, wrong types, unknown keys, ...) or is
+of the other kind than its dataset. By default one bad line rejects the batch (422, every
+problem listed, nothing stored); `?on_invalid=skip` stores the good lines and lists the rest.
+Stored batches are canonical JSONL of the converted examples, one blob per batch.
+
+An `Idempotency-Key` makes a retry safe: the first response is kept and replayed for the same
+key and request; the same key with another body (or dataset or query) is refused with 422,
+and 409 answers while the first request is still being processed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import msgspec
+from litestar import Controller, Request, Response, get, post
+from litestar.di import NamedDependency
+from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.params import FromPath, HeaderParameter, QueryParameter, RawBody
+
+from service.api import Services
+from service.api.errors import ApiProblem, not_found, problems
+from service.api.schemas import Batch, BatchCreated, BatchJson, BatchPage, ProblemItem
+from service.core.conversation import ChatExample, PreferenceExample
+from service.core.formats import (
+    DECODE_ERRORS,
+    FORMATS,
+    Format,
+    FormatError,
+    Record,
+    convert_value,
+    detect_format,
+    parse_format,
+    read_records,
+)
+from service.core.lint import lint
+from service.core.problems import CODES
+from service.store.state import new_id, now
+
+JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
+JSON_TYPE = "application/json"
+IN_FLIGHT_TTL_S = 600  # an Idempotency-Key held by a request that never finished frees itself
+
+_encoder = msgspec.json.Encoder()
+_batch_json = msgspec.json.Decoder(BatchJson)
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+# -- bodies -----------------------------------------------------------------------------------
+
+
+def media_type(request: Request[Any, Any, Any]) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def decode_body(body: bytes, content_encoding: str | None, cap: int) -> bytes:
+    """The body after its Content-Encoding (identity or gzip), at most `cap` bytes (else 413)."""
+    encoding = (content_encoding or "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return body
+    if encoding not in ("gzip", "x-gzip"):
+        raise ApiProblem(
+            415, "unsupported-encoding", f"Content-Encoding {encoding!r} is not supported; use gzip or none"
+        )
+    out = bytearray()
+    data = body
+    try:
+        while data:  # concatenated gzip members are one stream
+            member = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            out += member.decompress(data, cap + 1 - len(out))
+            if len(out) > cap or member.unconsumed_tail:
+                raise ApiProblem(413, "body-too-large", f"the decompressed body is larger than {cap} bytes")
+            if not member.eof:
+                raise ApiProblem(400, "invalid-gzip", "the gzip body is truncated")
+            data = member.unused_data
+    except zlib.error as e:
+        raise ApiProblem(400, "invalid-gzip", f"the body is not valid gzip: {e}") from None
+    return bytes(out)
+
+
+@dataclass
+class JsonlBody(Operation):
+    """OpenAPI: the raw body is JSONL or `{"examples": [...]}`, not a decoded parameter."""
+
+    def __post_init__(self) -> None:
+        line = Schema(
+            type=OpenAPIType.STRING, description="JSONL: one example per line, any supported format"
+        )
+        self.request_body = RequestBody(
+            required=True,
+            description='JSONL, one example per line, or JSON {"examples": [...]}; may be gzip-encoded.',
+            content={
+                "application/jsonl": OpenAPIMediaType(schema=line),
+                "application/x-ndjson": OpenAPIMediaType(schema=line),
+                JSON_TYPE: OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.OBJECT,
+                        properties={"examples": Schema(type=OpenAPIType.ARRAY, items=Schema())},
+                        required=["examples"],
+                    )
+                ),
+            },
+        )
+
+
+# -- checking ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Checked:
+    """A batch after checking: the canonical JSONL of its good examples and the bad lines' problems."""
+
+    format: str | None = None
+    good: list[bytes] = field(default_factory=list)
+    bad_lines: int = 0
+    problems: list[ProblemItem] = field(default_factory=list)
+
+
+def _json_records(items: list[Any], fmt: Format | None, checked: Checked) -> Iterator[Record]:
+    chosen: Format = fmt or next((f for f in map(detect_format, items[:100]) if f), None) or "openai"
+    checked.format = chosen
+    for line, obj in enumerate(items, 1):
+        yield convert_value(obj, chosen, line)
+
+
+def _kind_problem(example: ChatExample | PreferenceExample, kind: str, line: int) -> ProblemItem | None:
+    if kind == "preference" and not isinstance(example, PreferenceExample):
+        return ProblemItem(
+            line,
+            None,
+            "invalid_preference",
+            "a chat example in a preference dataset: each example needs input.messages, "
+            "preferred_output and non_preferred_output",
+        )
+    if kind == "chat" and not isinstance(example, ChatExample):
+        return ProblemItem(
+            line,
+            None,
+            "missing_messages",
+            "a preference example in a chat dataset: each example needs messages",
+        )
+    return None
+
+
+def check(records: Iterable[Record], kind: str, checked: Checked) -> Checked:
+    for record in records:
+        example = record.example
+        found = record.problems + lint(example, record.line) if example is not None else record.problems
+        bad = [p for p in found if CODES[p.code].layer == "schema"]
+        if example is None and not bad:
+            bad = found
+        items = [ProblemItem(p.line, p.message_index, p.code, p.message) for p in bad]
+        if example is not None and not items:
+            wrong = _kind_problem(example, kind, record.line)
+            if wrong is not None:
+                items = [wrong]
+        if items or example is None:
+            checked.bad_lines += 1
+            checked.problems += items
+            continue
+        checked.good.append(_encoder.encode(example) + b"\n")
+    return checked
+
+
+def check_body(request: Request[Any, Any, Any], body: bytes, fmt: Format | None, kind: str) -> Checked:
+    checked = Checked(format=fmt)
+    kind_of_body = media_type(request)
+    if kind_of_body == JSON_TYPE:
+        try:
+            items = _batch_json.decode(body).examples
+        except msgspec.ValidationError as e:
+            raise ApiProblem(422, "invalid-request", f'a JSON batch is {{"examples": [...]}}: {e}') from None
+        except DECODE_ERRORS as e:
+            raise ApiProblem(400, "invalid-json", f"the body is not valid JSON: {_why(e)}") from None
+        return check(_json_records(items, fmt, checked), kind, checked)
+    if kind_of_body in JSONL_TYPES:
+
+        def detected(chosen: Format) -> None:
+            checked.format = chosen
+
+        return check(read_records(body.split(b"\n"), fmt, on_format=detected), kind, checked)
+    raise ApiProblem(
+        415,
+        "unsupported-media-type",
+        f"Content-Type {kind_of_body or 'missing'!r}: send application/jsonl, application/x-ndjson "
+        "or application/json",
+    )
+
+
+def _why(e: Exception) -> str:
+    if isinstance(e, UnicodeDecodeError):
+        return f"invalid UTF-8 at byte {e.start}"
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return str(e)
+
+
+def request_fingerprint(dataset_id: str, query: str, body: bytes) -> str:
+    """What an Idempotency-Key is bound to: the dataset, the query and the raw body (SHA-256)."""
+    return hashlib.sha256(f"{dataset_id}?{query}\n".encode() + body, usedforsecurity=False).hexdigest()
+
+
+def format_param(value: str | None) -> Format | None:
+    try:
+        return parse_format(value)
+    except FormatError as e:
+        raise ApiProblem(400, "unknown-format", str(e)) from None
+
+
+# -- the controller ---------------------------------------------------------------------------
+
+FORMAT_DOC = f"input format, detected from the first examples when absent: auto, {', '.join(FORMATS)}"
+
+
+class BatchController(Controller):
+    path = "/datasets/{dataset_id:str}/batches"
+    tags = ("batches",)
+
+    @post(
+        operation_id="pushBatch",
+        status_code=201,
+        sync_to_thread=True,
+        operation_class=JsonlBody,
+        responses=problems(401, 404, 409, 413, 415, 422),
+    )
+    def push_batch(
+        self,
+        request: Request[Any, Any, Any],
+        dataset_id: FromPath[str],
+        body: RawBody,
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+        fmt: Annotated[str | None, QueryParameter(name="format", description=FORMAT_DOC)] = None,
+        on_invalid: Annotated[
+            Literal["reject", "skip"],
+            QueryParameter(description="reject: any bad line refuses the batch; skip: store the good lines"),
+        ] = "reject",
+        idempotency_key: Annotated[
+            str | None,
+            HeaderParameter(name="Idempotency-Key", description="makes retries of this request safe"),
+        ] = None,
+    ) -> Response[BatchCreated]:
+        """Push examples into a dataset; every line is checked before anything is stored."""
+        state, settings = services.state, services.settings
+        dataset = state.get_dataset(tenant, dataset_id)
+        if dataset is None:
+            raise not_found("dataset", dataset_id)
+        fmt_value = format_param(fmt)
+        if idempotency_key is None:
+            return self._push(request, dataset, body, fmt_value, on_invalid, tenant, services)
+
+        if not _IDEMPOTENCY_KEY.match(idempotency_key):
+            raise ApiProblem(
+                400, "invalid-idempotency-key", "an Idempotency-Key is 1-255 printable characters"
+            )
+        fingerprint = request_fingerprint(dataset_id, request.url.query, body)
+        ttl = settings.idempotency_ttl_s
+        record = state.idempotency_begin(tenant, idempotency_key, fingerprint, min(ttl, IN_FLIGHT_TTL_S))
+        if record is not None:
+            if record.get("body") != fingerprint:
+                raise ApiProblem(
+                    422,
+                    "idempotency-key-reused",
+                    "this Idempotency-Key was used with another request (body, dataset or query)",
+                )
+            if record.get("state") != "done":
+                raise ApiProblem(
+                    409,
+                    "request-in-flight",
+                    "a request with this Idempotency-Key is still being processed",
+                    headers={"Retry-After": "1"},
+                )
+            services.metrics.batches.labels("replayed").inc()
+            return Response(
+                record["response"], status_code=int(record["status"]), headers={"Idempotent-Replayed": "true"}
+            )
+        try:
+            response = self._push(request, dataset, body, fmt_value, on_invalid, tenant, services)
+        except BaseException:
+            state.idempotency_abort(tenant, idempotency_key)  # an error is not kept: retry freely
+            raise
+        state.idempotency_finish(
+            tenant,
+            idempotency_key,
+            fingerprint,
+            response.status_code or 201,
+            msgspec.to_builtins(response.content),
+            ttl,
+        )
+        return response
+
+    def _push(
+        self,
+        request: Request[Any, Any, Any],
+        dataset: dict[str, Any],
+        body: bytes,
+        fmt: Format | None,
+        on_invalid: str,
+        tenant: str,
+        services: Services,
+    ) -> Response[BatchCreated]:
+        raw = decode_body(body, request.headers.get("content-encoding"), services.settings.max_body_bytes)
+        checked = check_body(request, raw, fmt, str(dataset["kind"]))
+        if checked.bad_lines and on_invalid != "skip":
+            services.metrics.batches.labels("rejected").inc()
+            raise ApiProblem(
+                422,
+                "invalid-examples",
+                f"{checked.bad_lines} of {checked.bad_lines + len(checked.good)} example(s) are invalid; "
+                "nothing was stored (fix them, or push with ?on_invalid=skip)",
+                errors=checked.problems,
+            )
+        if not checked.good:
+            services.metrics.batches.labels("rejected").inc()
+            raise ApiProblem(
+                422,
+                "empty-batch" if not checked.bad_lines else "invalid-examples",
+                "the batch has no examples" if not checked.bad_lines else "no example of the batch is valid",
+                errors=checked.problems or None,
+            )
+        batch_id = new_id("b")
+        key = f"{tenant}/{dataset['id']}/batches/{batch_id}.jsonl"
+        data = b"".join(checked.good)
+        services.blobs.put(key, data)
+        created_at = now()
+        fmt_name = checked.format or "openai"
+        services.state.add_batch(
+            tenant,
+            str(dataset["id"]),
+            {
+                "id": batch_id,
+                "examples": len(checked.good),
+                "bytes": len(data),
+                "format": fmt_name,
+                "created_at": created_at,
+                "key": key,
+            },
+        )
+        services.metrics.batches.labels("stored").inc()
+        services.metrics.batch_examples.inc(len(checked.good))
+        services.metrics.batch_bytes.inc(len(data))
+        return Response(
+            BatchCreated(
+                id=batch_id,
+                dataset_id=str(dataset["id"]),
+                examples=len(checked.good),
+                skipped=checked.bad_lines,
+                bytes=len(data),
+                format=fmt_name,
+                created_at=created_at,
+                problems=checked.problems,
+            ),
+            status_code=201,
+        )
+
+    @get(operation_id="listBatches", sync_to_thread=True, responses=problems(401, 404))
+    def list_batches(
+        self, dataset_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> BatchPage:
+        """The batches of a dataset, oldest first."""
+        if services.state.get_dataset(tenant, dataset_id) is None:
+            raise not_found("dataset", dataset_id)
+        return BatchPage(items=[msgspec.convert(b, Batch) for b in services.state.batches(dataset_id)])

@@ -1,0 +1,89 @@
+"""Datasets: create, list (cursor pagination), get with counts, delete with their blobs."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+import msgspec
+from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from service.api import Services
+from service.api.errors import ApiProblem, not_found, problems
+from service.api.schemas import Dataset, DatasetCreate, DatasetPage
+
+_CURSOR = re.compile(r"^[a-z]+_[0-9a-f]{1,64}$")
+
+Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
+Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
+
+
+def check_cursor(cursor: str | None) -> None:
+    if cursor is not None and not _CURSOR.match(cursor):
+        raise ApiProblem(400, "invalid-cursor", "the cursor is not one this API returned")
+
+
+def page_ids(
+    services: Services, tenant: str, what: str, cursor: str | None, limit: int
+) -> tuple[list[str], str | None]:
+    """One page of ids in creation order, and the cursor of the next page (None on the last)."""
+    check_cursor(cursor)
+    ids = services.state.list_ids(tenant, what, cursor, limit + 1)
+    if len(ids) > limit:
+        return ids[:limit], ids[limit - 1]
+    return ids, None
+
+
+def dataset_out(ds: dict[str, Any]) -> Dataset:
+    return msgspec.convert(ds, Dataset)
+
+
+class DatasetController(Controller):
+    path = "/datasets"
+    tags = ("datasets",)
+
+    @post(operation_id="createDataset", status_code=201, sync_to_thread=True, responses=problems(401))
+    def create_dataset(
+        self, data: JSONBody[DatasetCreate], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> Response[Dataset]:
+        """Create an empty dataset of chat or preference examples."""
+        ds = services.state.create_dataset(tenant, data.name, data.kind, data.description)
+        return Response(dataset_out(ds), status_code=201, headers={"Location": f"/v1/datasets/{ds['id']}"})
+
+    @get(operation_id="listDatasets", sync_to_thread=True, responses=problems(401))
+    def list_datasets(
+        self,
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> DatasetPage:
+        """The tenant's datasets, oldest first."""
+        ids, next_cursor = page_ids(services, tenant, "datasets", cursor, limit)
+        items = [dataset_out(ds) for i in ids if (ds := services.state.get_dataset(tenant, i)) is not None]
+        return DatasetPage(items=items, next_cursor=next_cursor)
+
+    @get("/{dataset_id:str}", operation_id="getDataset", sync_to_thread=True, responses=problems(401, 404))
+    def get_dataset(
+        self, dataset_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> Dataset:
+        """One dataset with its counts: batches, examples, bytes."""
+        ds = services.state.get_dataset(tenant, dataset_id)
+        if ds is None:
+            raise not_found("dataset", dataset_id)
+        return dataset_out(ds)
+
+    @delete(
+        "/{dataset_id:str}", operation_id="deleteDataset", sync_to_thread=True, responses=problems(401, 404)
+    )
+    def delete_dataset(
+        self, dataset_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> None:
+        """Delete a dataset and every blob of its batches."""
+        if services.state.get_dataset(tenant, dataset_id) is None:
+            raise not_found("dataset", dataset_id)
+        services.state.delete_dataset(tenant, dataset_id)
+        # ids have a fixed length, so no other dataset's keys share this prefix
+        services.blobs.delete_prefix(f"{tenant}/{dataset_id}")

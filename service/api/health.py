@@ -1,0 +1,71 @@
+"""Liveness, readiness (Redis, which is also the broker, answers) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+from litestar import Response, get
+from litestar.di import NamedDependency
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.api import Metrics, Services
+from service.api.errors import ApiProblem, problems
+from service.api.schemas import Health
+
+
+class MetricsMiddleware(ASGIMiddleware):
+    """Counts every HTTP request by its route template (not its path: bounded label values)."""
+
+    scopes = (ScopeType.HTTP,)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        status = 500
+        start = time.perf_counter()
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await next_app(scope, receive, send_status)
+        finally:
+            route = scope.get("path_template") or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+
+
+@get("/livez", operation_id="livez", tags=["health"], sync_to_thread=False)
+def livez() -> Health:
+    """The process serves requests."""
+    return Health(status="ok")
+
+
+@get("/readyz", operation_id="readyz", tags=["health"], sync_to_thread=True, responses=problems(503))
+def readyz(services: NamedDependency[Services]) -> Health:
+    """Redis (state and broker) answers; 503 otherwise."""
+    if not services.state.ping():
+        raise ApiProblem(
+            503, "not-ready", "Redis (state and broker) is unreachable", headers={"Retry-After": "5"}
+        )
+    return Health(status="ok", checks={"redis": "ok"})
+
+
+@get(
+    "/metrics",
+    operation_id="metrics",
+    tags=["health"],
+    sync_to_thread=False,
+    media_type="text/plain",
+)
+def metrics(services: NamedDependency[Services]) -> Response[bytes]:
+    """Prometheus text exposition of this process's counters."""
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,218 @@
+"""Jobs: get, list (status filter, cursor pagination), cancel, Server-Sent Events, artifacts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Annotated, Any, cast
+
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
+from litestar.openapi.datastructures import ResponseSpec
+from litestar.params import FromPath, HeaderParameter, QueryParameter
+from litestar.response import ServerSentEvent, ServerSentEventMessage, Stream
+
+from service.api import Services
+from service.api.datasets import Cursor, Limit, check_cursor, page_ids
+from service.api.errors import ApiProblem, not_found, problems
+from service.api.schemas import Artifact, ArtifactList, Job, JobError, JobPage, JobStatus, Progress
+from service.store.blobs import BlobNotFound
+from service.store.state import TERMINAL
+
+_EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+_UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
+SCAN_LIMIT = 2000  # ids examined at most per filtered page; the cursor continues from there
+MEDIA_TYPES = {".json": "application/json", ".jsonl": "application/jsonl"}
+
+
+def job_out(job: dict[str, Any]) -> Job:
+    error = job.get("error")
+    if isinstance(error, dict):
+        job_error: JobError | None = JobError(
+            str(error.get("code") or "error"), str(error.get("message") or "")
+        )
+    elif error:
+        job_error = JobError("error", str(error))
+    else:
+        job_error = None
+    return Job(
+        id=str(job["id"]),
+        kind=str(job["kind"]),
+        status=cast(JobStatus, job["status"]),
+        stage=str(job.get("stage") or ""),
+        progress=Progress(done=int(job["done"]), total=int(job["total"])),
+        created_at=float(job["created_at"]),
+        started_at=job.get("started_at"),
+        finished_at=job.get("finished_at"),
+        result=job.get("result"),
+        error=job_error,
+        cancel_requested=bool(job.get("cancel_requested")),
+    )
+
+
+def _artifacts(job: dict[str, Any]) -> list[dict[str, Any]]:
+    result = job.get("result")
+    items = result.get("artifacts") if isinstance(result, dict) else None
+    return [a for a in items or [] if isinstance(a, dict) and isinstance(a.get("name"), str)]
+
+
+class JobController(Controller):
+    path = "/jobs"
+    tags = ("jobs",)
+
+    def _job(self, services: Services, tenant: str, job_id: str) -> dict[str, Any]:
+        job = services.state.tenant_job(tenant, job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        return job
+
+    @get("/{job_id:str}", operation_id="getJob", sync_to_thread=True, responses=problems(401, 404))
+    def get_job(
+        self, job_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> Job:
+        """A job's status, stage, progress, times, result and error."""
+        return job_out(self._job(services, tenant, job_id))
+
+    @get(operation_id="listJobs", sync_to_thread=True, responses=problems(401))
+    def list_jobs(
+        self,
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+        status: Annotated[JobStatus | None, QueryParameter(description="only jobs in this status")] = None,
+        cursor: Cursor = None,
+        limit: Limit = 50,
+    ) -> JobPage:
+        """The tenant's jobs, oldest first. With a status filter a page may hold fewer than `limit`
+        jobs and still have a next_cursor."""
+        state = services.state
+        if status is None:
+            ids, next_cursor = page_ids(services, tenant, "jobs", cursor, limit)
+            page = [job_out(j) for i in ids if (j := state.tenant_job(tenant, i)) is not None]
+            return JobPage(items=page, next_cursor=next_cursor)
+        check_cursor(cursor)
+        items: list[Job] = []
+        after = cursor
+        scanned = 0
+        while scanned < SCAN_LIMIT:
+            ids = state.list_ids(tenant, "jobs", after, limit)
+            for i in ids:
+                after, scanned = i, scanned + 1
+                job = state.tenant_job(tenant, i)
+                if job is not None and job["status"] == status:
+                    items.append(job_out(job))
+                    if len(items) == limit:
+                        return JobPage(items=items, next_cursor=i)
+            if len(ids) < limit:
+                return JobPage(items=items, next_cursor=None)
+        return JobPage(items=items, next_cursor=after)
+
+    @post(
+        "/{job_id:str}/cancel",
+        operation_id="cancelJob",
+        status_code=202,
+        sync_to_thread=True,
+        responses=problems(401, 404, 409),
+    )
+    def cancel_job(
+        self, job_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> Job:
+        """Ask a job to stop: a queued job is cancelled at once, a running one at its next check."""
+        state = services.state
+        job = self._job(services, tenant, job_id)
+        if job["status"] in TERMINAL and job["status"] != "cancelled":
+            raise ApiProblem(409, "job-finished", f"the job already {job['status']}")
+        state.request_cancel(job_id)
+        state.transition(job_id, {"queued"}, "cancelled")
+        return job_out(self._job(services, tenant, job_id))
+
+    @get(
+        "/{job_id:str}/events",
+        operation_id="streamJobEvents",
+        sync_to_thread=True,
+        media_type="text/event-stream",
+        responses=problems(401, 404),
+    )
+    def stream_job_events(
+        self,
+        job_id: FromPath[str],
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+        last_event_id: Annotated[
+            str | None,
+            HeaderParameter(name="Last-Event-ID", description="resume after this event id"),
+        ] = None,
+    ) -> ServerSentEvent:
+        """The job's events as Server-Sent Events (`id:` stream id, `event:` type, `data:` JSON);
+        the stream ends once the job is in a terminal state."""
+        self._job(services, tenant, job_id)
+        if last_event_id is not None and not _EVENT_ID.match(last_event_id):
+            raise ApiProblem(400, "invalid-event-id", "Last-Event-ID is not an event id of this stream")
+        state = services.state
+
+        def events() -> Iterator[ServerSentEventMessage]:
+            for event_id, kind, data in state.iter_events(job_id, last_event_id or "0"):
+                yield ServerSentEventMessage(data=data, event=kind, id=event_id)
+
+        return ServerSentEvent(events())
+
+    @get(
+        "/{job_id:str}/artifacts",
+        operation_id="listArtifacts",
+        sync_to_thread=True,
+        responses=problems(401, 404),
+    )
+    def list_artifacts(
+        self, job_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> ArtifactList:
+        """The files a finished job produced (empty until it has any)."""
+        job = self._job(services, tenant, job_id)
+        return ArtifactList(
+            items=[
+                Artifact(name=a["name"], size=int(a.get("size") or 0), sha256=a.get("sha256"))
+                for a in _artifacts(job)
+            ]
+        )
+
+    @get(
+        "/{job_id:str}/artifacts/{name:str}",
+        operation_id="downloadArtifact",
+        sync_to_thread=True,
+        responses={
+            200: ResponseSpec(
+                data_container=bytes,
+                media_type="application/octet-stream",
+                description="the artifact's bytes (application/json for .json, application/jsonl for .jsonl)",
+                generate_examples=False,
+            ),
+            **problems(401, 404),
+        },
+    )
+    def download_artifact(
+        self,
+        job_id: FromPath[str],
+        name: FromPath[str],
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+    ) -> Response[Any]:
+        """One artifact, streamed."""
+        job = self._job(services, tenant, job_id)
+        found = next((a for a in _artifacts(job) if a["name"] == name), None)
+        key = found.get("key") if found else None
+        if not isinstance(key, str) or not key.startswith(f"{tenant}/"):
+            raise not_found("artifact", name)
+        blobs = services.blobs
+        try:
+            size = blobs.size(key)
+        except (BlobNotFound, ValueError):
+            raise not_found("artifact", name) from None
+        suffix = name[name.rfind(".") :] if "." in name else ""
+        filename = _UNSAFE_FILENAME.sub("_", name)
+        return Stream(
+            blobs.open_chunks(key),
+            media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+            headers={
+                "Content-Length": str(size),
+                "Content-Disposition": f'attachment; filename="{filename}"',
+                **({"ETag": f'"{found["sha256"]}"'} if found and found.get("sha256") else {}),
+            },
+        )
