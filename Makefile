@@ -25,6 +25,9 @@ lint: install  ## ruff and mypy --strict
 test: lint  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
 	$(UV) run --locked pytest -q
 
+dev: install  ## Run everything on this machine: redis-server, a worker and the API on :8000
+	$(UV) run --locked tuneset dev
+
 bench: install  ## The benchmarks at full size (prints figures; takes minutes)
 	$(UV) run --locked python -m bench.validate_throughput
 
@@ -32,4 +35,4 @@ format: install  ## Format the code
 	$(UV) run --locked ruff format .
 	$(UV) run --locked ruff check --fix .
 
-.PHONY: help install lint test bench format
+.PHONY: help install lint test dev bench format

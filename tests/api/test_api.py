@@ -146,9 +146,9 @@ def test_livez_readyz_and_unknown_routes(client: Client) -> None:
 
 
 def test_readyz_is_a_503_problem_when_redis_is_unreachable(tmp_path: Path) -> None:
-    from tests.api.conftest import _free_port
+    from service.run import free_port
 
-    app = create_app(Settings(redis_url=f"redis://127.0.0.1:{_free_port()}/0", data_dir=tmp_path))
+    app = create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", data_dir=tmp_path))
     with TestClient(app) as c:
         assert_problem(c.get("/readyz"), 503, "not-ready")
         assert c.get("/livez").status_code == 200

@@ -1,4 +1,4 @@
-"""Real parts: a redis-server on a free port of 127.0.0.1 and real Celery worker processes."""
+"""Real parts: the session's redis-server (tests/conftest.py) and real Celery worker processes."""
 
 from __future__ import annotations
 
@@ -11,21 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from service.run import free_port, start_redis, stop, worker_command
+from service.run import stop, worker_command
 from service.settings import Settings
 from service.store.state import State
 
 ROOT = Path(__file__).parents[2]
-
-
-@pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc = start_redis(tmp_path_factory.mktemp("redis"), port)
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
