@@ -39,6 +39,7 @@ from service.core.formats import (
     FormatError,
     Record,
     convert_value,
+    decode_reason,
     detect_format,
     parse_format,
     read_records,
@@ -181,7 +182,7 @@ def check_body(request: Request[Any, Any, Any], body: bytes, fmt: Format | None,
         except msgspec.ValidationError as e:
             raise ApiProblem(422, "invalid-request", f'a JSON batch is {{"examples": [...]}}: {e}') from None
         except DECODE_ERRORS as e:
-            raise ApiProblem(400, "invalid-json", f"the body is not valid JSON: {_why(e)}") from None
+            raise ApiProblem(400, "invalid-json", f"the body is not valid JSON: {decode_reason(e)}") from None
         return check(_json_records(items, fmt, checked), kind, checked)
     if kind_of_body in JSONL_TYPES:
 
@@ -195,14 +196,6 @@ def check_body(request: Request[Any, Any, Any], body: bytes, fmt: Format | None,
         f"Content-Type {kind_of_body or 'missing'!r}: send application/jsonl, application/x-ndjson "
         "or application/json",
     )
-
-
-def _why(e: Exception) -> str:
-    if isinstance(e, UnicodeDecodeError):
-        return f"invalid UTF-8 at byte {e.start}"
-    if isinstance(e, RecursionError):
-        return "nested too deeply"
-    return str(e)
 
 
 def request_fingerprint(dataset_id: str, query: str, body: bytes) -> str:

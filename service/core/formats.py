@@ -79,7 +79,8 @@ def detect_format(obj: Any) -> Format | None:
 DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
-def _why(error: Exception) -> str:
+def decode_reason(error: Exception) -> str:
+    """What went wrong decoding untrusted JSON, in words (for problem messages)."""
     if isinstance(error, UnicodeDecodeError):
         return f"invalid UTF-8 at byte {error.start}"
     if isinstance(error, RecursionError):
@@ -89,7 +90,9 @@ def _why(error: Exception) -> str:
 
 def _invalid_json(line: int, error: Exception) -> Record:
     return Record(
-        line, None, [problem("invalid_json", f"line {line} is not valid JSON: {_why(error)}", line)]
+        line,
+        None,
+        [problem("invalid_json", f"line {line} is not valid JSON: {decode_reason(error)}", line)],
     )
 
 
@@ -286,7 +289,9 @@ def sniff(first: bytes) -> Format:
     try:
         obj = _any_decoder.decode(first)
     except DECODE_ERRORS as e:
-        raise FormatError(f"cannot detect the format: the first example is not valid JSON ({_why(e)})") from e
+        raise FormatError(
+            f"cannot detect the format: the first example is not valid JSON ({decode_reason(e)})"
+        ) from e
     if isinstance(obj, list):
         obj = obj[0] if obj else None
     fmt = detect_format(obj)
@@ -366,7 +371,11 @@ def _read_array(
     try:
         items = _any_decoder.decode(raw)
     except DECODE_ERRORS as e:
-        yield Record(1, None, [problem("invalid_json", f"the JSON array is not valid JSON: {_why(e)}", 1)])
+        yield Record(
+            1,
+            None,
+            [problem("invalid_json", f"the JSON array is not valid JSON: {decode_reason(e)}", 1)],
+        )
         return
     if not isinstance(items, list):
         yield Record(1, None, [problem("not_an_object", "the file is neither JSONL nor a JSON array", 1)])

@@ -35,3 +35,11 @@ def test_core_imports_only_pure_modules(path: Path) -> None:
 
 def test_the_core_has_modules() -> None:
     assert len(list(CORE.rglob("*.py"))) >= 10
+
+
+@pytest.mark.parametrize(
+    "path", sorted((ROOT / "service").rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_the_service_never_imports_the_workers(path: Path) -> None:
+    """The API enqueues tasks by name; only the workers import the service, never the reverse."""
+    assert not [n for n in _imports(path) if n == "workers" or n.startswith("workers.")]
