@@ -28,7 +28,10 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=max(1, settings.build_time_limit_s * 9 // 10),
         task_ignore_result=True,
         task_default_queue=settings.cpu_queue,
-        task_routes={"tuneset.build": {"queue": settings.cpu_queue}},
+        task_routes={
+            name: {"queue": settings.cpu_queue}
+            for name in ("tuneset.build", "tuneset.build_shard", "tuneset.build_finalize")
+        },
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,

@@ -86,4 +86,4 @@ class DatasetController(Controller):
             raise not_found("dataset", dataset_id)
         services.state.delete_dataset(tenant, dataset_id)
         # ids have a fixed length, so no other dataset's keys share this prefix
-        services.blobs.delete_prefix(f"{tenant}/{dataset_id}")
+        services.blobs.delete_prefix(f"{tenant}/{dataset_id}/")

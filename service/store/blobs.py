@@ -32,7 +32,8 @@ class BlobStore(Protocol):
 
 
 def _check_key(key: str) -> str:
-    parts = key.split("/")
+    """Keys are relative paths without empty, `.` or `..` parts (a prefix may end with `/`)."""
+    parts = key.removesuffix("/").split("/")
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid blob key {key!r}")
     return key

@@ -1,0 +1,84 @@
+"""A build fans out into shards on several workers and gives byte-identical artifacts every time."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from service.queue import BUILD_TASK, enqueue
+from service.run import stop
+from service.settings import Settings
+from service.store.blobs import LocalBlobStore
+from service.store.state import State
+from tests.conftest import mtbench_conversations, sharegpt_conversations
+from tests.integration.test_build_worker import _dataset, _wait
+from tests.integration.test_worker_faults import _start_worker
+
+
+def _examples() -> list[dict[str, Any]]:
+    convos = mtbench_conversations() + sharegpt_conversations()
+    out = [
+        {"messages": [{**m, "content": f"{m['content']} #{i}"} for m in c["messages"]]}
+        for i in range(5)
+        for c in convos
+    ]
+    return out + out[:40]  # some exact duplicates, across shards
+
+
+def _build(settings: Settings, dataset_id: str) -> dict[str, str]:
+    state = State.from_url(settings.redis_url)
+    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}, "shard_size": 400})
+    enqueue(settings, BUILD_TASK, [job["id"]])
+    done = _wait(state, job["id"], timeout=120)
+    assert done["status"] == "succeeded", done
+    assert done["result"]["shards"] == 7
+    blobs = LocalBlobStore(settings.blob_root)
+    deadline = time.monotonic() + 10  # the finalize removes its work files right after finishing the job
+    while blobs.list(f"acme/jobs/{job['id']}/work"):
+        assert time.monotonic() < deadline, "work files left behind"
+        time.sleep(0.1)
+    return {a["name"]: a["sha256"] for a in done["result"]["artifacts"]}
+
+
+def test_same_artifacts_with_one_and_two_workers_and_on_reruns(settings: Settings, tmp_path: Path) -> None:
+    state = State.from_url(settings.redis_url)
+    blobs = LocalBlobStore(settings.blob_root)
+    examples = _examples()
+    dataset_id = _dataset(state, blobs, "acme", examples[:2000])
+    state.add_batch(
+        "acme",
+        dataset_id,
+        {
+            "id": "b2",
+            "examples": len(examples) - 2000,
+            "bytes": 1,
+            "key": _second_batch(blobs, dataset_id, examples[2000:]),
+        },
+    )
+    workers = [_start_worker(settings, settings.data_dir / f"w{i}.log") for i in range(2)]
+    try:
+        two = _build(settings, dataset_id)
+        again = _build(settings, dataset_id)
+    finally:
+        for w in workers:
+            stop(w)
+    one_worker = _start_worker(settings, settings.data_dir / "w-solo.log")
+    try:
+        one = _build(settings, dataset_id)
+    finally:
+        stop(one_worker)
+    assert set(two) == {"report.json", "train.jsonl"}
+    assert two == again == one
+    logs = [(settings.data_dir / f"w{i}.log").read_text() for i in range(2)]
+    assert all("tuneset.build_shard" in log for log in logs)  # both workers took shards
+
+
+def _second_batch(blobs: LocalBlobStore, dataset_id: str, examples: list[dict[str, Any]]) -> str:
+    import msgspec
+
+    from service.core.conversation import ChatExample
+
+    key = f"acme/{dataset_id}/batches/b2.jsonl"
+    blobs.put(key, b"".join(msgspec.json.encode(msgspec.convert(e, ChatExample)) + b"\n" for e in examples))
+    return key

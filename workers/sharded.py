@@ -1,0 +1,276 @@
+"""A sharded build: plan → shard tasks on every worker → one finalize, safe to redeliver at every step.
+
+- plan: cut the dataset's stored lines into shards of `shard_size` (a large batch becomes
+  several shards), store the plan, enqueue one task per shard.
+- shard: process its lines with the core and write its outputs, then its summary, then a
+  completion marker, in that order. A redelivered shard finds the marker and only reports
+  completion again. Completion is recorded in a Redis set; whoever sees the set complete
+  enqueues the finalize (more than once is harmless).
+- finalize: fold the summaries in shard order, drop cross-shard duplicates by content key,
+  write the final artifacts in a fixed order, record their SHA-256, and remove the work files.
+
+Everything written depends only on the batches and the recipe, never on timing or on which
+worker ran what, so the same build gives byte-identical artifacts with 1 or 10 workers.
+Cancel is honoured at every shard and at the finalize; a cancelled build leaves no final
+artifacts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import msgspec
+
+from service.core import shards
+from service.core.conversation import chat_of
+from service.core.formats import Format, read_records
+from service.core.pipeline import OutputExample, Processor, Recipe, Summary
+from service.core.problems import Action, Problem, problem
+from service.queue import enqueue
+from service.settings import Settings, get_settings
+from service.store.blobs import BlobStore, blob_store_from_settings
+from service.store.state import TERMINAL, State
+from workers.resilience import best_effort, until_recorded
+
+SHARD_TASK = "tuneset.build_shard"
+FINALIZE_TASK = "tuneset.build_finalize"
+DEFAULT_SHARD_SIZE = 5000
+MAX_ATTEMPTS = 3  # a shard that keeps killing its worker fails the build instead of looping
+_json = msgspec.json.Encoder()
+
+# KEYS[1] done set, KEYS[2] job hash; ARGV: shard index, its examples. Returns how many are done.
+_COMPLETE = """
+if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
+  redis.call('HINCRBY', KEYS[2], 'done', ARGV[2])
+end
+return redis.call('SCARD', KEYS[1])
+"""
+
+
+class BuildSpec(msgspec.Struct, kw_only=True):
+    """What a build job carries: the dataset, the recipe and how to cut it."""
+
+    dataset_id: str
+    recipe: Recipe = msgspec.field(default_factory=Recipe)
+    shard_size: int = DEFAULT_SHARD_SIZE
+
+
+class Context:
+    def __init__(
+        self,
+        job_id: str,
+        settings: Settings | None = None,
+        state: State | None = None,
+        blobs: BlobStore | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.settings = settings or get_settings()
+        self.state = state or State.from_url(self.settings.redis_url)
+        self.blobs = blobs or blob_store_from_settings(self.settings)
+        job = self.state.job(job_id)
+        self.job = job or {}
+        self.tenant: str = self.job.get("tenant", "")
+
+    @property
+    def live(self) -> bool:
+        return bool(self.job) and self.job["status"] not in TERMINAL
+
+    def key(self, name: str) -> str:
+        return f"{self.tenant}/jobs/{self.job_id}/{name}"
+
+    def spec(self) -> BuildSpec:
+        raw = dict(self.job.get("spec") or {})
+        raw.setdefault("recipe", {})
+        return msgspec.convert(raw, BuildSpec)
+
+    def cancel_if_asked(self) -> bool:
+        if not self.state.cancel_requested(self.job_id):
+            return False
+        self.state.transition(self.job_id, {"queued", "running"}, "cancelled", stage="cancelled")
+        self.blobs.delete_prefix(self.key("work/"))
+        return True
+
+
+def plan_build(job_id: str, settings: Settings | None = None) -> None:
+    ctx = Context(job_id, settings)
+    if not ctx.live or ctx.cancel_if_asked():
+        return
+    ctx.state.transition(job_id, {"queued"}, "running", stage="planning")
+    spec = ctx.spec()
+    plan: list[dict[str, Any]] = []
+    offset = 0
+    for batch in ctx.state.batches(spec.dataset_id):
+        n = int(batch["examples"])
+        for start in range(0, n, spec.shard_size):
+            end = min(n, start + spec.shard_size)
+            plan.append({"key": batch["key"], "start": start, "end": end, "offset": offset + start})
+        offset += n
+    ctx.blobs.put(ctx.key("work/plan.json"), json.dumps(plan).encode())
+    ctx.state.r.hset(f"tuneset:job:{job_id}", mapping={"shards": len(plan)})
+    ctx.state.progress(job_id, "shards", 0, offset)
+    if not plan:
+        enqueue(ctx.settings, FINALIZE_TASK, [job_id])
+    for index in range(len(plan)):
+        enqueue(ctx.settings, SHARD_TASK, [job_id, index])
+
+
+def _kind_format(ctx: Context, spec: BuildSpec) -> Format:
+    dataset = ctx.state.get_dataset(ctx.tenant, spec.dataset_id) or {}
+    return "preference" if dataset.get("kind") == "preference" else "openai"
+
+
+def _shard_lines(ctx: Context, shard: dict[str, Any]) -> list[bytes]:
+    lines = ctx.blobs.get(shard["key"]).split(b"\n")
+    return [line + b"\n" for line in lines[shard["start"] : shard["end"]]]
+
+
+class _ShardProcessor(Processor):
+    """Duplicates are decided across the whole dataset at the finalize, not within a shard."""
+
+    def _dedupe(
+        self, outputs: list[OutputExample], line: int, problems: list[Problem]
+    ) -> tuple[list[OutputExample], bool]:
+        return outputs, False
+
+
+def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None:
+    ctx = Context(job_id, settings)
+    if not ctx.live or ctx.cancel_if_asked():
+        return
+    plan = json.loads(ctx.blobs.get(ctx.key("work/plan.json")))
+    shard = plan[index]
+    if int(ctx.state.r.hincrby(f"tuneset:job:{job_id}", f"shard_attempts:{index}", 1)) > MAX_ATTEMPTS:  # type: ignore[arg-type]
+        error = {"code": "too_many_attempts", "message": f"shard {index} failed {MAX_ATTEMPTS} times"}
+        ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
+        ctx.blobs.delete_prefix(ctx.key("work/"))
+        return
+    marker = ctx.key(f"work/shard-{index:05d}.done")
+    if not ctx.blobs.exists(marker):
+        spec = ctx.spec()
+        fmt = _kind_format(ctx, spec)
+        processor = _ShardProcessor(spec.recipe)
+        part = shards.ShardSummary(index=index, format=fmt)
+        out: list[bytes] = []
+        lines = _shard_lines(ctx, shard)
+        offset = shard["offset"]
+        for record in read_records(lines, fmt):
+            record.line += offset  # line numbers run on across the dataset's batches, in push order
+            for p in record.problems:
+                p.line = record.line
+            outcome = processor.process(record)
+            shards.add_outcome(part, outcome)
+            for o in outcome.outputs:
+                example = o.example if fmt == "preference" else chat_of(o.example)
+                out.append(_json.encode(example) + b"\n")
+        ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
+        ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.summary"), shards.encode(part))
+        ctx.blobs.put(marker, b"")
+    done_set = f"tuneset:job:{job_id}:shards_done"
+    examples = shard["end"] - shard["start"]
+    reply: Any = until_recorded(
+        lambda: ctx.state.r.eval(_COMPLETE, 2, done_set, f"tuneset:job:{job_id}", str(index), str(examples))
+    )
+    completed = int(reply)
+    job = ctx.state.job(job_id) or {}
+    best_effort(
+        lambda: ctx.state.event(
+            job_id,
+            "progress",
+            {
+                "stage": "shards",
+                "done": job.get("done", 0),
+                "total": job.get("total", 0),
+                "shards_done": completed,
+                "shards": len(plan),
+            },
+        )
+    )
+    if completed == len(plan):
+        enqueue(ctx.settings, FINALIZE_TASK, [job_id])
+
+
+def _lines_of(data: bytes) -> Iterator[bytes]:
+    for line in data.split(b"\n"):
+        if line:
+            yield line + b"\n"
+
+
+def finalize_build(job_id: str, settings: Settings | None = None) -> None:
+    ctx = Context(job_id, settings)
+    if not ctx.live or ctx.cancel_if_asked():
+        return
+    spec = ctx.spec()
+    plan = json.loads(ctx.blobs.get(ctx.key("work/plan.json")))
+    totals = ctx.state.job(job_id) or {}
+    best_effort(
+        lambda: ctx.state.progress(job_id, "finalizing", totals.get("done", 0), totals.get("total", 0))
+    )
+    processor = Processor(spec.recipe)
+    summary = Summary(processor)
+    dup_action = processor.action("duplicate_example")
+    seen: dict[bytes, int] = {}
+    train: list[bytes] = []
+    for index in range(len(plan)):
+        part = shards.decode(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.summary")))
+        lines = list(_lines_of(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl"))))
+        kept: list[shards.Row] = []
+        for row, line in zip(part.rows, lines, strict=True):
+            first = seen.get(row.key)
+            if first is None:
+                seen[row.key] = row.line
+            else:
+                p = problem("duplicate_example", f"the example duplicates line {first}", row.line)
+                p.action = dup_action.value
+                part.problems.append(p)
+                if dup_action is not Action.KEEP:
+                    part.n_ok -= 1
+                    if dup_action is Action.DROP or dup_action is Action.FIX:
+                        part.n_dropped += 1
+                    else:
+                        part.n_failed += 1
+                    continue
+            kept.append(row)
+            train.append(line)
+        shards.merge(summary, part, kept)
+    report = summary.report()
+    artifacts = [_store(ctx, "report.json", msgspec.json.format(_json.encode(report)))]
+    if report.ok:
+        artifacts.append(_store(ctx, "train.jsonl", b"".join(train)))
+    if ctx.cancel_if_asked():  # asked while finalizing: no final artifacts stay behind
+        for a in artifacts:
+            ctx.blobs.delete_prefix(a["key"])
+        return
+    result: dict[str, Any] = {
+        "artifacts": artifacts,
+        "examples": report.examples,
+        "examples_out": report.examples_out,
+        "tokens": {"billed_total": report.tokens.billed_total, "trained_total": report.tokens.trained_total},
+        "estimated_cost_usd": report.estimated_cost_usd,
+        "shards": len(plan),
+    }
+    if report.ok:
+        until_recorded(
+            lambda: ctx.state.transition(job_id, {"running"}, "succeeded", stage="done", result=result)
+        )
+    else:
+        failing = sorted({p.code for p in report.problems if p.action == "fail"})
+        error = {
+            "code": "validation_failed",
+            "message": f"{report.examples_failed} example(s) failed the recipe's policies "
+            f"({', '.join(failing)}); see report.json",
+        }
+        until_recorded(
+            lambda: ctx.state.transition(
+                job_id, {"running"}, "failed", stage="failed", error=error, result=result
+            )
+        )
+    ctx.blobs.delete_prefix(ctx.key("work/"))
+
+
+def _store(ctx: Context, name: str, data: bytes) -> dict[str, Any]:
+    key = ctx.key(name)
+    ctx.blobs.put(key, data)
+    return {"name": name, "key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
