@@ -26,9 +26,11 @@ import msgspec
 
 from service.core import shards
 from service.core.conversation import chat_of
+from service.core.dedupe import DedupeSpec, find_duplicates, signature
 from service.core.formats import Format, read_records
 from service.core.pipeline import OutputExample, Processor, Recipe, Summary
 from service.core.problems import Action, Problem, problem
+from service.core.split import SplitError, SplitSpec, assign
 from service.queue import enqueue
 from service.settings import Settings, get_settings
 from service.store.blobs import BlobStore, blob_store_from_settings
@@ -56,6 +58,8 @@ class BuildSpec(msgspec.Struct, kw_only=True):
     dataset_id: str
     recipe: Recipe = msgspec.field(default_factory=Recipe)
     shard_size: int = DEFAULT_SHARD_SIZE
+    dedupe: DedupeSpec | None = None  # given: duplicates are dropped (exact, and near when asked)
+    split: SplitSpec | None = None
 
 
 class Context:
@@ -162,6 +166,11 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
                 p.line = record.line
             outcome = processor.process(record)
             shards.add_outcome(part, outcome)
+            if spec.dedupe is not None and spec.dedupe.near:
+                for row, o in zip(
+                    part.rows[len(part.rows) - len(outcome.outputs) :], outcome.outputs, strict=True
+                ):
+                    row.sig = signature(o.example, spec.dedupe.num_perm)
             for o in outcome.outputs:
                 example = o.example if fmt == "preference" else chat_of(o.example)
                 out.append(_json.encode(example) + b"\n")
@@ -198,6 +207,31 @@ def _lines_of(data: bytes) -> Iterator[bytes]:
             yield line + b"\n"
 
 
+def _duplicates(spec: BuildSpec, processor: Processor, rows: list[shards.Row]) -> dict[int, Problem]:
+    """Which rows (by position in dataset order) are duplicates, each with the problem it reports.
+
+    With a `dedupe` recipe option, exact (and near) duplicates are dropped; without one, exact
+    duplicates follow the `duplicate_example` policy (a warning by default)."""
+    out: dict[int, Problem] = {}
+    if spec.dedupe is not None:
+        sigs = [row.sig for row in rows] if spec.dedupe.near else None
+        for d in find_duplicates([row.key for row in rows], sigs, spec.dedupe).drops:
+            how = "duplicates" if d.kind == "exact" else f"nearly duplicates (similarity {d.similarity:.2f})"
+            p = problem("duplicate_example", f"the example {how} line {rows[d.of].line}", rows[d.index].line)
+            p.action = Action.DROP.value
+            out[d.index] = p
+        return out
+    action = processor.action("duplicate_example")
+    seen: dict[bytes, int] = {}
+    for i, row in enumerate(rows):
+        first = seen.setdefault(row.key, row.line)
+        if first != row.line:
+            p = problem("duplicate_example", f"the example duplicates line {first}", row.line)
+            p.action = action.value
+            out[i] = p
+    return out
+
+
 def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     ctx = Context(job_id, settings)
     if not ctx.live or ctx.cancel_if_asked():
@@ -210,43 +244,52 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     )
     processor = Processor(spec.recipe)
     summary = Summary(processor)
-    dup_action = processor.action("duplicate_example")
-    seen: dict[bytes, int] = {}
-    train: list[bytes] = []
-    for index in range(len(plan)):
-        part = shards.decode(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.summary")))
+    parts = [shards.decode(ctx.blobs.get(ctx.key(f"work/shard-{i:05d}.summary"))) for i in range(len(plan))]
+    rows = [row for part in parts for row in part.rows]
+    duplicates = _duplicates(spec, processor, rows)
+    kept_keys = [row.key for i, row in enumerate(rows) if not _drops(duplicates.get(i))]
+    try:
+        validation_flags = iter(assign(kept_keys, spec.split or SplitSpec(), processor.model.min_examples))
+    except SplitError as e:
+        _fail(ctx, {"code": "split_failed", "message": str(e)}, {"shards": len(plan)})
+        return
+    files: dict[str, list[bytes]] = {"train.jsonl": [], "validation.jsonl": []}
+    position = 0
+    for index, part in enumerate(parts):
         lines = list(_lines_of(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl"))))
         kept: list[shards.Row] = []
         for row, line in zip(part.rows, lines, strict=True):
-            first = seen.get(row.key)
-            if first is None:
-                seen[row.key] = row.line
-            else:
-                p = problem("duplicate_example", f"the example duplicates line {first}", row.line)
-                p.action = dup_action.value
-                part.problems.append(p)
-                if dup_action is not Action.KEEP:
+            dup = duplicates.get(position)
+            position += 1
+            if dup is not None:
+                part.problems.append(dup)
+                if _drops(dup):
                     part.n_ok -= 1
-                    if dup_action is Action.DROP or dup_action is Action.FIX:
-                        part.n_dropped += 1
-                    else:
+                    if dup.action == "fail":
                         part.n_failed += 1
+                    else:
+                        part.n_dropped += 1
                     continue
+            if next(validation_flags):
+                files["validation.jsonl"].append(line)
+                continue
             kept.append(row)
-            train.append(line)
+            files["train.jsonl"].append(line)
         shards.merge(summary, part, kept)
-    report = summary.report()
+    report = summary.report()  # the training file's report: validation tokens are not charged
     artifacts = [_store(ctx, "report.json", msgspec.json.format(_json.encode(report)))]
     if report.ok:
-        artifacts.append(_store(ctx, "train.jsonl", b"".join(train)))
+        artifacts += [_store(ctx, name, b"".join(lines)) for name, lines in files.items() if lines]
     if ctx.cancel_if_asked():  # asked while finalizing: no final artifacts stay behind
-        for a in artifacts:
-            ctx.blobs.delete_prefix(a["key"])
+        for artifact in artifacts:
+            ctx.blobs.delete_prefix(artifact["key"])
         return
     result: dict[str, Any] = {
         "artifacts": artifacts,
         "examples": report.examples,
         "examples_out": report.examples_out,
+        "validation_examples": len(files["validation.jsonl"]),
+        "duplicates_removed": sum(1 for p in duplicates.values() if _drops(p)),
         "tokens": {"billed_total": report.tokens.billed_total, "trained_total": report.tokens.trained_total},
         "estimated_cost_usd": report.estimated_cost_usd,
         "shards": len(plan),
@@ -262,11 +305,21 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
             "message": f"{report.examples_failed} example(s) failed the recipe's policies "
             f"({', '.join(failing)}); see report.json",
         }
-        until_recorded(
-            lambda: ctx.state.transition(
-                job_id, {"running"}, "failed", stage="failed", error=error, result=result
-            )
+        _fail(ctx, error, result)
+        return
+    ctx.blobs.delete_prefix(ctx.key("work/"))
+
+
+def _drops(p: Problem | None) -> bool:
+    return p is not None and p.action in ("drop", "fix", "fail")
+
+
+def _fail(ctx: Context, error: dict[str, str], result: dict[str, Any]) -> None:
+    until_recorded(
+        lambda: ctx.state.transition(
+            ctx.job_id, {"running"}, "failed", stage="failed", error=error, result=result
         )
+    )
     ctx.blobs.delete_prefix(ctx.key("work/"))
 
 

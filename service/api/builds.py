@@ -7,6 +7,7 @@ cannot find. The API names the task (`tuneset.build`); it never imports the work
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import msgspec
 from litestar import Response, post
@@ -66,7 +67,12 @@ def start_build(
     if state.get_dataset(tenant, dataset_id) is None:
         raise not_found("dataset", dataset_id)
     recipe = recipe_of(data, services)
-    job = state.create_job(tenant, "build", {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)})
+    spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)}
+    for option in ("dedupe", "split", "shard_size"):
+        value = getattr(data, option)
+        if value is not None:
+            spec[option] = msgspec.to_builtins(value)
+    job = state.create_job(tenant, "build", spec)
     job_id = str(job["id"])
     try:
         enqueue(services.settings, BUILD_TASK, [job_id])

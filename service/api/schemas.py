@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta
 
+from service.core.dedupe import DedupeSpec
+from service.core.split import SplitSpec
 from service.core.view import Segment
 
 DatasetKind = Literal["chat", "preference"]
@@ -109,6 +111,9 @@ class BuildRequest(msgspec.Struct, forbid_unknown_fields=True):
     policies: dict[str, str] | None = None  # code -> keep | fix | drop | fail
     system_prompt: str | None = None
     train_on: Literal["all", "last"] | None = None
+    dedupe: DedupeSpec | None = None  # given: exact (and, with near, near) duplicates are dropped
+    split: SplitSpec | None = None  # a deterministic validation split by a hash of (seed, content)
+    shard_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None  # examples per shard task
 
 
 class BuildStarted(msgspec.Struct):

@@ -24,6 +24,7 @@ class Row(msgspec.Struct, array_like=True):
     billed: int
     trained: int
     messages: int
+    sig: bytes | None = None  # MinHash signature, when the build looks for near duplicates
 
 
 class ShardSummary(msgspec.Struct):

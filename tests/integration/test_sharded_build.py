@@ -6,6 +6,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from service.queue import BUILD_TASK, enqueue
 from service.run import stop
 from service.settings import Settings
@@ -82,3 +84,36 @@ def _second_batch(blobs: LocalBlobStore, dataset_id: str, examples: list[dict[st
     key = f"acme/{dataset_id}/batches/b2.jsonl"
     blobs.put(key, b"".join(msgspec.json.encode(msgspec.convert(e, ChatExample)) + b"\n" for e in examples))
     return key
+
+
+def test_dedupe_and_split_across_shards(settings: Settings, worker: object) -> None:
+    state = State.from_url(settings.redis_url)
+    blobs = LocalBlobStore(settings.blob_root)
+    examples = _examples()  # 2,650 distinct + 40 exact copies spread over the shards
+    dataset_id = _dataset(state, blobs, "acme", examples)
+    spec = {
+        "dataset_id": dataset_id,
+        "recipe": {},
+        "shard_size": 400,
+        "dedupe": {"exact": True, "near": True, "threshold": 0.9},
+        "split": {"validation_fraction": 0.1, "seed": 7},
+    }
+    hashes = []
+    for _ in range(2):
+        job = state.create_job("acme", "build", spec)
+        enqueue(settings, BUILD_TASK, [job["id"]])
+        done = _wait(state, job["id"], timeout=120)
+        assert done["status"] == "succeeded", done
+        result = done["result"]
+        files = {a["name"]: blobs.get(a["key"]) for a in result["artifacts"]}
+        train, validation = files["train.jsonl"].splitlines(), files["validation.jsonl"].splitlines()
+        assert result["duplicates_removed"] >= 40
+        assert len(train) + len(validation) == len(examples) - result["duplicates_removed"]
+        assert not set(train) & set(validation)  # no example on both sides
+        assert 0.05 < len(validation) / (len(train) + len(validation)) < 0.15
+        report = msgspec.json.decode(files["report.json"])
+        assert report["examples_out"] == len(
+            train
+        )  # the report is the training file's: validation is not billed
+        hashes.append({a["name"]: a["sha256"] for a in result["artifacts"]})
+    assert hashes[0] == hashes[1]

@@ -1,4 +1,4 @@
-"""The core is pure: standard library, msgspec, tiktoken and xxhash only; no web, queue or Redis imports."""
+"""The core is pure: standard library, msgspec, tiktoken, xxhash and numpy only; no web, queue or Redis imports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 CORE = ROOT / "service" / "core"
-ALLOWED_THIRD_PARTY = {"msgspec", "tiktoken", "xxhash"}
+ALLOWED_THIRD_PARTY = {"msgspec", "tiktoken", "xxhash", "numpy"}
 
 
 def _imports(path: Path) -> list[str]:
