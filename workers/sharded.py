@@ -28,13 +28,17 @@ from service.core import shards
 from service.core.conversation import chat_of
 from service.core.dedupe import DedupeSpec, find_duplicates, signature
 from service.core.formats import Format, read_records
+from service.core.packing import PackedSpec, document_from_view, pack
 from service.core.pipeline import OutputExample, Processor, Recipe, Summary
 from service.core.problems import Action, Problem, problem
 from service.core.split import SplitError, SplitSpec, assign
+from service.core.templates import get_template
+from service.core.view import build_view
 from service.queue import enqueue
 from service.settings import Settings, get_settings
 from service.store.blobs import BlobStore, blob_store_from_settings
 from service.store.state import TERMINAL, State
+from workers.packed_output import write_shards
 from workers.resilience import best_effort, until_recorded
 
 SHARD_TASK = "tuneset.build_shard"
@@ -60,6 +64,7 @@ class BuildSpec(msgspec.Struct, kw_only=True):
     shard_size: int = DEFAULT_SHARD_SIZE
     dedupe: DedupeSpec | None = None  # given: duplicates are dropped (exact, and near when asked)
     split: SplitSpec | None = None
+    packed: PackedSpec | None = None
 
 
 class Context:
@@ -158,6 +163,8 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         processor = _ShardProcessor(spec.recipe)
         part = shards.ShardSummary(index=index, format=fmt)
         out: list[bytes] = []
+        docs: list[tuple[list[int], list[int], list[int]]] = []
+        template = get_template(spec.packed.template) if spec.packed is not None else None
         lines = _shard_lines(ctx, shard)
         offset = shard["offset"]
         for record in read_records(lines, fmt):
@@ -174,7 +181,11 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
             for o in outcome.outputs:
                 example = o.example if fmt == "preference" else chat_of(o.example)
                 out.append(_json.encode(example) + b"\n")
+                if template is not None:  # the token document this example becomes when packed
+                    docs.append(document_from_view(build_view(chat_of(o.example), template)))
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
+        if spec.packed is not None:
+            ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.docs"), msgspec.msgpack.encode(docs))
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.summary"), shards.encode(part))
         ctx.blobs.put(marker, b"")
     done_set = f"tuneset:job:{job_id}:shards_done"
@@ -254,6 +265,7 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
         _fail(ctx, {"code": "split_failed", "message": str(e)}, {"shards": len(plan)})
         return
     files: dict[str, list[bytes]] = {"train.jsonl": [], "validation.jsonl": []}
+    train_positions: set[int] = set()  # rows (in dataset order) that went into train.jsonl
     position = 0
     for index, part in enumerate(parts):
         lines = list(_lines_of(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl"))))
@@ -274,12 +286,16 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
                 files["validation.jsonl"].append(line)
                 continue
             kept.append(row)
+            train_positions.add(position - 1)
             files["train.jsonl"].append(line)
         shards.merge(summary, part, kept)
     report = summary.report()  # the training file's report: validation tokens are not charged
     artifacts = [_store(ctx, "report.json", msgspec.json.format(_json.encode(report)))]
+    packing: dict[str, Any] | None = None
     if report.ok:
         artifacts += [_store(ctx, name, b"".join(lines)) for name, lines in files.items() if lines]
+        if spec.packed is not None:
+            packing = _pack(ctx, spec.packed, parts, train_positions, artifacts)
     if ctx.cancel_if_asked():  # asked while finalizing: no final artifacts stay behind
         for artifact in artifacts:
             ctx.blobs.delete_prefix(artifact["key"])
@@ -294,6 +310,8 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
         "estimated_cost_usd": report.estimated_cost_usd,
         "shards": len(plan),
     }
+    if packing is not None:
+        result["packing"] = packing
     if report.ok:
         until_recorded(
             lambda: ctx.state.transition(job_id, {"running"}, "succeeded", stage="done", result=result)
@@ -308,6 +326,48 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
         _fail(ctx, error, result)
         return
     ctx.blobs.delete_prefix(ctx.key("work/"))
+
+
+def _pack(
+    ctx: Context,
+    packed: PackedSpec,
+    parts: list[shards.ShardSummary],
+    train_positions: set[int],
+    artifacts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Pack the training examples' token documents globally and store the Parquet shards.
+
+    The documents come from the shards' work files, in dataset order; each one's id is its
+    position in that order, so a sequence names exactly where its documents came from."""
+    documents: list[tuple[int, list[int], list[int], list[int]]] = []
+    position = 0
+    for index, part in enumerate(parts):
+        docs = msgspec.msgpack.decode(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.docs")))
+        for doc in docs:
+            if position in train_positions:
+                documents.append((position, doc[0], doc[1], doc[2]))
+            position += 1
+        del part
+    sequences, stats = pack(documents, packed.seq_len, packed.oversize)
+    template = get_template(packed.template)
+
+    def sink(name: str, data: bytes) -> None:
+        artifacts.append(_store(ctx, f"packed/{name}", data))
+
+    manifest = write_shards(
+        sequences,
+        sink,
+        packed.rows_per_shard,
+        seq_len=packed.seq_len,
+        template=template.name,
+        encoding=template.encoding,
+        stats=stats,
+    )
+    return {
+        "sequences": len(sequences),
+        "efficiency": manifest.get("efficiency"),
+        "stats": msgspec.to_builtins(stats),
+    }
 
 
 def _drops(p: Problem | None) -> bool:

@@ -68,7 +68,7 @@ def start_build(
         raise not_found("dataset", dataset_id)
     recipe = recipe_of(data, services)
     spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)}
-    for option in ("dedupe", "split", "shard_size"):
+    for option in ("dedupe", "split", "shard_size", "packed"):
         value = getattr(data, option)
         if value is not None:
             spec[option] = msgspec.to_builtins(value)

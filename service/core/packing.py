@@ -302,3 +302,12 @@ def pack(
         lower_bound=-(-real // seq_len),
     )
     return sequences, stats
+
+
+class PackedSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Token sequences for self-hosted training, packed over the whole dataset."""
+
+    seq_len: int = 4096
+    template: str = "harmony"
+    oversize: Oversize = "split"  # what happens to an example longer than seq_len
+    rows_per_shard: int = 10_000

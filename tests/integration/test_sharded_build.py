@@ -30,7 +30,13 @@ def _examples() -> list[dict[str, Any]]:
 
 def _build(settings: Settings, dataset_id: str) -> dict[str, str]:
     state = State.from_url(settings.redis_url)
-    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}, "shard_size": 400})
+    spec = {
+        "dataset_id": dataset_id,
+        "recipe": {},
+        "shard_size": 400,
+        "packed": {"seq_len": 2048, "template": "chatml", "rows_per_shard": 100},
+    }
+    job = state.create_job("acme", "build", spec)
     enqueue(settings, BUILD_TASK, [job["id"]])
     done = _wait(state, job["id"], timeout=120)
     assert done["status"] == "succeeded", done
@@ -70,8 +76,9 @@ def test_same_artifacts_with_one_and_two_workers_and_on_reruns(settings: Setting
         one = _build(settings, dataset_id)
     finally:
         stop(one_worker)
-    assert set(two) == {"report.json", "train.jsonl"}
+    assert {"report.json", "train.jsonl", "packed/manifest.json", "packed/packed-00000.parquet"} <= set(two)
     assert two == again == one
+    _check_packed(settings)
     logs = [(settings.data_dir / f"w{i}.log").read_text() for i in range(2)]
     assert all("tuneset.build_shard" in log for log in logs)  # both workers took shards
 
@@ -117,3 +124,23 @@ def test_dedupe_and_split_across_shards(settings: Settings, worker: object) -> N
         )  # the report is the training file's: validation is not billed
         hashes.append({a["name"]: a["sha256"] for a in result["artifacts"]})
     assert hashes[0] == hashes[1]
+
+
+def _check_packed(settings: Settings) -> None:
+    """The packed shards of the last build: every training example's tokens once, within seq_len."""
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    root = settings.blob_root
+    jobs = sorted((root / "acme" / "jobs").iterdir(), key=lambda p: p.name)
+    packed = jobs[-1] / "packed"
+    manifest = msgspec.json.decode((packed / "manifest.json").read_bytes())
+    rows = [r for shard in sorted(packed.glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    assert len(rows) == sum(s["rows"] for s in manifest["shards"])
+    assert all(len(r["input_ids"]) <= 2048 for r in rows)
+    doc_ids = [d for r in rows for d in r["doc_ids"]]
+    train = (jobs[-1] / "train.jsonl").read_bytes().splitlines()
+    assert len(set(doc_ids)) == len(train)  # every training example packed (none over 2048 here)
+    for r in rows:
+        starts = set(r["cu_seqlens"][:-1])
+        assert all((p == 0) == (i in starts) for i, p in enumerate(r["position_ids"]))
+        assert any(label != -100 for label in r["labels"])
