@@ -188,6 +188,9 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
             ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.docs"), msgspec.msgpack.encode(docs))
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.summary"), shards.encode(part))
         ctx.blobs.put(marker, b"")
+        if ctx.state.cancel_requested(job_id):  # cancelled while this shard ran: leave nothing behind
+            ctx.cancel_if_asked()
+            return
     done_set = f"tuneset:job:{job_id}:shards_done"
     examples = shard["end"] - shard["start"]
     reply: Any = until_recorded(

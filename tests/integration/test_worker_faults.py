@@ -56,7 +56,8 @@ def test_a_killed_worker_leaves_a_build_another_worker_finishes(quick_redelivery
         for c in conversations
     ]  # 30,000 distinct conversations: a build of several seconds
     dataset_id = _dataset(state, blobs, "acme", examples)
-    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}, "shard_size": 5000})
+    spec = {"dataset_id": dataset_id, "recipe": {}, "shard_size": 5000}
+    job = state.create_job("acme", "build", spec)
 
     first = _start_worker(settings, settings.data_dir / "worker1.log")
     try:
@@ -74,10 +75,43 @@ def test_a_killed_worker_leaves_a_build_another_worker_finishes(quick_redelivery
     second = _start_worker(settings, settings.data_dir / "worker2.log")
     try:
         done = _wait(state, job["id"], timeout=180)
+        undisturbed = state.create_job("acme", "build", spec)
+        enqueue(settings, BUILD_TASK, [undisturbed["id"]])
+        calm = _wait(state, undisturbed["id"], timeout=120)
     finally:
         stop(second)
+    shas = {a["name"]: a["sha256"] for a in done["result"]["artifacts"]}
+    assert shas == {a["name"]: a["sha256"] for a in calm["result"]["artifacts"]}  # identical artifacts
     assert done["status"] == "succeeded", done
     assert done["result"]["shards"] == 6
     assert done["result"]["examples"] == len(examples)
     statuses = [json.loads(d)["status"] for _, kind, d in state.events(job["id"]) if kind == "status"]
     assert statuses == ["queued", "running", "succeeded"]
+
+
+def test_cancel_stops_a_sharded_build_and_leaves_no_final_artifacts(settings: Settings) -> None:
+    state = State.from_url(settings.redis_url)
+    blobs = LocalBlobStore(settings.blob_root)
+    examples = [
+        {"messages": [{**m, "content": f"{m['content']} ({i})"} for m in c["messages"]]}
+        for i in range(10)
+        for c in sharegpt_conversations()
+    ]
+    dataset_id = _dataset(state, blobs, "acme", examples)
+    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}, "shard_size": 200})
+    worker = _start_worker(settings, settings.data_dir / "worker.log")
+    try:
+        enqueue(settings, BUILD_TASK, [job["id"]])
+        deadline = time.monotonic() + 30
+        while (state.job(job["id"]) or {}).get("done", 0) == 0:
+            assert time.monotonic() < deadline, "no shard finished"
+            time.sleep(0.02)
+        state.request_cancel(job["id"])
+        done = _wait(state, job["id"], timeout=60)
+    finally:
+        stop(worker)
+    assert done["status"] == "cancelled"
+    statuses = [json.loads(d)["status"] for _, kind, d in state.events(job["id"]) if kind == "status"]
+    assert statuses == ["queued", "running", "cancelled"]
+    left = blobs.list(f"acme/jobs/{job['id']}")
+    assert left == []  # no final artifacts, no work files
