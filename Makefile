@@ -22,8 +22,11 @@ lint: install  ## ruff and mypy --strict
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked mypy
 
-test: lint  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
+test: lint chromium  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
 	$(UV) run --locked pytest -q
+
+chromium:  ## Headless Chromium for the report screenshot test (Debian's package)
+	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 dev: install  ## Run everything on this machine: redis-server, a worker and the API on :8000
 	$(UV) run --locked tuneset dev
@@ -35,4 +38,4 @@ format: install  ## Format the code
 	$(UV) run --locked ruff format .
 	$(UV) run --locked ruff check --fix .
 
-.PHONY: help install lint test dev bench format
+.PHONY: help install lint test dev bench format chromium

@@ -27,6 +27,7 @@ from service.core.conversation import ChatExample, PreferenceExample, chat_of
 from service.core.formats import FORMATS, FormatError, Record, parse_format, read_records
 from service.core.models import ModelError, ModelTable, load_table
 from service.core.problems import CODES, codes_markdown
+from service.core.report_html import render_html
 from service.core.templates import BUILTIN_TEMPLATES, TemplateError, get_template, provider_template
 from service.core.view import TrainingView, build_view
 
@@ -142,6 +143,12 @@ def main() -> None:
 @_models_opt
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--per-example", is_flag=True, help="Include billed and trained tokens of every example.")
+@click.option(
+    "--html",
+    "html_path",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write the report as a self-contained HTML page (with histograms) to this file.",
+)
 def validate(
     file: str,
     model: str,
@@ -152,14 +159,22 @@ def validate(
     models: str | None,
     as_json: bool,
     per_example: bool,
+    html_path: str | None,
 ) -> None:
     """Check FILE (JSONL or a JSON array; '-' for stdin) the way the provider would, and count tokens."""
     table = _table(models)
     recipe = _recipe(model, fmt, policies, system_prompt, train_on, table)
     try:
-        report = pipeline.run(_lines(file), recipe, per_example=per_example, table=table)
+        summary = pipeline.summarize(_lines(file), recipe, per_example=per_example, table=table)
     except FormatError as e:
         _usage(str(e))
+    report = summary.report()
+    if html_path:
+        page = render_html(report, histograms=summary.histograms(), source=file)
+        try:
+            Path(html_path).write_text(page, encoding="utf-8")
+        except OSError as e:
+            _usage(f"cannot write {html_path}: {e.strerror}")
     if as_json:
         _out(report)
     else:

@@ -31,6 +31,7 @@ from service.core.formats import Format, read_records
 from service.core.packing import PackedSpec, document_from_view, pack
 from service.core.pipeline import OutputExample, Processor, Recipe, Summary
 from service.core.problems import Action, Problem, problem
+from service.core.report_html import render_html
 from service.core.split import SplitError, SplitSpec, assign
 from service.core.templates import get_template
 from service.core.view import build_view
@@ -299,6 +300,17 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
         artifacts += [_store(ctx, name, b"".join(lines)) for name, lines in files.items() if lines]
         if spec.packed is not None:
             packing = _pack(ctx, spec.packed, parts, train_positions, artifacts)
+    dropped = [p for p in duplicates.values() if _drops(p)]
+    page = render_html(
+        report,
+        histograms=summary.histograms(),
+        packing=packing["stats"] if packing else None,
+        duplicates={"removed": len(dropped), "samples": [msgspec.to_builtins(p) for p in dropped[:20]]}
+        if spec.dedupe is not None
+        else None,
+        source=f"dataset {spec.dataset_id}",
+    )
+    artifacts.insert(1, _store(ctx, "report.html", page.encode()))
     if ctx.cancel_if_asked():  # asked while finalizing: no final artifacts stay behind
         for artifact in artifacts:
             ctx.blobs.delete_prefix(artifact["key"])

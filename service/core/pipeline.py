@@ -9,9 +9,10 @@ report. Both stream: memory holds one example at a time plus per-example token c
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import msgspec
@@ -334,6 +335,42 @@ def stats(values: list[int]) -> Stats | None:
     )
 
 
+class Histogram(msgspec.Struct):
+    """Counts of values in bins `[edges[i], edges[i + 1])`: one more edge than counts."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+def _nice_width(raw: float) -> int:
+    """The smallest of 1, 2, 5, 10, 20, 50, ... that is at least `raw`."""
+    scale = 1
+    while True:
+        for step in (1, 2, 5):
+            if step * scale >= raw:
+                return step * scale
+        scale *= 10
+
+
+def histogram(values: Sequence[int], bins: int = 30) -> Histogram:
+    """At most `bins` bins of equal integer width (1, 2 or 5 times a power of ten), the first
+    edge a multiple of the width, so axis labels are round numbers. Empty values: no bins."""
+    if not values:
+        return Histogram([], [])
+    lo, hi = min(values), max(values)
+    width = _nice_width((hi - lo + 1) / max(1, bins))
+    while True:
+        start = math.floor(lo / width) * width
+        n = (hi - start) // width + 1
+        if n <= max(1, bins):
+            break
+        width = _nice_width(width + 1)
+    counts = [0] * n
+    for v in values:
+        counts[(v - start) // width] += 1
+    return Histogram([float(start + i * width) for i in range(n + 1)], counts)
+
+
 class TokenTotals(msgspec.Struct):
     billed_total: int
     trained_total: int
@@ -421,6 +458,10 @@ class Summary:
         if self.per_example and not outcome.outputs:
             self.detail.append(ExampleDetail(outcome.line, None, outcome.status, 0, 0))
 
+    def histograms(self, bins: int = 30) -> dict[str, Histogram]:
+        """Histograms of billed and trained tokens per output example, for the report's plots."""
+        return {"billed": histogram(self.billed, bins), "trained": histogram(self.trained, bins)}
+
     def report(self) -> Report:
         model = self.processor.model
         n_out = len(self.billed)
@@ -478,6 +519,18 @@ def run(
     table: ModelTable | None = None,
 ) -> Report:
     """Validate (and with `sink`, write) a whole input under one recipe."""
+    return summarize(lines, recipe, per_example=per_example, sink=sink, table=table).report()
+
+
+def summarize(
+    lines: Iterable[bytes],
+    recipe: Recipe,
+    *,
+    per_example: bool = False,
+    sink: Callable[[OutputExample], None] | None = None,
+    table: ModelTable | None = None,
+) -> Summary:
+    """`run`, but the Summary itself: its report and its histograms."""
     processor = Processor(recipe, table)
     summary = Summary(processor, per_example=per_example)
 
@@ -492,4 +545,4 @@ def run(
         if sink is not None:
             for out in outcome.outputs:
                 sink(out)
-    return summary.report()
+    return summary

@@ -76,7 +76,13 @@ def test_same_artifacts_with_one_and_two_workers_and_on_reruns(settings: Setting
         one = _build(settings, dataset_id)
     finally:
         stop(one_worker)
-    assert {"report.json", "train.jsonl", "packed/manifest.json", "packed/packed-00000.parquet"} <= set(two)
+    assert {
+        "report.json",
+        "report.html",
+        "train.jsonl",
+        "packed/manifest.json",
+        "packed/packed-00000.parquet",
+    } <= set(two)
     assert two == again == one
     _check_packed(settings)
     logs = [(settings.data_dir / f"w{i}.log").read_text() for i in range(2)]
