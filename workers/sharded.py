@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -268,7 +271,29 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     except SplitError as e:
         _fail(ctx, {"code": "split_failed", "message": str(e)}, {"shards": len(plan)})
         return
-    files: dict[str, list[bytes]] = {"train.jsonl": [], "validation.jsonl": []}
+    work = Path(tempfile.mkdtemp(prefix="tuneset-finalize-"))
+    try:
+        _finalize(ctx, spec, plan, processor, summary, parts, rows, duplicates, validation_flags, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _finalize(
+    ctx: Context,
+    spec: BuildSpec,
+    plan: list[Any],
+    processor: Processor,
+    summary: Summary,
+    parts: list[shards.ShardSummary],
+    rows: list[shards.Row],
+    duplicates: dict[int, Problem],
+    validation_flags: Iterator[bool],
+    work: Path,
+) -> None:
+    job_id = ctx.job_id
+    names = ("train.jsonl", "validation.jsonl")
+    outs = {name: (work / name).open("wb") for name in names}
+    counts = dict.fromkeys(names, 0)
     train_positions: set[int] = set()  # rows (in dataset order) that went into train.jsonl
     position = 0
     for index, part in enumerate(parts):
@@ -287,17 +312,21 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
                         part.n_dropped += 1
                     continue
             if next(validation_flags):
-                files["validation.jsonl"].append(line)
+                outs["validation.jsonl"].write(line)
+                counts["validation.jsonl"] += 1
                 continue
             kept.append(row)
             train_positions.add(position - 1)
-            files["train.jsonl"].append(line)
+            outs["train.jsonl"].write(line)
+            counts["train.jsonl"] += 1
         shards.merge(summary, part, kept)
+    for f in outs.values():
+        f.close()
     report = summary.report()  # the training file's report: validation tokens are not charged
     artifacts = [_store(ctx, "report.json", msgspec.json.format(_json.encode(report)))]
     packing: dict[str, Any] | None = None
     if report.ok:
-        artifacts += [_store(ctx, name, b"".join(lines)) for name, lines in files.items() if lines]
+        artifacts += [_store_file(ctx, name, work / name) for name in names if counts[name]]
         if spec.packed is not None:
             packing = _pack(ctx, spec.packed, parts, train_positions, artifacts)
     dropped = [p for p in duplicates.values() if _drops(p)]
@@ -319,7 +348,7 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
         "artifacts": artifacts,
         "examples": report.examples,
         "examples_out": report.examples_out,
-        "validation_examples": len(files["validation.jsonl"]),
+        "validation_examples": counts["validation.jsonl"],
         "duplicates_removed": sum(1 for p in duplicates.values() if _drops(p)),
         "tokens": {"billed_total": report.tokens.billed_total, "trained_total": report.tokens.trained_total},
         "estimated_cost_usd": report.estimated_cost_usd,
@@ -383,6 +412,16 @@ def _pack(
         "efficiency": manifest.get("efficiency"),
         "stats": msgspec.to_builtins(stats),
     }
+
+
+def _store_file(ctx: Context, name: str, path: Path) -> dict[str, Any]:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    key = ctx.key(name)
+    ctx.blobs.put_file(key, path)
+    return {"name": name, "key": key, "size": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
 def _drops(p: Problem | None) -> bool:

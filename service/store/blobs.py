@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ class BlobNotFound(KeyError):
 
 class BlobStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
+    def put_file(self, key: str, path: Path) -> None: ...
     def get(self, key: str) -> bytes: ...
     def open_chunks(self, key: str) -> Iterator[bytes]: ...
     def size(self, key: str) -> int: ...
@@ -37,6 +39,13 @@ def _check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"invalid blob key {key!r}")
     return key
+
+
+def _under(prefix: str, key: str) -> bool:
+    """A prefix names a key or a folder: `a/ds_1` covers `a/ds_1` and `a/ds_1/...`, never `a/ds_10`."""
+    if not prefix or prefix.endswith("/"):
+        return key.startswith(prefix)
+    return key == prefix or key.startswith(prefix + "/")
 
 
 class LocalBlobStore:
@@ -55,6 +64,20 @@ class LocalBlobStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def put_file(self, key: str, path: Path) -> None:
+        """Store a file's bytes without holding them in memory (it is copied, then renamed into place)."""
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
+        os.close(fd)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, target)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
@@ -86,6 +109,8 @@ class LocalBlobStore:
 
     def list(self, prefix: str) -> list[str]:
         base = self.root / prefix if prefix else self.root
+        if base.is_file():
+            return [prefix]
         if not base.exists():
             return []
         return sorted(
@@ -111,6 +136,10 @@ class S3BlobStore:
 
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        """A streamed (multipart when large) upload of a file."""
+        self.client.upload_file(str(path), self.bucket, _check_key(key))
 
     def get(self, key: str) -> bytes:
         try:
@@ -143,7 +172,7 @@ class S3BlobStore:
     def list(self, prefix: str) -> list[str]:
         keys: list[str] = []
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
-            keys += [item["Key"] for item in page.get("Contents", [])]
+            keys += [item["Key"] for item in page.get("Contents", []) if _under(prefix, item["Key"])]
         return sorted(keys)
 
     def delete_prefix(self, prefix: str) -> int:

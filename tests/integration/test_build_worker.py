@@ -51,7 +51,7 @@ def test_a_build_succeeds_in_a_real_worker(settings: Settings, worker: subproces
     assert done["finished_at"] is not None
     assert done["finished_at"] >= done["started_at"]
     artifacts = {a["name"]: a for a in done["result"]["artifacts"]}
-    assert set(artifacts) == {"report.json", "train.jsonl"}
+    assert set(artifacts) == {"report.json", "report.html", "train.jsonl"}
     report = json.loads(blobs.get(artifacts["report.json"]["key"]))
     assert report["examples"] == len(examples)
     train = blobs.get(artifacts["train.jsonl"]["key"]).splitlines()
@@ -78,7 +78,7 @@ def test_a_build_that_breaks_the_policies_fails_with_its_report(
     assert done["status"] == "failed"
     assert done["error"]["code"] == "validation_failed"
     assert "too_few_examples" in done["error"]["message"]
-    assert [a["name"] for a in done["result"]["artifacts"]] == ["report.json"]
+    assert [a["name"] for a in done["result"]["artifacts"]] == ["report.json", "report.html"]
 
 
 def test_a_cancelled_queued_build_never_runs(settings: Settings, worker: subprocess.Popen[bytes]) -> None:

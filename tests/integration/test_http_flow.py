@@ -70,7 +70,7 @@ def test_push_build_follow_download(settings: Settings, worker: subprocess.Popen
             a["name"]
             for a in client.get(f"/v1/jobs/{job_id}/artifacts", headers=_auth(alice)).json()["items"]
         ]
-        assert names == ["report.json", "train.jsonl"]
+        assert names == ["report.json", "report.html", "train.jsonl"]
         report = client.get(f"/v1/jobs/{job_id}/artifacts/report.json", headers=_auth(alice)).json()
         train = client.get(f"/v1/jobs/{job_id}/artifacts/train.jsonl", headers=_auth(alice)).content
         assert report["examples"] == 530
