@@ -333,7 +333,7 @@ def _finalize(
     page = render_html(
         report,
         histograms=summary.histograms(),
-        packing=packing["stats"] if packing else None,
+        packing={**packing["stats"], "fill": packing.pop("fill")} if packing else None,
         duplicates={"removed": len(dropped), "samples": [msgspec.to_builtins(p) for p in dropped[:20]]}
         if spec.dedupe is not None
         else None,
@@ -407,10 +407,12 @@ def _pack(
         encoding=template.encoding,
         stats=stats,
     )
+    fill = [s.length / packed.seq_len for s in sequences]
     return {
         "sequences": len(sequences),
         "efficiency": manifest.get("efficiency"),
         "stats": msgspec.to_builtins(stats),
+        "fill": fill,  # for the report page's sequence-fill chart only; not kept in the job result
     }
 
 
