@@ -31,8 +31,11 @@ chromium:  ## Headless Chromium for the report screenshot test (Debian's package
 dev: install  ## Run everything on this machine: redis-server, a worker and the API on :8000
 	$(UV) run --locked tuneset dev
 
-bench: install  ## The benchmarks at full size (prints figures; takes minutes)
+bench: install  ## The benchmarks at full size (prints figures; takes several minutes)
 	$(UV) run --locked python -m bench.validate_throughput
+	$(UV) run --locked python -m bench.ingest
+	$(UV) run --locked python -m bench.build
+	$(UV) run --locked python -m bench.pack
 
 format: install  ## Format the code
 	$(UV) run --locked ruff format .
