@@ -12,9 +12,9 @@ from service.run import free_port, start_redis, stop
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
 from service.store.state import State
-from tests.conftest import mtbench_conversations, sharegpt_conversations
+from tests.conftest import mtbench_conversations
 from tests.integration.test_build_worker import _dataset, _wait
-from tests.integration.test_worker_faults import _start_worker
+from tests.integration.test_worker_faults import _start_worker, distinct_sharegpt
 
 
 def test_a_redis_restart_mid_build(tmp_path: Path) -> None:
@@ -31,11 +31,7 @@ def test_a_redis_restart_mid_build(tmp_path: Path) -> None:
     try:
         state = State.from_url(settings.redis_url)
         blobs = LocalBlobStore(settings.blob_root)
-        examples = [
-            {"messages": [{**m, "content": f"{m['content']} ({i})"} for m in c["messages"]]}
-            for i in range(60)
-            for c in sharegpt_conversations()
-        ]
+        examples = distinct_sharegpt(60)
         dataset_id = _dataset(state, blobs, "acme", examples)
         job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}})
         worker = _start_worker(settings, settings.data_dir / "worker.log")

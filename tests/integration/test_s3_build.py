@@ -23,11 +23,11 @@ from moto.server import ThreadedMotoServer
 
 from service.core.conversation import ChatExample
 from service.queue import BUILD_TASK, enqueue
-from service.run import free_port, stop, worker_command
+from service.run import free_port, stop
 from service.settings import Settings
 from service.store.blobs import CHUNK, BlobNotFound, BlobStore, LocalBlobStore, S3BlobStore
 from service.store.state import State
-from tests.integration.conftest import ROOT, settings_env
+from tests.integration.conftest import settings_env
 from tests.integration.test_build_worker import _wait
 from tests.integration.test_sharded_build import _examples
 from tests.integration.test_worker_faults import _start_worker
@@ -96,23 +96,8 @@ def _s3_env(settings: Settings) -> dict[str, str]:
 
 
 def _start_s3_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
-    """`_start_worker` (test_worker_faults) with the S3 settings in the worker's environment."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            worker_command(settings),
-            env=_s3_env(settings),
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + 30
-    while b"ready." not in log.read_bytes():
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.1)
-    return proc
+    """`_start_worker` with the S3 settings in the worker's environment."""
+    return _start_worker(settings, log, _s3_env(settings))
 
 
 def _put_batches(blobs: BlobStore, tenant: str, dataset_id: str, examples: list[dict[str, Any]]) -> list[str]:

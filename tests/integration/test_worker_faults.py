@@ -8,6 +8,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,11 +22,24 @@ from tests.integration.conftest import ROOT, settings_env
 from tests.integration.test_build_worker import _dataset, _wait
 
 
-def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
+def distinct_sharegpt(copies: int) -> list[dict[str, Any]]:
+    """The ShareGPT sample `copies` times over, each copy's texts marked so no two are equal."""
+    return [
+        {"messages": [{**m, "content": f"{m['content']} ({i})"} for m in c["messages"]]}
+        for i in range(copies)
+        for c in sharegpt_conversations()
+    ]
+
+
+def _start_worker(
+    settings: Settings, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A real worker process (its own process group), ready to consume; `env` defaults to the settings'."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
             worker_command(settings),
-            env=settings_env(settings),
+            env=env or settings_env(settings),
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -49,12 +63,7 @@ def test_a_killed_worker_leaves_a_build_another_worker_finishes(quick_redelivery
     settings = quick_redelivery
     state = State.from_url(settings.redis_url)
     blobs = LocalBlobStore(settings.blob_root)
-    conversations = sharegpt_conversations()
-    examples = [
-        {"messages": [{**m, "content": f"{m['content']} ({i})"} for m in c["messages"]]}
-        for i in range(60)
-        for c in conversations
-    ]  # 30,000 distinct conversations: a build of several seconds
+    examples = distinct_sharegpt(60)  # 30,000 distinct conversations: a build of several seconds
     dataset_id = _dataset(state, blobs, "acme", examples)
     spec = {"dataset_id": dataset_id, "recipe": {}, "shard_size": 5000}
     job = state.create_job("acme", "build", spec)
@@ -92,11 +101,7 @@ def test_a_killed_worker_leaves_a_build_another_worker_finishes(quick_redelivery
 def test_cancel_stops_a_sharded_build_and_leaves_no_final_artifacts(settings: Settings) -> None:
     state = State.from_url(settings.redis_url)
     blobs = LocalBlobStore(settings.blob_root)
-    examples = [
-        {"messages": [{**m, "content": f"{m['content']} ({i})"} for m in c["messages"]]}
-        for i in range(10)
-        for c in sharegpt_conversations()
-    ]
+    examples = distinct_sharegpt(10)
     dataset_id = _dataset(state, blobs, "acme", examples)
     job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}, "shard_size": 200})
     worker = _start_worker(settings, settings.data_dir / "worker.log")
