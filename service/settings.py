@@ -44,6 +44,32 @@ class Settings(BaseSettings):
     cpu_queue: str = Field("tuneset.cpu", description="Celery queue for validation and build work.")
     io_queue: str = Field("tuneset.io", description="Celery queue for uploads and webhooks.")
 
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet key (`tuneset keys secret` makes one) that encrypts provider API keys and "
+        "webhook signing secrets at rest; needed before providers or webhooks can be registered.",
+    )
+    webhook_allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Callback hosts exempt from the SSRF guard (JSON list, e.g. [\"127.0.0.1\"]).",
+    )
+    webhook_allow_networks: list[str] = Field(
+        default_factory=list,
+        description="Callback networks (CIDR) exempt from the SSRF guard (JSON list).",
+    )
+    webhook_retry_schedule_s: list[float] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        description="Delays between webhook delivery attempts (each gets up to 20 % jitter); the default "
+        "retries for about 27.5 hours after the first attempt.",
+    )
+    webhook_timeout_s: float = Field(10.0, gt=0, description="Time limit of one webhook delivery attempt.")
+    webhook_disable_after: int = Field(
+        100, gt=0, description="Consecutive failed attempts after which a subscription is disabled."
+    )
+    provider_poll_interval_s: float = Field(
+        30.0, gt=0, description="Longest pause between polls of a provider's fine-tuning job."
+    )
+
     @property
     def blob_root(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"

@@ -31,6 +31,7 @@ from service.core import shards
 from service.core.conversation import chat_of
 from service.core.dedupe import DedupeSpec, find_duplicates, signature
 from service.core.formats import Format, read_records
+from service.core.outputs import JsonlOutput, Outputs, default_outputs
 from service.core.packing import PackedSpec, document_from_view, pack
 from service.core.pipeline import OutputExample, Processor, Recipe, Summary
 from service.core.problems import Action, Problem, problem
@@ -42,6 +43,7 @@ from service.queue import enqueue
 from service.settings import Settings, get_settings
 from service.store.blobs import BlobStore, blob_store_from_settings
 from service.store.state import TERMINAL, State
+from workers.jsonl_output import RollingJsonl
 from workers.packed_output import write_shards
 from workers.resilience import best_effort, until_recorded
 
@@ -68,7 +70,7 @@ class BuildSpec(msgspec.Struct, kw_only=True):
     shard_size: int = DEFAULT_SHARD_SIZE
     dedupe: DedupeSpec | None = None  # given: duplicates are dropped (exact, and near when asked)
     split: SplitSpec | None = None
-    packed: PackedSpec | None = None
+    outputs: Outputs = msgspec.field(default_factory=default_outputs)
 
 
 class Context:
@@ -168,7 +170,8 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         part = shards.ShardSummary(index=index, format=fmt)
         out: list[bytes] = []
         docs: list[tuple[list[int], list[int], list[int]]] = []
-        template = get_template(spec.packed.template) if spec.packed is not None else None
+        packed = spec.outputs.packed
+        template = get_template(packed.template) if packed is not None else None
         lines = _shard_lines(ctx, shard)
         offset = shard["offset"]
         for record in read_records(lines, fmt):
@@ -188,7 +191,7 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
                 if template is not None:  # the token document this example becomes when packed
                     docs.append(document_from_view(build_view(chat_of(o.example), template)))
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
-        if spec.packed is not None:
+        if packed is not None:
             ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.docs"), msgspec.msgpack.encode(docs))
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.summary"), shards.encode(part))
         ctx.blobs.put(marker, b"")
@@ -291,9 +294,11 @@ def _finalize(
     work: Path,
 ) -> None:
     job_id = ctx.job_id
-    names = ("train.jsonl", "validation.jsonl")
-    outs = {name: (work / name).open("wb") for name in names}
-    counts = dict.fromkeys(names, 0)
+    selected = spec.outputs
+    max_bytes = (selected.openai_jsonl or JsonlOutput()).max_file_bytes
+    train, validation = (RollingJsonl(work, stem, max_bytes) for stem in ("train", "validation"))
+    write_jsonl = selected.openai_jsonl is not None
+    validation_count = 0
     train_positions: set[int] = set()  # rows (in dataset order) that went into train.jsonl
     position = 0
     for index, part in enumerate(parts):
@@ -312,34 +317,39 @@ def _finalize(
                         part.n_dropped += 1
                     continue
             if next(validation_flags):
-                outs["validation.jsonl"].write(line)
-                counts["validation.jsonl"] += 1
+                validation_count += 1
+                if write_jsonl:
+                    validation.write(line)
                 continue
             kept.append(row)
             train_positions.add(position - 1)
-            outs["train.jsonl"].write(line)
-            counts["train.jsonl"] += 1
+            if write_jsonl:
+                train.write(line)
         shards.merge(summary, part, kept)
-    for f in outs.values():
-        f.close()
+    jsonl = train.close() + validation.close()
     report = summary.report()  # the training file's report: validation tokens are not charged
-    artifacts = [_store(ctx, "report.json", msgspec.json.format(_json.encode(report)))]
+    artifacts: list[dict[str, Any]] = []
+    if selected.report is not None or not report.ok:  # a failed build always says why
+        artifacts.append(_store(ctx, "report.json", msgspec.json.format(_json.encode(report))))
     packing: dict[str, Any] | None = None
     if report.ok:
-        artifacts += [_store_file(ctx, name, work / name) for name in names if counts[name]]
-        if spec.packed is not None:
-            packing = _pack(ctx, spec.packed, parts, train_positions, artifacts)
-    dropped = [p for p in duplicates.values() if _drops(p)]
-    page = render_html(
-        report,
-        histograms=summary.histograms(),
-        packing={**packing["stats"], "fill": packing.pop("fill")} if packing else None,
-        duplicates={"removed": len(dropped), "samples": [msgspec.to_builtins(p) for p in dropped[:20]]}
-        if spec.dedupe is not None
-        else None,
-        source=f"dataset {spec.dataset_id}",
-    )
-    artifacts.insert(1, _store(ctx, "report.html", page.encode()))
+        artifacts += [_store_file(ctx, name, path) for name, path in jsonl]
+        if selected.packed is not None:
+            packing = _pack(ctx, selected.packed, parts, train_positions, artifacts)
+    if selected.report is not None:
+        dropped = [p for p in duplicates.values() if _drops(p)]
+        page = render_html(
+            report,
+            histograms=summary.histograms(),
+            packing={**packing["stats"], "fill": packing["fill"]} if packing else None,
+            duplicates={"removed": len(dropped), "samples": [msgspec.to_builtins(p) for p in dropped[:20]]}
+            if spec.dedupe is not None
+            else None,
+            source=f"dataset {spec.dataset_id}",
+        )
+        artifacts.insert(1, _store(ctx, "report.html", page.encode()))
+    if packing is not None:
+        del packing["fill"]  # for the report page's sequence-fill chart only; not kept in the job result
     if ctx.cancel_if_asked():  # asked while finalizing: no final artifacts stay behind
         for artifact in artifacts:
             ctx.blobs.delete_prefix(artifact["key"])
@@ -348,7 +358,7 @@ def _finalize(
         "artifacts": artifacts,
         "examples": report.examples,
         "examples_out": report.examples_out,
-        "validation_examples": counts["validation.jsonl"],
+        "validation_examples": validation_count,
         "duplicates_removed": sum(1 for p in duplicates.values() if _drops(p)),
         "tokens": {"billed_total": report.tokens.billed_total, "trained_total": report.tokens.trained_total},
         "estimated_cost_usd": report.estimated_cost_usd,
@@ -412,7 +422,7 @@ def _pack(
         "sequences": len(sequences),
         "efficiency": manifest.get("efficiency"),
         "stats": msgspec.to_builtins(stats),
-        "fill": fill,  # for the report page's sequence-fill chart only; not kept in the job result
+        "fill": fill,
     }
 
 

@@ -19,6 +19,8 @@ from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import BuildRequest, BuildStarted, ProblemItem
 from service.core import pipeline
 from service.core.models import ModelError
+from service.core.outputs import Outputs, default_outputs
+from service.core.templates import TemplateError, get_template
 from service.queue import BUILD_TASK, enqueue
 
 log = logging.getLogger("tuneset.api")
@@ -47,6 +49,26 @@ def recipe_of(data: BuildRequest, services: Services) -> pipeline.Recipe:
     return recipe
 
 
+def outputs_of(data: BuildRequest) -> Outputs:
+    """The selected outputs, or a 422 problem when they select nothing or name an unknown template."""
+    outputs = data.outputs or default_outputs()
+    if outputs.empty:
+        raise ApiProblem(
+            422,
+            "invalid-recipe",
+            "outputs selects nothing; name at least one of openai_jsonl, packed, report",
+            errors=[ProblemItem(None, None, "invalid_outputs", "outputs selects nothing")],
+        )
+    if outputs.packed is not None:
+        try:
+            get_template(outputs.packed.template)
+        except TemplateError as e:
+            raise ApiProblem(
+                422, "invalid-recipe", str(e), errors=[ProblemItem(None, None, "unknown_template", str(e))]
+            ) from None
+    return outputs
+
+
 @post(
     "/datasets/{dataset_id:str}/builds",
     operation_id="startBuild",
@@ -68,7 +90,8 @@ def start_build(
         raise not_found("dataset", dataset_id)
     recipe = recipe_of(data, services)
     spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)}
-    for option in ("dedupe", "split", "shard_size", "packed"):
+    spec["outputs"] = msgspec.to_builtins(outputs_of(data))
+    for option in ("dedupe", "split", "shard_size"):
         value = getattr(data, option)
         if value is not None:
             spec[option] = msgspec.to_builtins(value)

@@ -12,7 +12,7 @@ import msgspec
 from msgspec import Meta
 
 from service.core.dedupe import DedupeSpec
-from service.core.packing import PackedSpec
+from service.core.outputs import Outputs
 from service.core.split import SplitSpec
 from service.core.view import Segment
 
@@ -115,7 +115,7 @@ class BuildRequest(msgspec.Struct, forbid_unknown_fields=True):
     dedupe: DedupeSpec | None = None  # given: exact (and, with near, near) duplicates are dropped
     split: SplitSpec | None = None  # a deterministic validation split by a hash of (seed, content)
     shard_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None  # examples per shard task
-    packed: PackedSpec | None = None  # token sequences for self-hosted training, packed globally
+    outputs: Outputs | None = None  # which files to write; default: openai_jsonl and report
 
 
 class BuildStarted(msgspec.Struct):

@@ -524,6 +524,33 @@ def test_start_build_creates_a_queued_job_then_enqueues(
     assert spec["spec"]["dataset_id"] == ds
     assert spec["spec"]["recipe"]["policies"] == {"consecutive_same_role": "fix"}
     assert spec["spec"]["recipe"]["train_on"] == "last"
+    outputs = {"openai_jsonl": {"max_file_bytes": 500 * 1024 * 1024}, "packed": None, "report": {}}
+    assert spec["spec"]["outputs"] == outputs
+
+
+def test_outputs_select_files_and_the_jsonl_size_limit_is_checked(
+    client: Client, key: str, enqueued: list[Any], state: State
+) -> None:
+    ds = make_dataset(client, key)
+    recipe = {
+        "outputs": {
+            "packed": {"seq_len": 1024, "template": "chatml"},
+            "openai_jsonl": {"max_file_bytes": 4096},
+        }
+    }
+    r = client.post(f"/v1/datasets/{ds}/builds", json=recipe, headers=auth(key))
+    assert r.status_code == 202, r.text
+    spec = state.job(r.json()["job_id"])
+    assert spec is not None
+    outputs = spec["spec"]["outputs"]
+    assert set(outputs) == {"openai_jsonl", "packed", "report"}
+    assert outputs["report"] is None
+    assert outputs["openai_jsonl"] == {"max_file_bytes": 4096}
+    assert outputs["packed"]["seq_len"] == 1024
+    over = {"outputs": {"openai_jsonl": {"max_file_bytes": 513 * 1024 * 1024}}}  # above the Files API limit
+    problem = assert_problem(client.post(f"/v1/datasets/{ds}/builds", json=over, headers=auth(key)), 400)
+    assert "max_file_bytes" in str(problem["errors"]), problem
+    assert len(enqueued) == 1
 
 
 @pytest.mark.parametrize(
@@ -534,6 +561,8 @@ def test_start_build_creates_a_queued_job_then_enqueues(
         ({"policies": {"consecutive_same_role": "explode"}}, "explode"),
         ({"policies": {"no_system_message": "fix"}}, "system prompt"),
         ({"model": "gpt-nope"}, "gpt-nope"),
+        ({"outputs": {}}, "selects nothing"),
+        ({"outputs": {"packed": {"template": "no-such-template"}}}, "no-such-template"),
     ],
 )
 def test_a_bad_recipe_is_a_422_naming_it(

@@ -36,7 +36,11 @@ REGION = "us-east-1"
 SPEC: dict[str, Any] = {
     "recipe": {},
     "shard_size": 400,
-    "packed": {"seq_len": 2048, "template": "chatml", "rows_per_shard": 100},
+    "outputs": {
+        "openai_jsonl": {},
+        "report": {},
+        "packed": {"seq_len": 2048, "template": "chatml", "rows_per_shard": 100},
+    },
 }
 
 

@@ -34,7 +34,11 @@ def _build(settings: Settings, dataset_id: str) -> dict[str, str]:
         "dataset_id": dataset_id,
         "recipe": {},
         "shard_size": 400,
-        "packed": {"seq_len": 2048, "template": "chatml", "rows_per_shard": 100},
+        "outputs": {
+            "openai_jsonl": {},
+            "report": {},
+            "packed": {"seq_len": 2048, "template": "chatml", "rows_per_shard": 100},
+        },
     }
     job = state.create_job("acme", "build", spec)
     enqueue(settings, BUILD_TASK, [job["id"]])
@@ -150,3 +154,33 @@ def _check_packed(settings: Settings) -> None:
         starts = set(r["cu_seqlens"][:-1])
         assert all((p == 0) == (i in starts) for i, p in enumerate(r["position_ids"]))
         assert any(label != -100 for label in r["labels"])
+
+
+def test_outputs_select_the_files_and_large_sides_are_cut_into_parts(
+    settings: Settings, worker: object
+) -> None:
+    """Only the selected outputs are written; a side over `max_file_bytes` becomes parts within it
+    whose concatenation is byte for byte the single file a default build writes."""
+    state = State.from_url(settings.redis_url)
+    blobs = LocalBlobStore(settings.blob_root)
+    dataset_id = _dataset(state, blobs, "acme", _examples()[:1200])
+    split = {"validation_fraction": 0.1, "seed": 3}
+    results = []
+    for outputs in (None, {"openai_jsonl": {"max_file_bytes": 256 * 1024}}):
+        spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": {}, "shard_size": 500, "split": split}
+        if outputs is not None:
+            spec["outputs"] = outputs
+        job = state.create_job("acme", "build", spec)
+        enqueue(settings, BUILD_TASK, [job["id"]])
+        done = _wait(state, job["id"], timeout=120)
+        assert done["status"] == "succeeded", done
+        results.append({a["name"]: blobs.get(a["key"]) for a in done["result"]["artifacts"]})
+    whole, cut = results
+    assert set(whole) == {"report.json", "report.html", "train.jsonl", "validation.jsonl"}
+    train_parts = sorted(name for name in cut if name.startswith("train-"))
+    assert len(train_parts) >= max(2, -(-len(whole["train.jsonl"]) // (256 * 1024)))
+    assert train_parts[0] == f"train-00000-of-{len(train_parts):05d}.jsonl"
+    assert set(cut) == {*train_parts, "validation.jsonl"}  # no report: it was not selected
+    assert all(0 < len(cut[name]) <= 256 * 1024 for name in train_parts)
+    assert b"".join(cut[name] for name in train_parts) == whole["train.jsonl"]
+    assert cut["validation.jsonl"] == whole["validation.jsonl"]

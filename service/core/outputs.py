@@ -1,0 +1,52 @@
+"""Which files a build writes: the `outputs` part of a build recipe.
+
+Each member present selects that output; an absent (or null) member is not produced. A recipe
+without `outputs` gets the provider JSONL and the report. A build that fails validation always
+stores `report.json` whatever was selected, because that is where the failing lines are named.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from service.core.packing import PackedSpec
+
+FILES_API_LIMIT = 512 * 1024 * 1024  # the provider's single-file (Files API) limit, in bytes
+DEFAULT_MAX_FILE_BYTES = 500 * 1024 * 1024  # a margin below it
+
+
+class JsonlOutput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`train.jsonl` / `validation.jsonl` in the provider's format (chat, or DPO for preference data).
+
+    A side larger than `max_file_bytes` is cut at line boundaries into
+    `train-00000-of-00003.jsonl`, ... each within the limit (a single longer line gets a part of
+    its own); a side that fits keeps the plain name."""
+
+    max_file_bytes: Annotated[int, msgspec.Meta(ge=1024, le=FILES_API_LIMIT)] = DEFAULT_MAX_FILE_BYTES
+
+
+class ReportOutput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`report.json` for machines and a self-contained `report.html` for people."""
+
+
+class Outputs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    openai_jsonl: JsonlOutput | None = None
+    packed: PackedSpec | None = None
+    report: ReportOutput | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.openai_jsonl is None and self.packed is None and self.report is None
+
+
+def default_outputs() -> Outputs:
+    return Outputs(openai_jsonl=JsonlOutput(), report=ReportOutput())
+
+
+def part_names(stem: str, parts: int) -> list[str]:
+    """`train.jsonl` for one part; `train-00000-of-00002.jsonl`, ... for several (the HF naming)."""
+    if parts == 1:
+        return [f"{stem}.jsonl"]
+    return [f"{stem}-{i:05d}-of-{parts:05d}.jsonl" for i in range(parts)]
