@@ -543,7 +543,7 @@ def openapi_yaml() -> str:
 def _register_service_commands() -> None:
     from service import run
 
-    for command in (run.api, run.worker, run.keys, run.dev):
+    for command in (run.api, run.worker, run.keys, run.dev, run.fake_provider):
         main.add_command(command)
 
 

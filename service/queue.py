@@ -10,6 +10,10 @@ from celery import Celery
 from service.settings import Settings
 
 BUILD_TASK = "tuneset.build"
+UPLOAD_TASK = "tuneset.upload"  # the io queue: send a build's files to a provider
+FINE_TUNE_TASK = "tuneset.fine_tune"  # the io queue: start a provider fine-tuning job
+FINE_TUNE_POLL_TASK = "tuneset.fine_tune_poll"  # the io queue: follow it to a terminal state
+DELIVER_TASK = "tuneset.deliver"  # the io queue: one webhook delivery attempt
 
 
 @cache

@@ -176,3 +176,42 @@ def dev(port: int) -> None:
         uvicorn.run(
             "service.api.app:create_app", factory=True, host="127.0.0.1", port=port, log_level="warning"
         )
+
+
+@click.command("fake-provider")
+@click.option("--host", default="127.0.0.1", show_default=True, help="A loopback address.")
+@click.option("--port", default=8090, show_default=True, type=int, help="0 picks a free port.")
+@click.option("--api-key", default=None, help="Accept only this key (default: any non-empty key).")
+@click.option("--webhook-url", default=None, help="Where fine-tuning job webhooks are POSTed.")
+@click.option("--webhook-secret", default=None, help="The whsec_... secret webhooks are signed with.")
+@click.option("--step-seconds", default=1.0, show_default=True, type=float, help="Seconds per job step.")
+def fake_provider(
+    host: str,
+    port: int,
+    api_key: str | None,
+    webhook_url: str | None,
+    webhook_secret: str | None,
+    step_seconds: float,
+) -> None:
+    """Serve a fake OpenAI-compatible provider (files, uploads, fine-tuning, webhooks) for tests."""
+    from service.providers.fake import ensure_loopback, serve
+
+    try:
+        ensure_loopback(host)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--host") from None
+    if (webhook_url is None) != (webhook_secret is None):
+        raise click.UsageError("--webhook-url and --webhook-secret go together")
+    if webhook_secret is not None and not webhook_secret.startswith("whsec_"):
+        raise click.BadParameter("expected whsec_<base64>", param_hint="--webhook-secret")
+    if step_seconds < 0:
+        raise click.BadParameter("must be >= 0", param_hint="--step-seconds")
+    serve(
+        host,
+        port,
+        echo=click.echo,  # flushes: a parent process reads the ready line
+        api_key=api_key,
+        webhook_url=webhook_url,
+        webhook_secret=webhook_secret,
+        step_seconds=step_seconds,
+    )

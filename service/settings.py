@@ -51,7 +51,7 @@ class Settings(BaseSettings):
     )
     webhook_allow_hosts: list[str] = Field(
         default_factory=list,
-        description="Callback hosts exempt from the SSRF guard (JSON list, e.g. [\"127.0.0.1\"]).",
+        description='Callback hosts exempt from the SSRF guard (JSON list, e.g. ["127.0.0.1"]).',
     )
     webhook_allow_networks: list[str] = Field(
         default_factory=list,
@@ -65,6 +65,16 @@ class Settings(BaseSettings):
     webhook_timeout_s: float = Field(10.0, gt=0, description="Time limit of one webhook delivery attempt.")
     webhook_disable_after: int = Field(
         100, gt=0, description="Consecutive failed attempts after which a subscription is disabled."
+    )
+    provider_single_file_bytes: int = Field(
+        512 * 1024 * 1024,
+        gt=0,
+        description="Files up to this size go through the provider's Files API, larger ones through its "
+        "Uploads API in parts.",
+    )
+    provider_part_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Part size of the Uploads API.")
+    provider_processing_timeout_s: float = Field(
+        3600.0, gt=0, description="How long an uploaded file may take to be processed by the provider."
     )
     provider_poll_interval_s: float = Field(
         30.0, gt=0, description="Longest pause between polls of a provider's fine-tuning job."

@@ -29,8 +29,19 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_ignore_result=True,
         task_default_queue=settings.cpu_queue,
         task_routes={
-            name: {"queue": settings.cpu_queue}
-            for name in ("tuneset.build", "tuneset.build_shard", "tuneset.build_finalize")
+            **{
+                name: {"queue": settings.cpu_queue}
+                for name in ("tuneset.build", "tuneset.build_shard", "tuneset.build_finalize")
+            },
+            **{
+                name: {"queue": settings.io_queue}
+                for name in (
+                    "tuneset.upload",
+                    "tuneset.fine_tune",
+                    "tuneset.fine_tune_poll",
+                    "tuneset.deliver",
+                )
+            },
         },
         broker_connection_retry_on_startup=True,
         broker_transport_options={

@@ -31,6 +31,7 @@ from service.core import shards
 from service.core.conversation import chat_of
 from service.core.dedupe import DedupeSpec, find_duplicates, signature
 from service.core.formats import Format, read_records
+from service.core.models import extend, load_table
 from service.core.outputs import JsonlOutput, Outputs, default_outputs
 from service.core.packing import PackedSpec, document_from_view, pack
 from service.core.pipeline import OutputExample, Processor, Recipe, Summary
@@ -71,6 +72,10 @@ class BuildSpec(msgspec.Struct, kw_only=True):
     dedupe: DedupeSpec | None = None  # given: duplicates are dropped (exact, and near when asked)
     split: SplitSpec | None = None
     outputs: Outputs = msgspec.field(default_factory=default_outputs)
+    models: dict[str, Any] | None = None  # the upload provider's own models-table entries
+
+    def processor(self, cls: type[Processor] = Processor) -> Processor:
+        return cls(self.recipe, extend(load_table(), self.models) if self.models else None)
 
 
 class Context:
@@ -166,7 +171,7 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
     if not ctx.blobs.exists(marker):
         spec = ctx.spec()
         fmt = _kind_format(ctx, spec)
-        processor = _ShardProcessor(spec.recipe)
+        processor = spec.processor(_ShardProcessor)
         part = shards.ShardSummary(index=index, format=fmt)
         out: list[bytes] = []
         docs: list[tuple[list[int], list[int], list[int]]] = []
@@ -263,7 +268,7 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     best_effort(
         lambda: ctx.state.progress(job_id, "finalizing", totals.get("done", 0), totals.get("total", 0))
     )
-    processor = Processor(spec.recipe)
+    processor = spec.processor()
     summary = Summary(processor)
     parts = [shards.decode(ctx.blobs.get(ctx.key(f"work/shard-{i:05d}.summary"))) for i in range(len(plan))]
     rows = [row for part in parts for row in part.rows]

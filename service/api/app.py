@@ -10,7 +10,19 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
-from service.api import Metrics, Services, batches, builds, datasets, health, jobs, tools
+from service.api import (
+    Metrics,
+    Services,
+    batches,
+    builds,
+    datasets,
+    finetune,
+    health,
+    jobs,
+    providers,
+    tools,
+    webhooks,
+)
 from service.api.auth import provide_services, provide_tenant, require_tenant
 from service.api.errors import exception_handlers
 from service.api.health import MetricsMiddleware
@@ -48,6 +60,11 @@ def openapi_config() -> OpenAPIConfig:
             Tag(name="batches", description="Examples pushed into a dataset, checked line by line."),
             Tag(name="builds", description="Validate, repair and account a whole dataset as a job."),
             Tag(name="jobs", description="Job status, events (SSE), cancellation and artifacts."),
+            Tag(name="providers", description="OpenAI-compatible providers for uploads and fine-tuning."),
+            Tag(
+                name="webhooks",
+                description="Signed notifications of every job's ending, and their deliveries.",
+            ),
             Tag(name="tools", description="Synchronous inspection and validation."),
             Tag(name="health", description="Liveness, readiness and metrics."),
         ],
@@ -68,6 +85,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
             batches.BatchController,
             builds.start_build,
             jobs.JobController,
+            finetune.start_fine_tune,
+            providers.create_provider,
+            providers.list_providers,
+            providers.get_provider,
+            providers.delete_provider,
+            webhooks.WebhookController,
             tools.inspect_example,
             tools.validate_examples,
         ],
@@ -75,8 +98,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
         security=[{"bearer": []}],
     )
+    hooks = Router(path="/v1", route_handlers=[providers.receive_provider_webhook])  # signed, no bearer key
     return Litestar(
-        route_handlers=[v1, health.livez, health.readyz, health.metrics],
+        route_handlers=[v1, hooks, health.livez, health.readyz, health.metrics],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         middleware=[MetricsMiddleware(services.metrics)],

@@ -16,17 +16,20 @@ from litestar.params import FromPath, JSONBody
 
 from service.api import Services
 from service.api.errors import ApiProblem, not_found, problems
-from service.api.schemas import BuildRequest, BuildStarted, ProblemItem
+from service.api.providers import guarded_url, provider_store, secret_box
+from service.api.schemas import BuildRequest, BuildStarted, FineTuneOptions, ProblemItem
 from service.core import pipeline
-from service.core.models import ModelError
+from service.core.models import ModelError, ModelTable, extend
 from service.core.outputs import Outputs, default_outputs
 from service.core.templates import TemplateError, get_template
 from service.queue import BUILD_TASK, enqueue
+from service.store.state import State, new_id
+from service.webhooks.signing import new_secret
 
 log = logging.getLogger("tuneset.api")
 
 
-def recipe_of(data: BuildRequest, services: Services) -> pipeline.Recipe:
+def recipe_of(data: BuildRequest, services: Services, table: ModelTable | None = None) -> pipeline.Recipe:
     """The core recipe, or a 422 problem naming the bad policy or model."""
     try:
         recipe = pipeline.Recipe(
@@ -41,7 +44,7 @@ def recipe_of(data: BuildRequest, services: Services) -> pipeline.Recipe:
             422, "invalid-recipe", str(e), errors=[ProblemItem(None, None, "invalid_policy", str(e))]
         ) from None
     try:
-        services.table.resolve(recipe.model)
+        (table or services.table).resolve(recipe.model)
     except ModelError as e:
         raise ApiProblem(
             422, "invalid-recipe", str(e), errors=[ProblemItem(None, None, "unknown_model", str(e))]
@@ -88,15 +91,30 @@ def start_build(
     state = services.state
     if state.get_dataset(tenant, dataset_id) is None:
         raise not_found("dataset", dataset_id)
-    recipe = recipe_of(data, services)
+    outputs = outputs_of(data)
+    provider = _upload_provider(data, outputs, tenant, services)
+    models = provider["models"] if provider else None
+    recipe = recipe_of(data, services, extend(services.table, models) if models else None)
+    callback, callback_secret = callback_of(data.callback_url, services)
     spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)}
-    spec["outputs"] = msgspec.to_builtins(outputs_of(data))
+    spec["outputs"] = msgspec.to_builtins(outputs)
     for option in ("dedupe", "split", "shard_size"):
         value = getattr(data, option)
         if value is not None:
             spec[option] = msgspec.to_builtins(value)
-    job = state.create_job(tenant, "build", spec)
-    job_id = str(job["id"])
+    if models:
+        spec["models"] = models
+    if callback:
+        spec["callback"] = callback
+    job_id = new_id("job")
+    started = BuildStarted(job_id=job_id, callback_secret=callback_secret)
+    if provider is not None:
+        kind = (state.get_dataset(tenant, dataset_id) or {}).get("kind", "chat")
+        started.upload_job_id, started.fine_tune_job_id = plan_followups(
+            state, tenant, job_id, provider, data.fine_tune, recipe.model, kind, callback
+        )
+        spec["upload_job"] = started.upload_job_id
+    state.create_job(tenant, "build", spec, job_id=job_id)
     try:
         enqueue(services.settings, BUILD_TASK, [job_id])
     except Exception as e:
@@ -111,4 +129,72 @@ def start_build(
             503, "unavailable", "the job queue is unreachable; retry later", headers={"Retry-After": "5"}
         ) from None
     services.metrics.builds.inc()
-    return Response(BuildStarted(job_id=job_id), status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+    return Response(started, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
+
+
+def _upload_provider(
+    data: BuildRequest, outputs: Outputs, tenant: str, services: Services
+) -> dict[str, Any] | None:
+    if data.fine_tune is not None and data.upload is None:
+        raise ApiProblem(422, "invalid-recipe", "fine_tune needs upload: name the provider to upload to")
+    if data.upload is None:
+        return None
+    if outputs.openai_jsonl is None:
+        raise ApiProblem(422, "invalid-recipe", "upload needs the openai_jsonl output")
+    provider = provider_store(services).get(tenant, data.upload.provider)
+    if provider is None:
+        raise ApiProblem(
+            422, "invalid-recipe", f"no provider {data.upload.provider!r}; create it at /v1/providers"
+        )
+    return provider
+
+
+def callback_of(url: str | None, services: Services) -> tuple[dict[str, str] | None, str | None]:
+    """The job's callback (its signing secret encrypted) and the secret, shown once to the caller."""
+    if url is None:
+        return None, None
+    box = secret_box(services)
+    guarded_url(url, services, "callback_url")
+    secret = new_secret()
+    return {"url": url, "secret": box.encrypt(secret)}, secret
+
+
+def plan_followups(
+    state: State,
+    tenant: str,
+    build_job: str,
+    provider: dict[str, Any],
+    fine_tune: FineTuneOptions | None,
+    model: str,
+    dataset_kind: str,
+    callback: dict[str, str] | None,
+    upload_job: str | None = None,
+) -> tuple[str | None, str | None]:
+    """Create the upload job (unless `upload_job` exists) and the fine-tune job that wait for it.
+
+    They are queued with stage `waiting`; when the build (or the upload) ends, the worker that
+    announces its ending starts the next job or, on failure, ends the waiting ones too."""
+    fine_tune_job = new_id("job") if fine_tune is not None else None
+    common: dict[str, Any] = {
+        "build_job": build_job,
+        "provider_id": provider["id"],
+        "provider": provider["name"],
+    }
+    if callback:
+        common["callback"] = callback
+    if upload_job is None:
+        upload_job = new_id("job")
+        upload_spec = {**common, "fine_tune_job": fine_tune_job} if fine_tune_job else common
+        state.create_job(tenant, "upload", upload_spec, job_id=upload_job, stage="waiting")
+    if fine_tune is not None and fine_tune_job is not None:
+        options = msgspec.to_builtins(fine_tune)
+        options.setdefault("model", model)
+        options.setdefault("method", "dpo" if dataset_kind == "preference" else "supervised")
+        state.create_job(
+            tenant,
+            "fine_tune",
+            {**common, "upload_job": upload_job, "options": options},
+            job_id=fine_tune_job,
+            stage="waiting",
+        )
+    return upload_job, fine_tune_job

@@ -116,10 +116,144 @@ class BuildRequest(msgspec.Struct, forbid_unknown_fields=True):
     split: SplitSpec | None = None  # a deterministic validation split by a hash of (seed, content)
     shard_size: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None  # examples per shard task
     outputs: Outputs | None = None  # which files to write; default: openai_jsonl and report
+    upload: UploadOptions | None = None  # send train/validation to this provider profile when built
+    fine_tune: FineTuneOptions | None = None  # then start a fine-tuning job (needs `upload`)
+    callback_url: str | None = None  # every ending of this job (and of its upload / fine-tune) is POSTed here
 
 
-class BuildStarted(msgspec.Struct):
+class BuildStarted(msgspec.Struct, omit_defaults=True):
     job_id: str
+    upload_job_id: str | None = None  # with `upload`: the job that sends the files, once the build succeeds
+    fine_tune_job_id: str | None = None  # with `fine_tune`: the job that trains, once the upload succeeds
+    callback_secret: str | None = None  # the whsec_ secret of `callback_url`, shown only here
+
+
+# -- providers, uploads and fine-tuning ---------------------------------------------------------
+
+ProviderName = Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Hyper = Literal["auto"] | float
+
+
+class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
+    """A model the profile adds to the models table (the shape of models.toml entries)."""
+
+    encoding: str
+    max_tokens: Annotated[int, Meta(ge=1)]
+    price_per_1m: float | None = None
+    aliases: list[str] = []
+
+
+class ProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """An OpenAI-compatible provider; `api_key` and `webhook_secret` are kept encrypted, never returned."""
+
+    name: ProviderName
+    base_url: str
+    api_key: Annotated[str, Meta(min_length=1, max_length=4096)]
+    kind: Literal["openai", "azure"] = "openai"
+    api_version: str | None = None  # required for azure
+    models: dict[str, ModelEntry] | None = None
+    webhook_secret: str | None = None  # the whsec_ secret the provider signs its webhooks with
+
+
+class Provider(msgspec.Struct):
+    id: str
+    name: str
+    base_url: str
+    kind: str
+    api_version: str | None
+    models: dict[str, Any] | None
+    created_at: float
+    api_key_hint: str | None  # the key's last four characters
+    webhook_secret_set: bool
+    webhook_url: str  # where the provider should send its fine-tuning webhooks
+
+
+class ProviderList(msgspec.Struct):
+    items: list[Provider]
+
+
+class Hyperparameters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    n_epochs: Literal["auto"] | Annotated[int, Meta(ge=1, le=50)] | None = None
+    batch_size: Literal["auto"] | Annotated[int, Meta(ge=1, le=256)] | None = None
+    learning_rate_multiplier: Literal["auto"] | Annotated[float, Meta(gt=0)] | None = None
+    beta: Literal["auto"] | Annotated[float, Meta(gt=0, le=2)] | None = None  # dpo only
+
+
+class FineTuneOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """A provider fine-tuning job; the model defaults to the build's, the method to the dataset's kind."""
+
+    model: str | None = None
+    method: Literal["supervised", "dpo"] | None = None
+    suffix: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    seed: Annotated[int, Meta(ge=0, le=2147483647)] | None = None
+    hyperparameters: Hyperparameters | None = None
+    metadata: Annotated[dict[str, str], Meta(max_length=14)] | None = (
+        None  # 2 more are tuneset's (16 at most)
+    )
+
+
+class UploadOptions(msgspec.Struct, forbid_unknown_fields=True):
+    provider: ProviderName
+
+
+class FineTuneRequest(FineTuneOptions, forbid_unknown_fields=True, omit_defaults=True):
+    """`POST /v1/jobs/{id}/fine-tune` on a succeeded build (or its upload job)."""
+
+    provider: ProviderName | None = None  # needed unless the build was uploaded already
+    callback_url: str | None = None
+
+
+class JobStarted(msgspec.Struct, omit_defaults=True):
+    job_id: str
+    upload_job_id: str | None = None  # when the build's files had to be uploaded first
+    callback_secret: str | None = None
+
+
+# -- caller webhooks ----------------------------------------------------------------------------
+
+
+class SubscriptionCreate(msgspec.Struct, forbid_unknown_fields=True):
+    url: str
+    event_types: list[str] | None = None  # e.g. ["build.succeeded"]; null: every event
+
+
+class SubscriptionOut(msgspec.Struct, omit_defaults=True):
+    id: str
+    url: str
+    event_types: list[str] | None
+    enabled: bool
+    failure_streak: int
+    disabled_reason: str | None
+    created_at: float
+    secret: str | None = None  # the whsec_ signing secret, returned only when created
+
+
+class SubscriptionList(msgspec.Struct):
+    items: list[SubscriptionOut]
+
+
+class AttemptOut(msgspec.Struct):
+    at: float
+    status_code: int | None
+    latency_ms: float
+    error: str | None
+    ok: bool
+
+
+class DeliveryOut(msgspec.Struct):
+    id: str  # the webhook-id header, the same on every attempt
+    event_type: str
+    url: str
+    subscription_id: str | None  # null: the callback_url of a build recipe
+    status: Literal["pending", "delivered", "failed"]
+    attempts: list[AttemptOut]
+    next_attempt_at: float | None
+    created_at: float
+
+
+class DeliveryPage(msgspec.Struct):
+    items: list[DeliveryOut]
+    next_cursor: str | None
 
 
 class Progress(msgspec.Struct):

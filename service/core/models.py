@@ -99,6 +99,12 @@ def _parse(doc: dict[str, Any], base: ModelTable | None = None) -> ModelTable:
     return ModelTable(models, aliases)
 
 
+def extend(table: ModelTable, entries: dict[str, Any]) -> ModelTable:
+    """`table` with `entries` (the shape of models.toml's `[models.NAME]` tables) added or replacing
+    by name: how a provider profile makes its own deployments or models known."""
+    return _parse({"models": entries}, table)
+
+
 @cache
 def builtin_table() -> ModelTable:
     text = resources.files("service.core.data").joinpath("models.toml").read_text("utf-8")

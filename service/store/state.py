@@ -35,19 +35,24 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-# KEYS[1] job hash; ARGV: allowed-from statuses (comma separated), to, field/value pairs to set.
+# KEYS[1] job hash, KEYS[2] the notification list; ARGV: allowed-from statuses (comma separated),
+# to, the job id, "1" when `to` is terminal, then field/value pairs to set. A terminal transition
+# queues the job for its webhooks in the same atomic step, so every ending is announced once.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 for allowed in string.gmatch(ARGV[1], '[^,]+') do
   if status == allowed then
     redis.call('HSET', KEYS[1], 'status', ARGV[2])
-    for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    if ARGV[4] == '1' then redis.call('LPUSH', KEYS[2], ARGV[3]) end
     return 1
   end
 end
 return 0
 """
+NOTIFY = P + "notify"  # job ids that reached a terminal state, waiting for their webhooks
+NOTIFY_WORKING = P + "notify:working"  # taken by a dispatcher, not yet turned into deliveries
 
 
 @dataclass
@@ -133,14 +138,17 @@ class State:
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def create_job(self, tenant: str, kind: str, spec: dict[str, Any]) -> dict[str, Any]:
-        job_id = new_id("job")
+    def create_job(
+        self, tenant: str, kind: str, spec: dict[str, Any], job_id: str | None = None, stage: str = "queued"
+    ) -> dict[str, Any]:
+        """A queued job; give `job_id` (from `new_id("job")`) when other jobs' specs must name it first."""
+        job_id = job_id or new_id("job")
         job = {
             "id": job_id,
             "tenant": tenant,
             "kind": kind,
             "status": "queued",
-            "stage": "queued",
+            "stage": stage,
             "done": 0,
             "total": 0,
             "created_at": now(),
@@ -178,16 +186,37 @@ class State:
             fields.setdefault("finished_at", now())
         if to == "running":
             fields.setdefault("started_at", now())
-        argv: list[str] = [",".join(sorted(allowed)), to]
+        argv: list[str] = [",".join(sorted(allowed)), to, job_id, "1" if to in TERMINAL else "0"]
         for name, value in fields.items():
             argv += [name, value if isinstance(value, str) else json.dumps(value)]
-        reply: Any = self.r.eval(_TRANSITION, 1, P + f"job:{job_id}", *argv)
+        reply: Any = self.r.eval(_TRANSITION, 2, P + f"job:{job_id}", NOTIFY, *argv)
         done: bool = reply == 1
         if done:
             self.event(
                 job_id, "status", {"status": to, **({"error": fields["error"]} if "error" in fields else {})}
             )
         return done
+
+    def take_notification(self, timeout_s: float) -> str | None:
+        """A job id whose ending is still to be announced; kept aside until `notified`."""
+        job_id: Any = self.r.blmove(NOTIFY, NOTIFY_WORKING, timeout_s, "RIGHT", "LEFT")  # type: ignore[arg-type]
+        return str(job_id) if job_id else None
+
+    def notified(self, job_id: str) -> None:
+        self.r.lrem(NOTIFY_WORKING, 1, job_id)
+
+    def requeue_unfinished_notifications(self) -> int:
+        """After a dispatcher died mid-way: its taken ids go back (announcing is idempotent)."""
+        moved = 0
+        while self.r.lmove(NOTIFY_WORKING, NOTIFY, "RIGHT", "LEFT"):
+            moved += 1
+        return moved
+
+    def update_result(self, job_id: str, **fields: Any) -> None:
+        """Merge fields into a running job's result (provider file ids, fine-tuning status, ...)."""
+        job = self.job(job_id) or {}
+        result = {**(job.get("result") or {}), **fields}
+        self.r.hset(P + f"job:{job_id}", "result", json.dumps(result))
 
     def progress(self, job_id: str, stage: str, done: int, total: int) -> None:
         self.r.hset(P + f"job:{job_id}", mapping={"stage": stage, "done": done, "total": total})

@@ -1,0 +1,195 @@
+"""Caller webhooks: subscriptions (`/v1/webhooks/subscriptions`) and the record of every delivery.
+
+Every terminal state of every job (build, upload, fine-tune) is POSTed to the tenant's matching
+subscriptions and to the job's own `callback_url`, signed per Standard Webhooks. Deliveries keep
+every attempt; a failed one can be replayed, with the same `webhook-id`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from litestar import Controller, Response, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import FromPath, JSONBody, QueryParameter
+
+from service.api import Services
+from service.api.datasets import Cursor, Limit, check_cursor
+from service.api.errors import ApiProblem, not_found, problems
+from service.api.providers import guarded_url, secret_box
+from service.api.schemas import (
+    DeliveryOut,
+    DeliveryPage,
+    SubscriptionCreate,
+    SubscriptionList,
+    SubscriptionOut,
+)
+from service.store.webhooks import Delivery, DeliveryConflict, Subscription, WebhookStore
+
+EVENT_TYPES = tuple(
+    f"{kind}.{status}"
+    for kind in ("build", "upload", "fine_tune")
+    for status in ("succeeded", "failed", "cancelled")
+)
+
+
+def webhook_store(services: Services) -> WebhookStore:
+    return WebhookStore(services.state.r, secret_box(services), services.settings.webhook_disable_after)
+
+
+def subscription_out(sub: Subscription, secret: str | None = None) -> SubscriptionOut:
+    return SubscriptionOut(**msgspec.structs.asdict(sub), secret=secret)
+
+
+def delivery_out(d: Delivery) -> DeliveryOut:
+    return msgspec.convert(msgspec.to_builtins(d), DeliveryOut)
+
+
+class WebhookController(Controller):
+    path = "/webhooks"
+    tags = ("webhooks",)
+
+    @post(
+        "/subscriptions",
+        operation_id="createSubscription",
+        status_code=201,
+        sync_to_thread=True,
+        responses=problems(401, 422, 503),
+    )
+    def create_subscription(
+        self,
+        data: JSONBody[SubscriptionCreate],
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+    ) -> Response[SubscriptionOut]:
+        """Subscribe a URL to job endings; the response carries its `whsec_` signing secret, once.
+        URLs resolving to loopback, private, link-local or metadata addresses are refused."""
+        store = webhook_store(services)
+        guarded_url(data.url, services, "url")
+        unknown = sorted(set(data.event_types or ()) - set(EVENT_TYPES))
+        if unknown:
+            raise ApiProblem(
+                422, "invalid-subscription", f"unknown event types {unknown}; known: {', '.join(EVENT_TYPES)}"
+            )
+        sub, secret = store.create_subscription(tenant, data.url, data.event_types)
+        return Response(
+            subscription_out(sub, secret),
+            status_code=201,
+            headers={"Location": f"/v1/webhooks/subscriptions/{sub.id}"},
+        )
+
+    @get(
+        "/subscriptions", operation_id="listSubscriptions", sync_to_thread=True, responses=problems(401, 503)
+    )
+    def list_subscriptions(
+        self, tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> SubscriptionList:
+        """The tenant's subscriptions (secrets are never included)."""
+        store = webhook_store(services)
+        out: list[SubscriptionOut] = []
+        after: str | None = None
+        while page := store.list_subscriptions(tenant, after, 100):
+            out += [subscription_out(s) for s in page]
+            after = page[-1].id
+        return SubscriptionList(items=out)
+
+    @get(
+        "/subscriptions/{sub_id:str}",
+        operation_id="getSubscription",
+        sync_to_thread=True,
+        responses=problems(401, 404, 503),
+    )
+    def get_subscription(
+        self, sub_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> SubscriptionOut:
+        """One subscription: whether it is enabled and, if disabled after a run of failures, why."""
+        sub = webhook_store(services).get_subscription(tenant, sub_id)
+        if sub is None:
+            raise not_found("subscription", sub_id)
+        return subscription_out(sub)
+
+    @post(
+        "/subscriptions/{sub_id:str}/enable",
+        operation_id="enableSubscription",
+        status_code=200,
+        sync_to_thread=True,
+        responses=problems(401, 404, 503),
+    )
+    def enable_subscription(
+        self, sub_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> SubscriptionOut:
+        """Enable a subscription again after it was disabled for failing."""
+        sub = webhook_store(services).enable_subscription(tenant, sub_id)
+        if sub is None:
+            raise not_found("subscription", sub_id)
+        return subscription_out(sub)
+
+    @delete(
+        "/subscriptions/{sub_id:str}",
+        operation_id="deleteSubscription",
+        sync_to_thread=True,
+        responses=problems(401, 404, 503),
+    )
+    def delete_subscription(
+        self, sub_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> None:
+        """Stop sending to this URL (deliveries already made keep their records)."""
+        if not webhook_store(services).delete_subscription(tenant, sub_id):
+            raise not_found("subscription", sub_id)
+
+    @get("/deliveries", operation_id="listDeliveries", sync_to_thread=True, responses=problems(400, 401, 503))
+    def list_deliveries(
+        self,
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+        cursor: Cursor = None,
+        limit: Limit = 50,
+        status: Annotated[
+            Literal["pending", "delivered", "failed"] | None, QueryParameter(description="only this status")
+        ] = None,
+        subscription_id: Annotated[str | None, QueryParameter(description="only this subscription's")] = None,
+    ) -> DeliveryPage:
+        """Every delivery, oldest first, with each attempt's time, status code, latency and error."""
+        check_cursor(cursor)
+        items = webhook_store(services).list_deliveries(tenant, cursor, limit + 1, status, subscription_id)
+        more = len(items) > limit
+        items = items[:limit]
+        return DeliveryPage(
+            items=[delivery_out(d) for d in items], next_cursor=items[-1].id if more else None
+        )
+
+    @get(
+        "/deliveries/{delivery_id:str}",
+        operation_id="getDelivery",
+        sync_to_thread=True,
+        responses=problems(401, 404, 503),
+    )
+    def get_delivery(
+        self, delivery_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> DeliveryOut:
+        """One delivery and its attempts."""
+        d = webhook_store(services).get_delivery(tenant, delivery_id)
+        if d is None:
+            raise not_found("delivery", delivery_id)
+        return delivery_out(d)
+
+    @post(
+        "/deliveries/{delivery_id:str}/retry",
+        operation_id="retryDelivery",
+        status_code=202,
+        sync_to_thread=True,
+        responses=problems(401, 404, 409, 503),
+    )
+    def retry_delivery(
+        self, delivery_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
+    ) -> DeliveryOut:
+        """Send a delivery again now, with the same `webhook-id` (a new timestamp and signature)."""
+        store = webhook_store(services)
+        try:
+            d = store.retry_now(tenant, delivery_id)
+        except DeliveryConflict as e:
+            raise ApiProblem(409, "conflict", str(e)) from None
+        if d is None:
+            raise not_found("delivery", delivery_id)
+        return delivery_out(d)  # due now: a worker's dispatcher sends it within a second

@@ -1,0 +1,185 @@
+"""Announcing job endings: webhook deliveries, the next job of a build → upload → fine-tune chain,
+and the delivery attempts themselves.
+
+A job's terminal transition pushes its id onto a Redis list in the same atomic step
+(`State.transition`). The dispatcher thread of every worker takes ids from it (kept aside until
+done, put back if a worker died mid-way), and for each:
+- creates one delivery per matching subscription and per job callback, with ids derived from the
+  job and the target, so announcing twice sends once;
+- starts the job that waited for this one (upload after a build, fine-tune after an upload) or,
+  when this one failed or was cancelled, ends the waiting ones the same way.
+It also claims due deliveries and enqueues one `tuneset.deliver` task each. The delivery task signs
+(the same `webhook-id` on every attempt, a fresh timestamp), POSTs through the SSRF-guarded client,
+records the attempt and schedules the next one with backoff and jitter, or gives up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import threading
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from kombu.exceptions import OperationalError
+
+from service.queue import DELIVER_TASK, FINE_TUNE_TASK, UPLOAD_TASK, enqueue
+from service.settings import Settings, get_settings
+from service.store.secrets import MissingSecretKey, SecretBox
+from service.store.state import TERMINAL, State
+from service.store.webhooks import WebhookStore
+from service.webhooks.schedule import next_delay
+from service.webhooks.send import send_once
+from service.webhooks.signing import sign
+from service.webhooks.ssrf import Allowlist, guarded_client
+
+log = logging.getLogger("tuneset.notify")
+_rng = random.SystemRandom()
+
+
+def _webhooks(settings: Settings, state: State) -> WebhookStore | None:
+    try:
+        box = SecretBox.from_settings(settings)
+    except MissingSecretKey:
+        return None  # nothing can have been registered without a key
+    return WebhookStore(state.r, box, settings.webhook_disable_after)
+
+
+def payload_of(job: dict[str, Any]) -> dict[str, Any]:
+    """What the caller receives: `{type, timestamp, job_id, kind, status, result | error, ...}`."""
+    spec = job.get("spec") or {}
+    finished = job.get("finished_at") or time.time()
+    out: dict[str, Any] = {
+        "type": f"{job['kind']}.{job['status']}",
+        "timestamp": datetime.fromtimestamp(finished, tz=UTC).isoformat().replace("+00:00", "Z"),
+        "job_id": job["id"],
+        "kind": job["kind"],
+        "status": job["status"],
+    }
+    for link in ("build_job", "upload_job", "fine_tune_job"):
+        if spec.get(link):
+            out[f"{link}_id"] = spec[link]
+    if job.get("error"):
+        out["error"] = job["error"]
+    else:
+        out["result"] = job.get("result")
+    return out
+
+
+def _delivery_id(job: dict[str, Any], target: str) -> str:
+    """Time-ordered like every id here, and the same however often the ending is announced."""
+    finished_ms = int((job.get("finished_at") or 0) * 1000)
+    digest = hashlib.sha256(f"{job['id']}|{job['status']}|{target}".encode()).hexdigest()[:16]
+    return f"msg_{finished_ms:012x}{digest}"
+
+
+def announce(settings: Settings, state: State, job_id: str) -> None:
+    job = state.job(job_id)
+    if job is None or job["status"] not in TERMINAL:
+        return
+    _start_or_end_followers(settings, state, job)
+    store = _webhooks(settings, state)
+    if store is None:
+        return
+    event_type = f"{job['kind']}.{job['status']}"
+    body = json.dumps(payload_of(job), separators=(",", ":")).encode()
+    tenant = job["tenant"]
+    for sub in store.subscriptions_for(tenant, event_type):
+        store.create_delivery(
+            tenant, sub.id, sub.url, None, event_type, body, delivery_id=_delivery_id(job, sub.id)
+        )
+    callback = (job.get("spec") or {}).get("callback")
+    if callback:
+        secret = store.box.decrypt(callback["secret"])
+        store.create_delivery(
+            tenant, None, callback["url"], secret, event_type, body, delivery_id=_delivery_id(job, "callback")
+        )
+
+
+def _start_or_end_followers(settings: Settings, state: State, job: dict[str, Any]) -> None:
+    spec = job.get("spec") or {}
+    follower = {"build": spec.get("upload_job"), "upload": spec.get("fine_tune_job")}.get(job["kind"])
+    if not follower:
+        return
+    if job["status"] == "succeeded":
+        task = UPLOAD_TASK if job["kind"] == "build" else FINE_TUNE_TASK
+        enqueue(settings, task, [follower], queue=settings.io_queue)
+        return
+    # the follower waits for this job, which will never succeed: end it (its own ending announces further)
+    error = {
+        "code": f"{job['kind']}_{job['status']}",
+        "message": f"the {job['kind']} job {job['id']} {job['status']}",
+    }
+    if job["status"] == "cancelled":
+        state.transition(follower, {"queued"}, "cancelled", stage="cancelled", error=error)
+    else:
+        state.transition(follower, {"queued"}, "failed", stage="failed", error=error)
+
+
+def deliver(delivery_id: str, settings: Settings | None = None) -> None:
+    """One attempt at a pending delivery; a delivered or failed one is left alone."""
+    settings = settings or get_settings()
+    state = State.from_url(settings.redis_url)
+    store = _webhooks(settings, state)
+    delivery = store.delivery(delivery_id) if store is not None else None
+    if store is None or delivery is None or delivery.status != "pending":
+        return
+    body = store.delivery_payload(delivery_id)
+    headers = sign(store.delivery_secret(delivery_id), delivery_id, int(time.time()), body)
+    with guarded_client(Allowlist.from_settings(settings), timeout=settings.webhook_timeout_s) as client:
+        attempt = send_once(client, delivery.url, body, headers)
+    delay = (
+        None
+        if attempt.ok
+        else next_delay(len(delivery.attempts) + 2, settings.webhook_retry_schedule_s, _rng)
+    )
+    done = store.record_attempt(delivery_id, attempt, None if delay is None else time.time() + delay)
+    log.info("webhook %s to %s: %s", delivery_id, delivery.url, done.status if attempt.ok else attempt.error)
+
+
+class Dispatcher(threading.Thread):
+    """One per worker process: turns endings into deliveries and follow-up jobs, and due
+    deliveries into tasks. Several may run (one per worker); each item goes to one of them."""
+
+    def __init__(self, settings: Settings | None = None, interval_s: float = 0.5) -> None:
+        super().__init__(name="tuneset-dispatcher", daemon=True)
+        self.settings = settings or get_settings()
+        self.interval_s = interval_s
+        self.stopping = threading.Event()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        state = State.from_url(self.settings.redis_url)
+        pause = self.interval_s
+        recovered = False
+        while not self.stopping.is_set():
+            try:
+                if not recovered:
+                    state.requeue_unfinished_notifications()
+                    recovered = True
+                self.step(state)
+                pause = self.interval_s
+            except (redis.RedisError, OperationalError) as e:  # Redis is away: wait for it
+                log.warning("dispatcher: %s; retrying in %.1f s", type(e).__name__, pause)
+                self.stopping.wait(pause)
+                pause = min(pause * 2, 5.0)
+            except Exception:  # a bug in one item must not stop every later announcement
+                log.exception("dispatcher step failed")
+                self.stopping.wait(pause)
+
+    def step(self, state: State) -> None:
+        job_id = state.take_notification(self.interval_s)
+        if job_id is not None:
+            announce(self.settings, state, job_id)
+            state.notified(job_id)
+        store = _webhooks(self.settings, state)
+        if store is None:
+            return
+        for delivery_id in store.claim_due(time.time(), 50, lease_s=self.settings.webhook_timeout_s * 3 + 60):
+            enqueue(self.settings, DELIVER_TASK, [delivery_id], queue=self.settings.io_queue)
