@@ -150,6 +150,26 @@ def keys_create(tenant: str) -> None:
     click.echo(state.create_key(tenant))
 
 
+@keys.command("secret")
+def keys_secret() -> None:
+    """Print a new TUNESET_SECRET_KEY (encrypts provider API keys and webhook secrets at rest)."""
+    from service.store.secrets import new_key
+
+    click.echo(new_key())
+
+
+def _dev_secret_key(data_dir: Path) -> str:
+    """The development secret key, kept beside the dev Redis data so stored provider keys stay readable."""
+    from service.store.secrets import new_key
+
+    path = data_dir / "secret.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(new_key())
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 @click.command()
 @click.option("--port", default=8000, show_default=True, type=int, help="API port.")
 def dev(port: int) -> None:
@@ -162,6 +182,9 @@ def dev(port: int) -> None:
         procs.append(start_redis(settings.data_dir.resolve() / "redis", redis_port))
         redis_url = f"redis://127.0.0.1:{redis_port}/0"
     env = {**os.environ, "TUNESET_REDIS_URL": redis_url, "TUNESET_DATA_DIR": str(settings.data_dir.resolve())}
+    # on one machine, local providers (`tuneset fake-provider`) and local webhook receivers are the point
+    env.setdefault("TUNESET_SECRET_KEY", _dev_secret_key(settings.data_dir.resolve()))
+    env.setdefault("TUNESET_WEBHOOK_ALLOW_HOSTS", '["127.0.0.1", "localhost", "::1"]')
     os.environ.update(env)
     settings = get_settings()
     key = State.from_url(redis_url).create_key("dev")
@@ -169,9 +192,12 @@ def dev(port: int) -> None:
     click.echo(f"tuneset is running at http://127.0.0.1:{port}")
     click.echo(f"  development API key (tenant dev): {key}")
     click.echo(f"  REDIS_URL={redis_url}")
+    click.echo(f"  loopback URLs allowed for providers and webhooks: {env['TUNESET_WEBHOOK_ALLOW_HOSTS']}")
     click.echo("  Ctrl-C stops the API, the worker and Redis.")
     import uvicorn
 
+    # uvicorn re-raises SIGTERM after its shutdown; as SystemExit it lets `children` stop the rest
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     with children(*procs):
         uvicorn.run(
             "service.api.app:create_app", factory=True, host="127.0.0.1", port=port, log_level="warning"

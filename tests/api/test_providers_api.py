@@ -6,6 +6,7 @@ recipe that cannot be carried out is a 422 before any job exists.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +17,12 @@ from litestar.testing import TestClient
 from pydantic import SecretStr
 
 import service.api.builds
+import service.api.providers
 from service.api.app import create_app
 from service.settings import Settings
 from service.store.secrets import new_key
 from service.store.state import State
+from service.webhooks.signing import sign
 from tests.api.test_api import GOOD, assert_problem, auth, make_dataset, push
 from tests.conftest import jsonl
 
@@ -223,3 +226,23 @@ def test_the_provider_webhook_receiver_rejects_bad_signatures(client: Client, ke
     assert_problem(
         client.post("/v1/providers/prov_000000000000aaaaaaaaaaaaaaaa/webhooks", content=b"{}"), 404
     )
+
+
+def test_the_provider_webhook_receiver_takes_a_fresh_signed_event_and_refuses_a_stale_one(
+    client: Client, key: str, state: State, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "whsec_c2VjcmV0c2VjcmV0c2VjcmV0"
+    created = _provider(client, key, webhook_secret=secret)
+    state.r.set(f"tuneset:ftjob:{created['id']}:ftjob-1", "job_follower")
+    body = b'{"id":"evt_1","object":"event","type":"fine_tuning.job.succeeded","created_at":1,"data":{"id":"ftjob-1"}}'
+    polls: list[Any] = []
+    monkeypatch.setattr(
+        service.api.providers, "enqueue", lambda s, task, args, queue=None: polls.append((task, args, queue))
+    )
+    now = int(time.time())
+    fresh = client.post(created["webhook_url"], content=body, headers=sign(secret, "evt_1", now, body))
+    stale = client.post(created["webhook_url"], content=body, headers=sign(secret, "evt_1", now - 3600, body))
+    assert fresh.status_code == 200, fresh.text
+    assert fresh.json() == {"received": True, "job_id": "job_follower"}
+    assert polls == [("tuneset.fine_tune_poll", ["job_follower"], "tuneset.io")]  # only the fresh one
+    assert_problem(stale, 400)

@@ -17,7 +17,23 @@ from service.run import free_port
 from service.store.state import State
 
 
-def test_dev_runs_redis_a_worker_and_the_api(tmp_path: Path) -> None:
+def _workers_using(redis_url: str) -> list[int]:
+    """Celery worker processes whose environment points at `redis_url` (read from /proc)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if (
+                b"celery" in (proc / "cmdline").read_bytes()
+                and redis_url.encode() in (proc / "environ").read_bytes()
+            ):
+                found.append(int(proc.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_dev_runs_redis_a_worker_and_the_api(tmp_path: Path, stop_signal: signal.Signals) -> None:
     port = free_port()
     env = {
         k: v for k, v in os.environ.items() if k not in {"REDIS_URL", "TUNESET_REDIS_URL", "TUNESET_DATA_DIR"}
@@ -59,14 +75,16 @@ def test_dev_runs_redis_a_worker_and_the_api(tmp_path: Path) -> None:
         )
         assert created.status_code == 201
         assert (tmp_path / ".tuneset" / "redis").is_dir()  # its data lives under the working directory
+        assert _workers_using(redis_url.group(1))
     finally:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop_signal)
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-            pytest.fail("tuneset dev did not stop on Ctrl-C")
+            pytest.fail(f"tuneset dev did not stop on {stop_signal.name}")
     assert not State.from_url(redis_url.group(1)).ping()  # its redis-server stopped too
+    assert _workers_using(redis_url.group(1)) == []  # and its worker
 
 
 def test_keys_create_prints_a_key_once_and_stores_only_its_hash(redis_url: str) -> None:
