@@ -74,7 +74,10 @@ class Settings(BaseSettings):
     )
     provider_part_bytes: int = Field(64 * 1024 * 1024, gt=0, description="Part size of the Uploads API.")
     provider_processing_timeout_s: float = Field(
-        3600.0, gt=0, description="How long an uploaded file may take to be processed by the provider."
+        1800.0,
+        gt=0,
+        description="How long an uploaded file may take to be processed by the provider (keep it below "
+        "the task time limit).",
     )
     provider_poll_interval_s: float = Field(
         30.0, gt=0, description="Longest pause between polls of a provider's fine-tuning job."

@@ -123,13 +123,14 @@ def _provider_message(e: openai.APIStatusError) -> str:
     return str(message or e.message)
 
 
-def create_once(find: Callable[[], str | None], create: Callable[[], str], attempts: int = 8) -> str:
-    """Create something at the provider at most once, retrying through transient trouble.
+def create_once(find: Callable[[], str | None], create: Callable[[], str], attempts: int = 4) -> str:
+    """Create something at the provider at most once, retrying through brief trouble.
 
     The SDK's own retries are off for the create call: a 500 or a lost connection can come after
     the provider stored the file or job, and a blind resend would make a second one. Before every
     attempt we ask the provider whether an earlier one got through; between attempts we wait as
-    its Retry-After says, or back off exponentially."""
+    its Retry-After says (at most 10 s), or back off exponentially. Longer trouble ends the task
+    with `Transient`, and the task retries later without holding a worker meanwhile."""
     delay = 0.5
     for attempt in range(attempts):
         known = find()
@@ -140,8 +141,8 @@ def create_once(find: Callable[[], str | None], create: Callable[[], str], attem
         except Exception as e:
             if not is_transient(e) or attempt == attempts - 1:
                 raise
-            time.sleep(min(_retry_after(e) or delay, 60.0))
-            delay = min(delay * 2, 30.0)
+            time.sleep(min(_retry_after(e) or delay, 10.0))
+            delay *= 2
     raise AssertionError("unreachable")
 
 

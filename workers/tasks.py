@@ -91,6 +91,12 @@ def _provider_step(task: Task, step: Callable[..., None], job_id: str) -> None:
     """A provider step, retried later while the provider is unreachable or overloaded."""
     try:
         _through_outages(step, job_id)
+    except SoftTimeLimitExceeded:
+        _fail(
+            job_id,
+            "time_limit_exceeded",
+            f"a provider step ran longer than {get_settings().build_time_limit_s} s",
+        )
     except Transient as e:
         if task.request.retries >= PROVIDER_RETRIES:
             _fail(job_id, "provider_unavailable", f"the provider stayed unavailable ({e})")

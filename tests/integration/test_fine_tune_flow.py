@@ -362,3 +362,73 @@ def test_a_worker_killed_during_the_upload_leaves_one_file_at_the_provider(
     files = _ours(loop.fake.state()["files"], started["job_id"])
     assert len(files) == 1, files
     assert upload["result"]["files"] == {"train": files[0]["id"]}
+
+
+def _preference_rows(n: int) -> list[dict[str, Any]]:
+    rows = []
+    for i, convo in enumerate(_sharegpt()[:n]):
+        turns = convo["conversations"]
+        question = next(t["value"] for t in turns if t["from"] == "human")
+        answer = next(t["value"] for t in turns if t["from"] == "gpt")
+        rows.append(
+            {
+                "input": {"messages": [{"role": "user", "content": question}]},
+                "preferred_output": [{"role": "assistant", "content": answer}],
+                "non_preferred_output": [{"role": "assistant", "content": f"I cannot help with that ({i})."}],
+            }
+        )
+    return rows
+
+
+def test_a_large_file_goes_up_in_parts_and_a_later_dpo_fine_tune_reuses_it(
+    loop: Loop, tmp_path: Path
+) -> None:
+    """Above the single-file limit the Uploads API carries the file in parallel parts; a fine-tune
+    asked for afterwards (`POST /v1/jobs/{build}/fine-tune`) trains on the files already there."""
+    settings = loop.settings.model_copy(
+        update={"provider_single_file_bytes": 8192, "provider_part_bytes": 4096}
+    )
+    env = {
+        **loop_env(settings),
+        "TUNESET_PROVIDER_SINGLE_FILE_BYTES": "8192",
+        "TUNESET_PROVIDER_PART_BYTES": "4096",
+    }
+    worker = _start_worker(settings, tmp_path / "w.log", env=env)
+    try:
+        loop.provider()
+        ds: str = loop.http.post("/v1/datasets", json={"name": "prefs", "kind": "preference"}).json()["id"]
+        r = loop.http.post(
+            f"/v1/datasets/{ds}/batches",
+            content=jsonl(*_preference_rows(40)),
+            headers={"Content-Type": "application/jsonl"},
+        )
+        assert r.status_code == 201, r.text
+        started = loop.http.post(f"/v1/datasets/{ds}/builds", json={"upload": {"provider": "fake"}}).json()
+        upload = loop.wait(started["upload_job_id"])
+        assert upload["status"] == "succeeded", upload["error"]
+        (upload_record,) = loop.fake.state()["uploads"]
+        assert upload_record["status"] == "completed"
+        assert upload_record["md5_given"]
+        parts = [
+            r for r in loop.fake.state()["requests"] if r["path"].endswith("/parts") and r["status"] == 200
+        ]
+        assert len(parts) == -(-upload_record["bytes"] // 4096)  # every part within the part size
+
+        later = loop.http.post(
+            f"/v1/jobs/{started['job_id']}/fine-tune",
+            json={"method": "dpo", "hyperparameters": {"beta": 0.2}, "suffix": "prefs"},
+        )
+        assert later.status_code == 202, later.text
+        assert "upload_job_id" not in later.json()  # the files are at the provider already
+        fine_tune = loop.wait(later.json()["job_id"])
+        assert fine_tune["status"] == "succeeded", fine_tune["error"]
+        (job,) = [j for j in loop.fake.state()["jobs"] if j["metadata"].get("tuneset_job") == fine_tune["id"]]
+        assert job["method"]["type"] == "dpo"
+        assert job["training_file"] == upload["result"]["files"]["train"]
+        assert len(_ours(loop.fake.state()["files"], started["job_id"])) == 1  # uploaded once, trained twice
+        again = loop.http.post(f"/v1/jobs/{started['job_id']}/fine-tune", json={"method": "dpo"})
+        assert again.status_code == 202, again.text  # another run on the same files is allowed
+        assert loop.wait(again.json()["job_id"])["status"] == "succeeded"
+        assert len(_ours(loop.fake.state()["files"], started["job_id"])) == 1
+    finally:
+        stop(worker)
