@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,9 +23,20 @@ TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 P = "tuneset:"
 
 
+_last_id_time = [0, 0]  # the last id's millisecond and its sequence number within it, in this process
+_id_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
-    """Sortable by creation time (millisecond prefix), unguessable (random suffix)."""
-    return f"{prefix}_{int(time.time() * 1000):012x}{secrets.token_hex(8)}"
+    """Sortable by creation time (a millisecond prefix, then a sequence number, so ids made in
+    the same millisecond by one process keep their order), unguessable (a random suffix)."""
+    with _id_lock:
+        ms = max(int(time.time() * 1000), _last_id_time[0])
+        seq = _last_id_time[1] + 1 if ms == _last_id_time[0] else 0
+        if seq > 0xFFFF:  # 65,536 ids in one millisecond: borrow the next one
+            ms, seq = ms + 1, 0
+        _last_id_time[:] = [ms, seq]
+    return f"{prefix}_{ms:012x}{seq:04x}{secrets.token_hex(6)}"
 
 
 def now() -> float:
