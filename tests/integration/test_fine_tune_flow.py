@@ -432,3 +432,23 @@ def test_a_large_file_goes_up_in_parts_and_a_later_dpo_fine_tune_reuses_it(
         assert len(_ours(loop.fake.state()["files"], started["job_id"])) == 1
     finally:
         stop(worker)
+
+
+def test_cancelling_a_running_fine_tune_cancels_it_at_the_provider(loop: Loop, loop_worker: object) -> None:
+    loop.provider()
+    loop.fake.configure(step_seconds=30, processing_seconds=0.2)  # the provider job would take minutes
+    ds = loop.dataset(_sharegpt()[:30])
+    started = loop.http.post(
+        f"/v1/datasets/{ds}/builds", json={"upload": {"provider": "fake"}, "fine_tune": {}}
+    ).json()
+    ft = started["fine_tune_job_id"]
+    deadline = time.monotonic() + 60
+    while not (loop.http.get(f"/v1/jobs/{ft}").json()["result"] or {}).get("provider_job_id"):
+        assert time.monotonic() < deadline, loop.http.get(f"/v1/jobs/{ft}").json()
+        time.sleep(0.2)
+    assert loop.http.post(f"/v1/jobs/{ft}/cancel").status_code == 202
+    job = loop.wait(ft, timeout=30)
+    assert job["status"] == "cancelled", job
+    (provider_job,) = [j for j in loop.fake.state()["jobs"] if j["metadata"].get("tuneset_job") == ft]
+    assert provider_job["status"] == "cancelled"
+    assert job["result"]["provider_status"] == "cancelled"
