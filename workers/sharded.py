@@ -279,7 +279,9 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     except SplitError as e:
         _fail(ctx, {"code": "split_failed", "message": str(e)}, {"shards": len(plan)})
         return
-    work = Path(tempfile.mkdtemp(prefix="tuneset-finalize-"))
+    scratch = ctx.settings.data_dir / "tmp"  # beside a local blob store: finished files move, not copy
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="tuneset-finalize-", dir=scratch))
     try:
         _finalize(ctx, spec, plan, processor, summary, parts, rows, duplicates, validation_flags, work)
     finally:
@@ -307,9 +309,9 @@ def _finalize(
     train_positions: set[int] = set()  # rows (in dataset order) that went into train.jsonl
     position = 0
     for index, part in enumerate(parts):
-        lines = list(_lines_of(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl"))))
+        sides: list[str] = []  # where each of the shard's lines goes: train, validation or nowhere
         kept: list[shards.Row] = []
-        for row, line in zip(part.rows, lines, strict=True):
+        for row in part.rows:
             dup = duplicates.get(position)
             position += 1
             if dup is not None:
@@ -320,17 +322,18 @@ def _finalize(
                         part.n_failed += 1
                     else:
                         part.n_dropped += 1
+                    sides.append("")
                     continue
             if next(validation_flags):
                 validation_count += 1
-                if write_jsonl:
-                    validation.write(line)
+                sides.append("validation")
                 continue
             kept.append(row)
             train_positions.add(position - 1)
-            if write_jsonl:
-                train.write(line)
+            sides.append("train")
         shards.merge(summary, part, kept)
+        if write_jsonl:
+            _route(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl")), sides, train, validation)
     jsonl = train.close() + validation.close()
     report = summary.report()  # the training file's report: validation tokens are not charged
     artifacts: list[dict[str, Any]] = []
@@ -338,7 +341,7 @@ def _finalize(
         artifacts.append(_store(ctx, "report.json", msgspec.json.format(_json.encode(report))))
     packing: dict[str, Any] | None = None
     if report.ok:
-        artifacts += [_store_file(ctx, name, path) for name, path in jsonl]
+        artifacts += [_store_file(ctx, name, path, sha256) for name, path, sha256 in jsonl]
         if selected.packed is not None:
             packing = _pack(ctx, selected.packed, parts, train_positions, artifacts)
     if selected.report is not None:
@@ -431,14 +434,25 @@ def _pack(
     }
 
 
-def _store_file(ctx: Context, name: str, path: Path) -> dict[str, Any]:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
+def _route(data: bytes, sides: list[str], train: RollingJsonl, validation: RollingJsonl) -> None:
+    """A shard's lines to their side; a shard whose lines all train is written in one piece."""
+    if all(side == "train" for side in sides):
+        train.write_lines(data, len(sides))
+        return
+    lines = list(_lines_of(data))
+    for side, line in zip(sides, lines, strict=True):
+        if side == "train":
+            train.write(line)
+        elif side == "validation":
+            validation.write(line)
+
+
+def _store_file(ctx: Context, name: str, path: Path, sha256: str) -> dict[str, Any]:
+    """Store a finished work file (moved, not copied, where the store allows it)."""
+    size = path.stat().st_size
     key = ctx.key(name)
-    ctx.blobs.put_file(key, path)
-    return {"name": name, "key": key, "size": path.stat().st_size, "sha256": digest.hexdigest()}
+    ctx.blobs.put_file(key, path, move=True)
+    return {"name": name, "key": key, "size": size, "sha256": sha256}
 
 
 def _drops(p: Problem | None) -> bool:

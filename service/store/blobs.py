@@ -24,7 +24,7 @@ class BlobNotFound(KeyError):
 
 class BlobStore(Protocol):
     def put(self, key: str, data: bytes) -> None: ...
-    def put_file(self, key: str, path: Path) -> None: ...
+    def put_file(self, key: str, path: Path, move: bool = False) -> None: ...
     def get(self, key: str) -> bytes: ...
     def open_chunks(self, key: str) -> Iterator[bytes]: ...
     def size(self, key: str) -> int: ...
@@ -69,10 +69,19 @@ class LocalBlobStore:
                 os.unlink(tmp)
             raise
 
-    def put_file(self, key: str, path: Path) -> None:
-        """Store a file's bytes without holding them in memory (it is copied, then renamed into place)."""
+    def put_file(self, key: str, path: Path, move: bool = False) -> None:
+        """Store a file's bytes without holding them in memory (it is copied, then renamed into place).
+
+        With `move`, the file is renamed into place when it is on the same file system (no copy);
+        the caller gives it up either way."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
+        if move:
+            try:
+                os.replace(path, target)
+                return
+            except OSError:  # another file system: copy below
+                pass
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=target.parent)
         os.close(fd)
         try:
@@ -137,8 +146,8 @@ class S3BlobStore:
     def put(self, key: str, data: bytes) -> None:
         self.client.put_object(Bucket=self.bucket, Key=_check_key(key), Body=data)
 
-    def put_file(self, key: str, path: Path) -> None:
-        """A streamed (multipart when large) upload of a file."""
+    def put_file(self, key: str, path: Path, move: bool = False) -> None:
+        """A streamed (multipart when large) upload of a file (`move` changes nothing here)."""
         self.client.upload_file(str(path), self.bucket, _check_key(key))
 
     def get(self, key: str) -> bytes:
