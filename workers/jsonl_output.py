@@ -37,8 +37,8 @@ class RollingJsonl:
         if self._file is not None and self._size + len(block) <= self.max_bytes:
             self._append(block, lines)
             return
-        for line in block.splitlines(keepends=True):
-            self.write(line)
+        for line in block.split(b"\n")[:-1]:  # lines end in \n only (a JSON string escapes \r)
+            self.write(line + b"\n")
 
     def _append(self, data: bytes, lines: int) -> None:
         assert self._file is not None

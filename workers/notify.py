@@ -42,6 +42,7 @@ _rng = random.SystemRandom()
 
 
 def _webhooks(settings: Settings, state: State) -> WebhookStore | None:
+    """The webhook store, or None without a secret key (nothing can have been registered then)."""
     try:
         box = SecretBox.from_settings(settings)
     except MissingSecretKey:
@@ -77,12 +78,13 @@ def _delivery_id(job: dict[str, Any], target: str) -> str:
     return f"msg_{finished_ms:012x}{digest}"
 
 
-def announce(settings: Settings, state: State, job_id: str) -> None:
+def announce(settings: Settings, state: State, store: WebhookStore | None, job_id: str) -> None:
+    """Start or end the job's followers, and create its deliveries (none without a secret key:
+    then nothing can have been registered)."""
     job = state.job(job_id)
     if job is None or job["status"] not in TERMINAL:
         return
     _start_or_end_followers(settings, state, job)
-    store = _webhooks(settings, state)
     if store is None:
         return
     event_type = f"{job['kind']}.{job['status']}"
@@ -109,15 +111,11 @@ def _start_or_end_followers(settings: Settings, state: State, job: dict[str, Any
         task = UPLOAD_TASK if job["kind"] == "build" else FINE_TUNE_TASK
         enqueue(settings, task, [follower], queue=settings.io_queue)
         return
-    # the follower waits for this job, which will never succeed: end it (its own ending announces further)
-    error = {
-        "code": f"{job['kind']}_{job['status']}",
-        "message": f"the {job['kind']} job {job['id']} {job['status']}",
-    }
-    if job["status"] == "cancelled":
-        state.transition(follower, {"queued"}, "cancelled", stage="cancelled", error=error)
-    else:
-        state.transition(follower, {"queued"}, "failed", stage="failed", error=error)
+    # the follower waits for this job, which will never succeed: it ends the same way (failed or
+    # cancelled), and its own ending is announced in turn
+    status = job["status"]
+    error = {"code": f"{job['kind']}_{status}", "message": f"the {job['kind']} job {job['id']} {status}"}
+    state.transition(follower, {"queued"}, status, stage=status, error=error)
 
 
 def deliver(delivery_id: str, settings: Settings | None = None) -> None:
@@ -156,6 +154,7 @@ class Dispatcher(threading.Thread):
 
     def run(self) -> None:
         state = State.from_url(self.settings.redis_url)
+        store = _webhooks(self.settings, state)
         pause = self.interval_s
         recovered = False
         while not self.stopping.is_set():
@@ -163,7 +162,7 @@ class Dispatcher(threading.Thread):
                 if not recovered:
                     state.requeue_unfinished_notifications()
                     recovered = True
-                self.step(state)
+                self.step(state, store)
                 pause = self.interval_s
             except (redis.RedisError, OperationalError) as e:  # Redis is away: wait for it
                 log.warning("dispatcher: %s; retrying in %.1f s", type(e).__name__, pause)
@@ -173,12 +172,11 @@ class Dispatcher(threading.Thread):
                 log.exception("dispatcher step failed")
                 self.stopping.wait(pause)
 
-    def step(self, state: State) -> None:
+    def step(self, state: State, store: WebhookStore | None) -> None:
         job_id = state.take_notification(self.interval_s)
         if job_id is not None:
-            announce(self.settings, state, job_id)
+            announce(self.settings, state, store, job_id)
             state.notified(job_id)
-        store = _webhooks(self.settings, state)
         if store is None:
             return
         for delivery_id in store.claim_due(time.time(), 50, lease_s=self.settings.webhook_timeout_s * 3 + 60):

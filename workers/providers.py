@@ -192,19 +192,15 @@ def _upload(step: _Step) -> None:
     blobs = blob_store_from_settings(settings)
     files: dict[str, str] = {}
     work = Path(tempfile.mkdtemp(prefix="tuneset-upload-"))
+    sides = {side: parts for side in SIDES if (parts := _parts(build, side))}
     try:
-        for side in SIDES:
-            parts = _parts(build, side)
-            if not parts:
-                continue
+        for side, parts in sides.items():
             if step.state.cancel_requested(step.job_id):
                 state.transition(step.job_id, {"running"}, "cancelled", stage="cancelled")
                 return
             files[side] = _upload_side(step, client, blobs, parts, side, work)
             state.update_result(step.job_id, provider=spec.get("provider"), files=files)
-            state.progress(
-                step.job_id, f"uploaded {side}", len(files), sum(1 for s in SIDES if _parts(build, s))
-            )
+            state.progress(step.job_id, f"uploaded {side}", len(files), len(sides))
         for side, file_id in files.items():
             state.progress(step.job_id, f"processing {side}", 0, 0)
             wait_processed(client, file_id, settings.provider_processing_timeout_s)
@@ -309,7 +305,6 @@ def poll_fine_tune(job_id: str, settings: Settings | None = None) -> bool:
     provider_job_id = step.state.r.hget(f"tuneset:job:{job_id}", "provider_job_id")
     if not provider_job_id:
         return False  # not created yet: the create step enqueues the first poll
-    ended: list[bool] = []
 
     def read() -> None:
         client = step.client()
@@ -329,7 +324,7 @@ def poll_fine_tune(job_id: str, settings: Settings | None = None) -> bool:
         step.state.progress(job_id, snap.status, 0, 0)
         if not snap.done:
             return
-        result = {**(step.state.job(job_id) or {}).get("result", {}), **record}
+        result = {**((step.state.job(job_id) or {}).get("result") or {}), **record}
         if snap.status == "succeeded":
             step.state.transition(job_id, {"running"}, "succeeded", stage="done", result=result)
         elif snap.status == "cancelled":
@@ -347,7 +342,6 @@ def poll_fine_tune(job_id: str, settings: Settings | None = None) -> bool:
                     "message": error.message if error else "the provider's fine-tuning job failed",
                 },
             )
-        ended.append(True)
 
-    step.guarded(read)
-    return bool(ended) or (step.state.job(job_id) or {}).get("status") not in ("queued", "running")
+    step.guarded(read)  # ends the job when the provider's has ended, or fails it on a refusal
+    return (step.state.job(job_id) or {}).get("status") not in ("queued", "running")

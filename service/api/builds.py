@@ -89,7 +89,8 @@ def start_build(
     """Start a build of the whole dataset: validate, repair and account it; store report.json and
     the provider JSONL as the job's artifacts. Follow it at /v1/jobs/{job_id}."""
     state = services.state
-    if state.get_dataset(tenant, dataset_id) is None:
+    dataset = state.get_dataset(tenant, dataset_id)
+    if dataset is None:
         raise not_found("dataset", dataset_id)
     outputs = outputs_of(data)
     provider = _upload_provider(data, outputs, tenant, services)
@@ -109,9 +110,8 @@ def start_build(
     job_id = new_id("job")
     started = BuildStarted(job_id=job_id, callback_secret=callback_secret)
     if provider is not None:
-        kind = (state.get_dataset(tenant, dataset_id) or {}).get("kind", "chat")
         started.upload_job_id, started.fine_tune_job_id = plan_followups(
-            state, tenant, job_id, provider, data.fine_tune, recipe.model, kind, callback
+            state, tenant, job_id, provider, data.fine_tune, recipe.model, str(dataset["kind"]), callback
         )
         spec["upload_job"] = started.upload_job_id
     state.create_job(tenant, "build", spec, job_id=job_id)

@@ -21,6 +21,7 @@ from service.api.errors import ApiProblem, not_found, problems
 from service.api.providers import provider_store
 from service.api.schemas import FineTuneOptions, FineTuneRequest, JobStarted
 from service.queue import FINE_TUNE_TASK, UPLOAD_TASK, enqueue
+from service.store.state import State
 
 
 @post(
@@ -90,6 +91,6 @@ def start_fine_tune(
     )
 
 
-def _upload_of(state: Any, build: dict[str, Any]) -> dict[str, Any] | None:
+def _upload_of(state: State, build: dict[str, Any]) -> dict[str, Any] | None:
     upload_id = (build.get("spec") or {}).get("upload_job")
     return state.job(upload_id) if upload_id else None

@@ -86,13 +86,9 @@ class WebhookController(Controller):
         self, tenant: NamedDependency[str], services: NamedDependency[Services]
     ) -> SubscriptionList:
         """The tenant's subscriptions (secrets are never included)."""
-        store = webhook_store(services)
-        out: list[SubscriptionOut] = []
-        after: str | None = None
-        while page := store.list_subscriptions(tenant, after, 100):
-            out += [subscription_out(s) for s in page]
-            after = page[-1].id
-        return SubscriptionList(items=out)
+        return SubscriptionList(
+            items=[subscription_out(s) for s in webhook_store(services).all_subscriptions(tenant)]
+        )
 
     @get(
         "/subscriptions/{sub_id:str}",

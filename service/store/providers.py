@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from service.store.secrets import SecretBox
+from service.store.secrets import MissingSecretKey, SecretBox
 from service.store.state import P, new_id, now
 
 PUBLIC_FIELDS = ("id", "name", "base_url", "kind", "api_version", "models", "created_at")
@@ -40,8 +40,6 @@ class ProviderStore:
 
     def _need_box(self) -> SecretBox:
         if self.box is None:
-            from service.store.secrets import MissingSecretKey
-
             raise MissingSecretKey("TUNESET_SECRET_KEY is not set: provider API keys cannot be stored")
         return self.box
 

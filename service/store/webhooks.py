@@ -162,14 +162,18 @@ class WebhookStore:
         subs = (self.get_subscription(tenant, i) for i in self._ids(P + f"t:{tenant}:whsubs", after, limit))
         return [s for s in subs if s is not None]
 
-    def subscriptions_for(self, tenant: str, event_type: str) -> list[Subscription]:
-        """The enabled subscriptions that want `event_type`: whom to fan an event out to."""
+    def all_subscriptions(self, tenant: str) -> list[Subscription]:
+        """Every subscription of the tenant, in creation order (page by page underneath)."""
         out: list[Subscription] = []
         after: str | None = None
         while page := self.list_subscriptions(tenant, after, 100):
-            out += [s for s in page if s.wants(event_type)]
+            out += page
             after = page[-1].id
         return out
+
+    def subscriptions_for(self, tenant: str, event_type: str) -> list[Subscription]:
+        """The enabled subscriptions that want `event_type`: whom to fan an event out to."""
+        return [s for s in self.all_subscriptions(tenant) if s.wants(event_type)]
 
     def delete_subscription(self, tenant: str, sub_id: str) -> bool:
         if self._sub_fields(tenant, sub_id) is None:
