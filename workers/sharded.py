@@ -42,7 +42,7 @@ from service.core.templates import get_template
 from service.core.view import build_view
 from service.queue import enqueue
 from service.settings import Settings, get_settings
-from service.store.blobs import BlobStore, blob_store_from_settings
+from service.store.blobs import BlobStore, blob_store_from_settings, job_prefix
 from service.store.state import TERMINAL, State
 from workers.jsonl_output import RollingJsonl
 from workers.packed_output import write_shards
@@ -99,7 +99,7 @@ class Context:
         return bool(self.job) and self.job["status"] not in TERMINAL
 
     def key(self, name: str) -> str:
-        return f"{self.tenant}/jobs/{self.job_id}/{name}"
+        return job_prefix(self.tenant, self.job_id) + name
 
     def spec(self) -> BuildSpec:
         raw = dict(self.job.get("spec") or {})

@@ -16,6 +16,7 @@ from service.api import (
     batches,
     builds,
     datasets,
+    docs,
     finetune,
     health,
     jobs,
@@ -70,6 +71,7 @@ def openapi_config() -> OpenAPIConfig:
         ],
         use_handler_docstrings=True,
         path="/schema",
+        render_plugins=docs.render_plugins(),
     )
 
 
@@ -100,7 +102,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     hooks = Router(path="/v1", route_handlers=[providers.receive_provider_webhook])  # signed, no bearer key
     return Litestar(
-        route_handlers=[v1, hooks, health.livez, health.readyz, health.metrics],
+        route_handlers=[v1, hooks, docs.assets_router(), health.livez, health.readyz, health.metrics],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         middleware=[MetricsMiddleware(services.metrics)],

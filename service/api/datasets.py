@@ -13,6 +13,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from service.api import Services
 from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import Dataset, DatasetCreate, DatasetPage
+from service.store.blobs import job_prefix
+from service.store.state import TERMINAL
 
 _CURSOR = re.compile(r"^[a-z]+_[0-9a-f]{1,64}$")
 
@@ -81,9 +83,23 @@ class DatasetController(Controller):
     def delete_dataset(
         self, dataset_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
     ) -> None:
-        """Delete a dataset and every blob of its batches."""
-        if services.state.get_dataset(tenant, dataset_id) is None:
+        """Delete a dataset, every blob of its batches and every file built from it.
+
+        Builds of it that are still queued or running are cancelled; the job records stay (with
+        their counts, and `dataset_deleted` in the result) but list no artifacts and serve none.
+        Files already uploaded to a provider, and models trained on them, are the provider's to delete.
+        """
+        state = services.state
+        if state.get_dataset(tenant, dataset_id) is None:
             raise not_found("dataset", dataset_id)
-        services.state.delete_dataset(tenant, dataset_id)
+        for job_id in state.delete_dataset(tenant, dataset_id):
+            job = state.tenant_job(tenant, job_id)
+            if job is None:
+                continue
+            if job["status"] not in TERMINAL:
+                state.request_cancel(job_id)
+                state.transition(job_id, {"queued"}, "cancelled")
+            services.blobs.delete_prefix(job_prefix(tenant, job_id))
+            state.forget_artifacts(job_id)
         # ids have a fixed length, so no other dataset's keys share this prefix
         services.blobs.delete_prefix(f"{tenant}/{dataset_id}/")

@@ -22,7 +22,12 @@ from service.store.state import TERMINAL
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
 SCAN_LIMIT = 2000  # ids examined at most per filtered page; the cursor continues from there
-MEDIA_TYPES = {".json": "application/json", ".jsonl": "application/jsonl"}
+MEDIA_TYPES = {
+    ".json": "application/json",
+    ".jsonl": "application/jsonl",
+    ".html": "text/html; charset=utf-8",
+    ".parquet": "application/vnd.apache.parquet",
+}
 
 
 def job_out(job: dict[str, Any]) -> Job:
@@ -50,7 +55,13 @@ def job_out(job: dict[str, Any]) -> Job:
     )
 
 
-def _artifacts(job: dict[str, Any]) -> list[dict[str, Any]]:
+def _artifacts(services: Services, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The job's files; none once the dataset they were built from is deleted (even a build that
+    finished after the delete, whose files the delete could not yet see)."""
+    spec = job.get("spec")
+    dataset_id = spec.get("dataset_id") if isinstance(spec, dict) else None
+    if dataset_id and not services.state.dataset_exists(str(dataset_id)):
+        return []
     result = job.get("result")
     items = result.get("artifacts") if isinstance(result, dict) else None
     return [a for a in items or [] if isinstance(a, dict) and isinstance(a.get("name"), str)]
@@ -169,12 +180,12 @@ class JobController(Controller):
         return ArtifactList(
             items=[
                 Artifact(name=a["name"], size=int(a.get("size") or 0), sha256=a.get("sha256"))
-                for a in _artifacts(job)
+                for a in _artifacts(services, job)
             ]
         )
 
     @get(
-        "/{job_id:str}/artifacts/{name:str}",
+        "/{job_id:str}/artifacts/{name:path}",
         operation_id="downloadArtifact",
         sync_to_thread=True,
         responses={
@@ -194,9 +205,10 @@ class JobController(Controller):
         tenant: NamedDependency[str],
         services: NamedDependency[Services],
     ) -> Response[Any]:
-        """One artifact, streamed."""
+        """One artifact, streamed. Names may hold folders (`packed/manifest.json`): the name is a path."""
+        name = name.lstrip("/")  # a `path` parameter keeps the slash that precedes it
         job = self._job(services, tenant, job_id)
-        found = next((a for a in _artifacts(job) if a["name"] == name), None)
+        found = next((a for a in _artifacts(services, job) if a["name"] == name), None)
         key = found.get("key") if found else None
         if not isinstance(key, str) or not key.startswith(f"{tenant}/"):
             raise not_found("artifact", name)
@@ -206,7 +218,7 @@ class JobController(Controller):
         except (BlobNotFound, ValueError):
             raise not_found("artifact", name) from None
         suffix = name[name.rfind(".") :] if "." in name else ""
-        filename = _UNSAFE_FILENAME.sub("_", name)
+        filename = _UNSAFE_FILENAME.sub("_", name.rsplit("/", 1)[-1])
         return Stream(
             blobs.open_chunks(key),
             media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),

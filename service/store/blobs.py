@@ -18,6 +18,11 @@ from typing import Any, Protocol
 CHUNK = 1 << 20
 
 
+def job_prefix(tenant: str, job_id: str) -> str:
+    """Where a job keeps its files (work files and artifacts), so one delete removes them all."""
+    return f"{tenant}/jobs/{job_id}/"
+
+
 class BlobNotFound(KeyError):
     """No blob under that key."""
 

@@ -142,11 +142,17 @@ class State:
         raw: list[str] = self.r.lrange(P + f"ds:{dataset_id}:batches", 0, -1)  # type: ignore[assignment]
         return [json.loads(b) for b in raw]
 
-    def delete_dataset(self, tenant: str, dataset_id: str) -> None:
+    def delete_dataset(self, tenant: str, dataset_id: str) -> list[str]:
+        """Forget the dataset; returns the ids of the jobs made from it, whose files must go too."""
         pipe = self.r.pipeline()
-        pipe.delete(P + f"ds:{dataset_id}", P + f"ds:{dataset_id}:batches")
+        pipe.smembers(P + f"ds:{dataset_id}:jobs")
+        pipe.delete(P + f"ds:{dataset_id}", P + f"ds:{dataset_id}:batches", P + f"ds:{dataset_id}:jobs")
         pipe.zrem(P + f"t:{tenant}:datasets", dataset_id)
-        pipe.execute()
+        job_ids: set[str] = pipe.execute()[0]
+        return sorted(job_ids)
+
+    def dataset_exists(self, dataset_id: str) -> bool:
+        return bool(self.r.exists(P + f"ds:{dataset_id}"))
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -170,6 +176,8 @@ class State:
         pipe = self.r.pipeline()
         pipe.hset(P + f"job:{job_id}", mapping=job)
         pipe.zadd(P + f"t:{tenant}:jobs", {job_id: 0})
+        if spec.get("dataset_id"):  # so deleting the dataset finds the files built from it
+            pipe.sadd(P + f"ds:{spec['dataset_id']}:jobs", job_id)
         pipe.execute()
         self.event(job_id, "status", {"status": "queued"})
         return self.job(job_id) or job
@@ -229,6 +237,12 @@ class State:
         job = self.job(job_id) or {}
         result = {**(job.get("result") or {}), **fields}
         self.r.hset(P + f"job:{job_id}", "result", json.dumps(result))
+
+    def forget_artifacts(self, job_id: str) -> None:
+        """The job's files were deleted with its dataset: its result no longer lists them."""
+        job = self.job(job_id) or {}
+        if isinstance(job.get("result"), dict) and job["result"].get("artifacts"):
+            self.update_result(job_id, artifacts=[], dataset_deleted=True)
 
     def progress(self, job_id: str, stage: str, done: int, total: int) -> None:
         self.r.hset(P + f"job:{job_id}", mapping={"stage": stage, "done": done, "total": total})

@@ -666,7 +666,8 @@ def test_job_events_over_sse_resume_after_last_event_id(client: Client, key: str
 def test_artifacts_list_and_streamed_download(
     client: Client, key: str, state: State, settings: Settings
 ) -> None:
-    job_id = state.create_job("acme", "build", {"dataset_id": "ds_x"})["id"]
+    dataset_id = state.create_dataset("acme", "d", "chat", None)["id"]
+    job_id = state.create_job("acme", "build", {"dataset_id": dataset_id})["id"]
     assert client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth(key)).json() == {"items": []}
     blobs = LocalBlobStore(settings.blob_root)
     report = json.dumps({"ok": True}).encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from typing import Any
@@ -88,3 +89,79 @@ def test_push_build_follow_download(settings: Settings, worker: subprocess.Popen
             assert client.get(path, headers=_auth(bob)).status_code == 404, path
         assert client.post(f"/v1/datasets/{ds}/builds", json={}, headers=_auth(bob)).status_code == 404
         assert client.post(f"/v1/jobs/{job_id}/cancel", headers=_auth(bob)).status_code == 404
+
+
+def _wait_terminal(client: TestClient[Any], job_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as stream:
+        "".join(stream.iter_text())  # the stream ends when the job is terminal
+    job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}", headers=headers).json()
+    return job
+
+
+def test_every_listed_artifact_downloads_and_deleting_the_dataset_deletes_them(
+    settings: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    """Every output kind (JSONL in parts, validation, packed Parquet + manifest in a folder, report
+    page) downloads byte for byte as listed; once the dataset is deleted none of it is served."""
+    state = State.from_url(settings.redis_url)
+    key = state.create_key("alice")
+    auth = _auth(key)
+    with TestClient(create_app(settings)) as client:
+        ds = client.post("/v1/datasets", json={"name": "all", "kind": "chat"}, headers=auth).json()["id"]
+        pushed = client.post(
+            f"/v1/datasets/{ds}/batches",
+            content=jsonl(*mtbench_conversations()) * 4,
+            headers={**auth, "Content-Type": "application/jsonl"},
+        )
+        assert pushed.status_code == 201
+        recipe = {
+            "split": {"validation_count": 10, "seed": 7},
+            "outputs": {
+                "openai_jsonl": {"max_file_bytes": 64 * 1024},
+                "packed": {"seq_len": 2048, "template": "chatml", "rows_per_shard": 20},
+                "report": {},
+            },
+        }
+        job_id = client.post(f"/v1/datasets/{ds}/builds", json=recipe, headers=auth).json()["job_id"]
+        assert _wait_terminal(client, job_id, auth)["status"] == "succeeded"
+        listed = client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth).json()["items"]
+        names = [a["name"] for a in listed]
+        assert {"report.json", "report.html", "validation.jsonl", "packed/manifest.json"} <= set(names)
+        assert any(n.startswith("train-00000-of-") for n in names), names
+        assert any(n.startswith("packed/packed-") and n.endswith(".parquet") for n in names), names
+        for artifact in listed:
+            for path in (artifact["name"], artifact["name"].replace("/", "%2F")):
+                r = client.get(f"/v1/jobs/{job_id}/artifacts/{path}", headers=auth)
+                assert r.status_code == 200, (path, r.text)
+                assert hashlib.sha256(r.content).hexdigest() == artifact["sha256"], path
+                assert len(r.content) == artifact["size"]
+        manifest = client.get(f"/v1/jobs/{job_id}/artifacts/packed/manifest.json", headers=auth)
+        assert manifest.headers["content-type"].startswith("application/json")
+        assert 'filename="manifest.json"' in manifest.headers["content-disposition"]
+
+        assert client.delete(f"/v1/datasets/{ds}", headers=auth).status_code == 204
+        for artifact in listed:
+            r = client.get(f"/v1/jobs/{job_id}/artifacts/{artifact['name']}", headers=auth)
+            assert r.status_code == 404, artifact["name"]
+        assert client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth).json() == {"items": []}
+        job = client.get(f"/v1/jobs/{job_id}", headers=auth).json()
+        assert job["status"] == "succeeded"
+        assert job["result"]["dataset_deleted"] is True
+        assert job["result"]["artifacts"] == []
+    assert not list((settings.blob_root / "alice" / "jobs" / job_id).rglob("*.*"))  # the bytes are gone too
+
+
+def test_deleting_a_dataset_cancels_its_queued_build(settings: Settings) -> None:
+    """No worker runs here, so the build stays queued; the delete cancels it."""
+    state = State.from_url(settings.redis_url)
+    auth = _auth(state.create_key("alice"))
+    with TestClient(create_app(settings)) as client:
+        ds = client.post("/v1/datasets", json={"name": "q", "kind": "chat"}, headers=auth).json()["id"]
+        client.post(
+            f"/v1/datasets/{ds}/batches",
+            content=jsonl(*mtbench_conversations()),
+            headers={**auth, "Content-Type": "application/jsonl"},
+        )
+        job_id = client.post(f"/v1/datasets/{ds}/builds", json={}, headers=auth).json()["job_id"]
+        assert client.delete(f"/v1/datasets/{ds}", headers=auth).status_code == 204
+        assert client.get(f"/v1/jobs/{job_id}", headers=auth).json()["status"] == "cancelled"
