@@ -251,3 +251,114 @@ def test_500_open_streams_and_vanishing_clients_leave_the_api_responsive(
         text = log.read_text()
     assert "Traceback" not in text, text
     assert "Exception in ASGI application" not in text, text
+
+
+@pytest.mark.slow
+def test_stream_caps_keep_alive_and_disconnects(redis_url: str, tmp_path: Path) -> None:
+    state = State.from_url(redis_url)
+    state.r.flushdb()
+    keys = {t: state.create_key(t) for t in ("a", "b", "c")}
+    jobs = {t: state.create_job(t, "build", {"dataset_id": "ds_x"})["id"] for t in keys}
+    caps = {"sse_max_streams": "3", "sse_max_streams_per_tenant": "2", "sse_keepalive_s": "0.3"}
+    with api_process(redis_url, tmp_path, **caps) as (base, log):
+        port = int(base.rsplit(":", 1)[1])
+
+        async def scenario() -> None:
+            async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+
+                async def stream(t: str) -> RawStream:
+                    return await RawStream.open(port, f"/v1/jobs/{jobs[t]}/events", keys[t])
+
+                first, second = await stream("a"), await stream("a")
+                assert (first.status, second.status) == (200, 200)
+                r = await client.get(
+                    f"/v1/jobs/{jobs['a']}/events", headers={"Authorization": f"Bearer {keys['a']}"}
+                )
+                body = assert_problem(r, 429, "too-many-streams")
+                assert "2 open event streams" in body["detail"]
+                assert int(r.headers["retry-after"]) > 0
+                other = await stream("b")
+                assert other.status == 200  # another tenant still gets the server's last slot
+                r = await client.get(
+                    f"/v1/jobs/{jobs['c']}/events", headers={"Authorization": f"Bearer {keys['c']}"}
+                )
+                assert_problem(r, 503, "streams-unavailable")
+                assert int(r.headers["retry-after"]) > 0
+                await wait_streams(client, 3)
+                assert (await client.get("/readyz")).status_code == 200
+
+                # an idle stream says it is alive; a job that ends ends its streams
+                assert b'data: {"status": "queued"}' in await first.read_until(b": keep-alive", 5)
+                cancelled = await client.post(
+                    f"/v1/jobs/{jobs['a']}/cancel", headers={"Authorization": f"Bearer {keys['a']}"}
+                )
+                assert cancelled.status_code == 202
+                for s in (first, second):
+                    tail = await s.read_until(b"\r\n0\r\n\r\n", 5)  # the last chunk: the response is over
+                    assert b'data: {"status": "cancelled"}' in tail
+                await wait_streams(client, 1)
+                other.vanish()  # and a client that goes away frees its slot
+                await wait_streams(client, 0)
+
+        asyncio.run(scenario())
+        text = log.read_text()
+    assert "Traceback" not in text, text
+
+
+def _sse_events(response: httpx.Response) -> Iterator[dict[str, str]]:
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if not line:
+            if "data" in fields:
+                yield fields
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(": ")
+            fields[name] = value
+
+
+@pytest.mark.slow
+def test_a_stream_ends_cleanly_when_redis_goes_away_and_resumes_after(tmp_path: Path) -> None:
+    redis_port = free_port()
+    redis_dir = tmp_path / "redis"
+    redis = start_redis(redis_dir, redis_port)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    try:
+        state = State.from_url(redis_url)
+        key = state.create_key("acme")
+        job = state.create_job("acme", "build", {"dataset_id": "ds_x"})["id"]
+        state.transition(job, {"queued"}, "running")
+        state.progress(job, "shards", 1, 3)
+        auth = {"Authorization": f"Bearer {key}"}
+        with api_process(redis_url, tmp_path) as (base, log):
+            url = f"{base}/v1/jobs/{job}/events"
+            seen: list[dict[str, str]] = []
+            with httpx.stream("GET", url, headers=auth, timeout=httpx.Timeout(10, read=10)) as r:
+                assert r.status_code == 200
+                events = _sse_events(r)
+                seen += [next(events) for _ in range(3)]  # queued, running, the first progress
+                stop(redis)  # SIGTERM: it writes its AOF and exits
+                ended_at = time.monotonic()
+                seen += list(events)  # the stream ends by itself (a read timeout would raise)
+                assert time.monotonic() - ended_at < 5
+            assert [e["event"] for e in seen] == ["status", "status", "progress"]
+            # while Redis is down, a reconnect is a 503 problem, not a 500
+            down = httpx.get(url, headers={**auth, "Last-Event-ID": seen[-1]["id"]}, timeout=10)
+            assert_problem(down, 503, "unavailable")
+
+            redis = start_redis(redis_dir, redis_port)
+            state = State.from_url(redis_url)
+            state.progress(job, "shards", 3, 3)
+            state.transition(job, {"running"}, "succeeded")
+            with httpx.stream("GET", url, headers={**auth, "Last-Event-ID": seen[-1]["id"]}, timeout=10) as r:
+                assert r.status_code == 200
+                rest = list(_sse_events(r))
+            stored = state.events(job)
+            assert [e["id"] for e in seen + rest] == [event_id for event_id, _, _ in stored]
+            assert [e["event"] for e in rest] == ["progress", "status"]
+            assert rest[-1]["data"] == '{"status": "succeeded"}'
+            text = log.read_text()
+        assert "Exception in ASGI application" not in text, text
+        assert "Traceback" not in text, text
+    finally:
+        stop(redis)
