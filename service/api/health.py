@@ -68,8 +68,9 @@ async def _within(deadline_s: float, check: Awaitable[object]) -> bool:
 @get("/readyz", operation_id="readyz", tags=["health"], responses=problems(503))
 async def readyz(services: NamedDependency[Services]) -> Health:
     """Redis (state and broker) answers, and a worker thread is free for synchronous requests,
-    each within TUNESET_READY_TIMEOUT_S; 503 otherwise. Async, so that it still answers when every
-    worker thread is taken (a thread-bound readiness check would hang with them)."""
+    each within TUNESET_READY_TIMEOUT_S; 503 otherwise."""
+    # async, so that it still answers when every worker thread is taken (a readiness check that
+    # needs a thread would hang with them)
     deadline = services.settings.ready_timeout_s
     redis_ok, threads_ok = await asyncio.gather(
         _within(deadline, services.feed.ping()),

@@ -146,9 +146,9 @@ class JobController(Controller):
         (reconnect with `Last-Event-ID`). While idle it sends a `: keep-alive` comment every
         TUNESET_SSE_KEEPALIVE_S seconds. 429 (with Retry-After) when the tenant has
         TUNESET_SSE_MAX_STREAMS_PER_TENANT streams open, 503 when the server has
-        TUNESET_SSE_MAX_STREAMS. Async on purpose: an open stream holds no worker thread."""
-        owner = await services.feed.job_owner_status(job_id)
-        if owner is None or owner[0] != tenant:
+        TUNESET_SSE_MAX_STREAMS."""
+        # async on purpose: an open stream holds no worker thread (see service.store.events)
+        if await services.feed.job_tenant(job_id) != tenant:
             raise not_found("job", job_id)
         if last_event_id is not None and not _EVENT_ID.match(last_event_id):
             raise ApiProblem(400, "invalid-event-id", "Last-Event-ID is not an event id of this stream")

@@ -95,11 +95,10 @@ class EventFeed:
         except redis.RedisError:
             return False
 
-    async def job_owner_status(self, job_id: str) -> tuple[str, str] | None:
-        """(tenant, status) of a job, None when there is no such job."""
-        reply: Any = await self.r.hmget(job_key(job_id), ["tenant", "status"])  # type: ignore[misc]
-        tenant, status = reply
-        return None if tenant is None else (str(tenant), str(status))
+    async def job_tenant(self, job_id: str) -> str | None:
+        """The tenant a job belongs to, None when there is no such job."""
+        tenant: Any = await self.r.hget(job_key(job_id), "tenant")  # type: ignore[misc]
+        return None if tenant is None else str(tenant)
 
     async def read(self, job_id: str, after: str) -> list[Event]:
         """Up to COUNT events after `after`, without blocking."""
@@ -173,30 +172,33 @@ class EventFeed:
                 del self._followers[job_id]
 
     async def _poll(self) -> None:
-        """One blocking XREAD for every followed job at a time, fanned out to their followers."""
-        while self._followers:
-            streams: dict[str, str] = {}
-            for job_id, followers in self._followers.items():
-                active = [f.cursor for f in followers if not f.paused]
-                if active:
-                    streams[events_key(job_id)] = min(active, key=_order)
-            if not streams:  # everyone is paused: wait for a client to read
-                await asyncio.sleep(self.block_ms / 1000)
-                continue
-            try:
-                reply: Any = await self.r.xread(streams, count=COUNT, block=self.block_ms)  # type: ignore[arg-type]
-            except Exception as e:  # every follower must learn of it, then the poller stops
-                if not isinstance(e, redis.RedisError):
-                    log.exception("event poller failed")
-                for followers in self._followers.values():
-                    for follower in followers:
-                        follower.queue.put_nowait(FeedLost(f"reading job events failed: {e!r}"))
-                self._followers.clear()
-                return
-            by_key = {events_key(j): j for j in self._followers}
-            for key, entries in reply or []:
-                for follower in list(self._followers.get(by_key.get(key, ""), ())):
-                    self._hand(follower, entries)
+        """Polls while anyone follows; on any failure every follower learns of it, then it stops."""
+        try:
+            while self._followers:
+                await self._poll_once()
+        except Exception as e:
+            if not isinstance(e, redis.RedisError):
+                log.exception("the job event poller failed")
+            for followers in self._followers.values():
+                for follower in followers:
+                    follower.queue.put_nowait(FeedLost(f"reading job events failed: {e!r}"))
+            self._followers.clear()
+
+    async def _poll_once(self) -> None:
+        """One blocking XREAD for every followed job at once, fanned out to their followers."""
+        streams: dict[str, str] = {}
+        for job_id, followers in self._followers.items():
+            active = [f.cursor for f in followers if not f.paused]
+            if active:
+                streams[events_key(job_id)] = min(active, key=_order)
+        if not streams:  # everyone is paused: wait for a client to read
+            await asyncio.sleep(self.block_ms / 1000)
+            return
+        reply: Any = await self.r.xread(streams, count=COUNT, block=self.block_ms)  # type: ignore[arg-type]
+        by_key = {events_key(j): j for j in self._followers}
+        for key, entries in reply or []:
+            for follower in list(self._followers.get(by_key.get(key, ""), ())):
+                self._hand(follower, entries)
 
     @staticmethod
     def _hand(follower: _Follower, entries: list[tuple[str, dict[str, str]]]) -> None:
