@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     sse_keepalive_s: float = Field(
         15.0, gt=0, description="Seconds without an event after which a stream sends a keep-alive comment."
     )
+    shutdown_grace_s: int = Field(
+        10,
+        gt=0,
+        description="On SIGTERM `tuneset api` waits this long for running requests, then cancels those "
+        "left (open event streams never end by themselves; their clients resume with Last-Event-ID).",
+    )
     ready_timeout_s: float = Field(
         1.0,
         gt=0,

@@ -15,7 +15,8 @@ current blocking read returns, so its first live event may wait up to `block_ms`
 that falls more than `MAX_QUEUED` events behind is paused (left out of the poll) until its
 client has read most of them, so a slow client holds bounded memory and never makes the
 poller spin. When Redis fails, every follower gets the error and the poller stops; the next
-follower starts a new one.
+follower starts a new one. `end_all_follows` ends every follower of the process (a server that
+stops must not wait for streams that never end by themselves).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
@@ -59,6 +61,19 @@ class FeedLost(redis.RedisError):
     """The poller lost Redis: the follower's stream ends; its client resumes from the last id."""
 
 
+_END = object()  # put in a follower's queue: stop now (the server is stopping)
+_feeds: weakref.WeakSet[EventFeed] = weakref.WeakSet()
+
+
+def end_all_follows() -> None:
+    """Ends every follow of every feed in this process, soon and cleanly; safe to call from a
+    signal handler or another thread."""
+    for feed in list(_feeds):
+        loop = feed._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(feed._end_all)
+
+
 class _Follower:
     """One open stream's place in the poll: the last entry handed to it and its queue."""
 
@@ -67,7 +82,7 @@ class _Follower:
     def __init__(self, cursor: str) -> None:
         self.cursor = cursor
         self.paused = False
-        self.queue: asyncio.Queue[Event | BaseException] = asyncio.Queue()
+        self.queue: asyncio.Queue[Event | BaseException | object] = asyncio.Queue()
 
 
 class EventFeed:
@@ -88,6 +103,9 @@ class EventFeed:
         self.r = aredis.Redis(connection_pool=pool)
         self._followers: dict[str, set[_Follower]] = {}
         self._poller: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ending = False
+        _feeds.add(self)
 
     async def ping(self) -> bool:
         try:
@@ -110,8 +128,9 @@ class EventFeed:
     ) -> AsyncIterator[Event | None]:
         """Every event after `after`, until the job is terminal; None after each `idle_s` without one
         (time for a keep-alive). Raises `redis.RedisError` when Redis fails: resume from the last id."""
+        self._loop = asyncio.get_running_loop()
         cursor = after
-        while True:  # catch up, paced by the caller
+        while not self._ending:  # catch up, paced by the caller
             batch = await self.read(job_id, cursor)
             for event in batch:
                 yield event
@@ -123,6 +142,8 @@ class EventFeed:
                 return
             if len(batch) < COUNT:
                 break
+        if self._ending:
+            return
         follower = _Follower(cursor)
         self._followers.setdefault(job_id, set()).add(follower)
         if self._poller is None or self._poller.done():
@@ -137,8 +158,11 @@ class EventFeed:
                         break
                     yield None
                     continue
+                if item is _END:
+                    return
                 if isinstance(item, BaseException):
                     raise item
+                assert isinstance(item, Event)
                 if follower.paused and follower.queue.qsize() <= _RESUME_BELOW:
                     follower.paused = False
                 yield item
@@ -163,6 +187,12 @@ class EventFeed:
             if len(batch) < COUNT:
                 return
             after = batch[-1].id
+
+    def _end_all(self) -> None:
+        self._ending = True
+        for followers in self._followers.values():
+            for follower in followers:
+                follower.queue.put_nowait(_END)
 
     def _drop(self, job_id: str, follower: _Follower) -> None:
         followers = self._followers.get(job_id)

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import os
 import re
+import signal
 import socket
 import statistics
 import struct
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import pytest
@@ -29,9 +30,16 @@ ROOT = Path(__file__).parents[2]
 HOST = "127.0.0.1"
 
 
+class Api(NamedTuple):
+    base: str
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+
 @contextlib.contextmanager
-def api_process(redis_url: str, tmp_path: Path, **env: str) -> Iterator[tuple[str, Path]]:
-    """`tuneset api` on a free port of 127.0.0.1, its output in a log file; yields (base URL, log)."""
+def api_process(redis_url: str, tmp_path: Path, **env: str) -> Iterator[Api]:
+    """`tuneset api` on a free port of 127.0.0.1, its output in a log file."""
     port = free_port()
     log = tmp_path / f"api-{port}.log"
     full_env = {
@@ -60,7 +68,7 @@ def api_process(redis_url: str, tmp_path: Path, **env: str) -> Iterator[tuple[st
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
-        yield base, log
+        yield Api(base, port, log, proc)
     finally:
         stop(proc)
 
@@ -176,10 +184,9 @@ def test_500_open_streams_and_vanishing_clients_leave_the_api_responsive(
             for t in tenants:
                 writer.progress(jobs[t][0], "shards", n, 10**9)
 
-    with api_process(redis_url, tmp_path, sse_max_streams="500", sse_max_streams_per_tenant="100") as (
-        base,
-        log,
-    ):
+    caps = {"sse_max_streams": "500", "sse_max_streams_per_tenant": "100"}
+    with api_process(redis_url, tmp_path, **caps) as api:
+        base, port, log = api.base, api.port, api.log
         port = int(base.rsplit(":", 1)[1])
 
         async def scenario() -> None:
@@ -260,8 +267,8 @@ def test_stream_caps_keep_alive_and_disconnects(redis_url: str, tmp_path: Path) 
     keys = {t: state.create_key(t) for t in ("a", "b", "c")}
     jobs = {t: state.create_job(t, "build", {"dataset_id": "ds_x"})["id"] for t in keys}
     caps = {"sse_max_streams": "3", "sse_max_streams_per_tenant": "2", "sse_keepalive_s": "0.3"}
-    with api_process(redis_url, tmp_path, **caps) as (base, log):
-        port = int(base.rsplit(":", 1)[1])
+    with api_process(redis_url, tmp_path, **caps, shutdown_grace_s="1") as api:
+        base, port, log = api.base, api.port, api.log
 
         async def scenario() -> None:
             async with httpx.AsyncClient(base_url=base, timeout=10) as client:
@@ -300,9 +307,21 @@ def test_stream_caps_keep_alive_and_disconnects(redis_url: str, tmp_path: Path) 
                 other.vanish()  # and a client that goes away frees its slot
                 await wait_streams(client, 0)
 
+            # a stream open when the server is told to stop does not keep it running
+            lingering = await stream("b")
+            assert lingering.status == 200
+            api.proc.send_signal(signal.SIGTERM)
+            await lingering.read_until(b"\r\n0\r\n\r\n", 5)  # it ends, the client resumes elsewhere
+            start = time.monotonic()
+            while api.proc.poll() is None:
+                assert time.monotonic() - start < 6, "the API did not stop with an open stream"
+                await asyncio.sleep(0.1)
+            lingering.close()
+
         asyncio.run(scenario())
         text = log.read_text()
     assert "Traceback" not in text, text
+    assert "timeout graceful shutdown exceeded" not in text, text  # nothing had to be cancelled
 
 
 def _sse_events(response: httpx.Response) -> Iterator[dict[str, str]]:
@@ -330,8 +349,8 @@ def test_a_stream_ends_cleanly_when_redis_goes_away_and_resumes_after(tmp_path: 
         state.transition(job, {"queued"}, "running")
         state.progress(job, "shards", 1, 3)
         auth = {"Authorization": f"Bearer {key}"}
-        with api_process(redis_url, tmp_path) as (base, log):
-            url = f"{base}/v1/jobs/{job}/events"
+        with api_process(redis_url, tmp_path) as api:
+            url, log = f"{api.base}/v1/jobs/{job}/events", api.log
             seen: list[dict[str, str]] = []
             with httpx.stream("GET", url, headers=auth, timeout=httpx.Timeout(10, read=10)) as r:
                 assert r.status_code == 200
