@@ -150,7 +150,9 @@ class JobController(Controller):
         # async on purpose: an open stream holds no worker thread (see service.store.events)
         if await services.feed.job_tenant(job_id) != tenant:
             raise not_found("job", job_id)
-        if last_event_id is not None and not _EVENT_ID.match(last_event_id):
+        if last_event_id is not None and not (
+            _EVENT_ID.match(last_event_id) and all(int(n) < 2**64 for n in last_event_id.split("-"))
+        ):  # a stream id is two 64-bit numbers; Redis refuses larger ones
             raise ApiProblem(400, "invalid-event-id", "Last-Event-ID is not an event id of this stream")
         release = services.streams.acquire(tenant)
         events = services.feed.follow(job_id, last_event_id or "0", services.settings.sse_keepalive_s)

@@ -298,6 +298,9 @@ def test_stream_caps_keep_alive_and_disconnects(redis_url: str, tmp_path: Path) 
                 )
                 assert_problem(r, 503, "streams-unavailable")
                 assert int(r.headers["retry-after"]) > 0
+                too_big = {"Authorization": f"Bearer {keys['c']}", "Last-Event-ID": f"{2**64}-0"}
+                r = await client.get(f"/v1/jobs/{jobs['c']}/events", headers=too_big)
+                assert_problem(r, 400, "invalid-event-id")  # checked before a slot is taken
                 await wait_streams(client, 3)
                 assert (await client.get("/readyz")).status_code == 200
 
