@@ -19,6 +19,8 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import click
 
@@ -122,9 +124,31 @@ def children(*procs: subprocess.Popen[bytes]) -> Iterator[None]:
 @click.option("--port", default=8000, show_default=True, type=int)
 def api(host: str, port: int) -> None:
     """Serve the HTTP API."""
+    serve_api(host, port)
+
+
+def serve_api(host: str, port: int, **options: Any) -> None:
+    """uvicorn serving the API. On the first stop signal the open event streams end at once (their
+    clients resume with Last-Event-ID, elsewhere), else they would hold the graceful shutdown up
+    for ever; requests still running TUNESET_SHUTDOWN_GRACE_S later are cancelled."""
     import uvicorn
 
-    uvicorn.run("service.api.app:create_app", factory=True, host=host, port=port)
+    from service.store.events import end_all_follows
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            end_all_follows()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
+        "service.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        timeout_graceful_shutdown=get_settings().shutdown_grace_s,
+        **options,
+    )
+    Server(config).run()
 
 
 @click.command()

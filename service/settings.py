@@ -83,6 +83,29 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Longest pause between polls of a provider's fine-tuning job."
     )
 
+    # -- Server-Sent Events and readiness (GET /v1/jobs/{id}/events, /readyz) -------------------
+    sse_max_streams: int = Field(
+        1000, gt=0, description="Open event streams one API process serves at most (503 beyond)."
+    )
+    sse_max_streams_per_tenant: int = Field(
+        100, gt=0, description="Open event streams of one tenant in one API process (429 beyond)."
+    )
+    sse_keepalive_s: float = Field(
+        15.0, gt=0, description="Seconds without an event after which a stream sends a keep-alive comment."
+    )
+    shutdown_grace_s: int = Field(
+        10,
+        gt=0,
+        description="On SIGTERM `tuneset api` waits this long for running requests, then cancels those "
+        "left (open event streams never end by themselves; their clients resume with Last-Event-ID).",
+    )
+    ready_timeout_s: float = Field(
+        1.0,
+        gt=0,
+        description="/readyz answers 503 when Redis, or a worker thread for a synchronous request, "
+        "takes longer than this.",
+    )
+
     @property
     def blob_root(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from service.api.streams import StreamSlots
 from service.core.models import ModelTable
 from service.settings import Settings
 from service.store.blobs import BlobStore, blob_store_from_settings
+from service.store.events import EventFeed
 from service.store.state import State
 
 
@@ -47,6 +49,15 @@ class Metrics:
             "tuneset_batch_bytes", "Canonical JSONL bytes stored by batch pushes.", registry=self.registry
         )
         self.builds = Counter("tuneset_builds", "Builds started (jobs enqueued).", registry=self.registry)
+        self.sse_streams = Gauge(
+            "tuneset_sse_streams", "Open job event streams (Server-Sent Events).", registry=self.registry
+        )
+        self.sse_rejected = Counter(
+            "tuneset_sse_rejected",
+            "Event streams refused at a cap, by cap (tenant: 429, total: 503).",
+            ["cap"],
+            registry=self.registry,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -61,6 +72,13 @@ class Services:
         self.metrics = metrics
         self.table = table
         self._blobs: BlobStore | None = None
+        self._feed: EventFeed | None = None
+        self.streams = StreamSlots(
+            settings.sse_max_streams,
+            settings.sse_max_streams_per_tenant,
+            metrics.sse_streams,
+            metrics.sse_rejected,
+        )
         self._lock = threading.Lock()
 
     @property
@@ -71,5 +89,17 @@ class Services:
                 self._blobs = blob_store_from_settings(self.settings)
             return self._blobs
 
-    def close(self) -> None:
+    @property
+    def feed(self) -> EventFeed:
+        """The async event reader, made on first use inside the app's event loop (its pool belongs
+        to that loop) and closed with the app."""
+        with self._lock:
+            if self._feed is None:
+                self._feed = EventFeed(self.settings.redis_url)
+            return self._feed
+
+    async def close(self) -> None:
         self.state.r.close()
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            await feed.aclose()

@@ -1,10 +1,14 @@
-"""Liveness, readiness (Redis, which is also the broker, answers) and Prometheus metrics."""
+"""Liveness, readiness (Redis, which is also the broker, answers; a worker thread is free) and
+Prometheus metrics."""
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Awaitable
 
 from litestar import Response, get
+from litestar.concurrency import sync_to_thread
 from litestar.di import NamedDependency
 from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
@@ -49,14 +53,41 @@ def livez() -> Health:
     return Health(status="ok")
 
 
-@get("/readyz", operation_id="readyz", tags=["health"], sync_to_thread=True, responses=problems(503))
-def readyz(services: NamedDependency[Services]) -> Health:
-    """Redis (state and broker) answers; 503 otherwise."""
-    if not services.state.ping():
+def _noop() -> None:
+    return None
+
+
+async def _within(deadline_s: float, check: Awaitable[object]) -> bool:
+    """The check finished within the deadline and did not answer False."""
+    try:
+        return await asyncio.wait_for(check, deadline_s) is not False
+    except TimeoutError:
+        return False
+
+
+@get("/readyz", operation_id="readyz", tags=["health"], responses=problems(503))
+async def readyz(services: NamedDependency[Services]) -> Health:
+    """Redis (state and broker) answers, and a worker thread is free for synchronous requests,
+    each within TUNESET_READY_TIMEOUT_S; 503 otherwise."""
+    # async, so that it still answers when every worker thread is taken (a readiness check that
+    # needs a thread would hang with them)
+    deadline = services.settings.ready_timeout_s
+    redis_ok, threads_ok = await asyncio.gather(
+        _within(deadline, services.feed.ping()),
+        _within(deadline, sync_to_thread(_noop)),  # the executor Litestar runs sync handlers in
+    )
+    if not redis_ok:
         raise ApiProblem(
             503, "not-ready", "Redis (state and broker) is unreachable", headers={"Retry-After": "5"}
         )
-    return Health(status="ok", checks={"redis": "ok"})
+    if not threads_ok:
+        raise ApiProblem(
+            503,
+            "not-ready",
+            f"no worker thread for synchronous requests became free within {deadline:g} s",
+            headers={"Retry-After": "5"},
+        )
+    return Health(status="ok", checks={"redis": "ok", "threads": "ok"})
 
 
 @get(

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import Annotated, Any, cast
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage, Stream
+from litestar.response import ServerSentEvent, Stream
 
 from service.api import Services
 from service.api.datasets import Cursor, Limit, check_cursor, page_ids
 from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import Artifact, ArtifactList, Job, JobError, JobPage, JobStatus, Progress
+from service.api.streams import event_stream
 from service.store.blobs import BlobNotFound
 from service.store.state import TERMINAL
 
@@ -139,11 +139,10 @@ class JobController(Controller):
     @get(
         "/{job_id:str}/events",
         operation_id="streamJobEvents",
-        sync_to_thread=True,
         media_type="text/event-stream",
-        responses=problems(401, 404),
+        responses=problems(401, 404, 429, 503),
     )
-    def stream_job_events(
+    async def stream_job_events(
         self,
         job_id: FromPath[str],
         tenant: NamedDependency[str],
@@ -154,17 +153,21 @@ class JobController(Controller):
         ] = None,
     ) -> ServerSentEvent:
         """The job's events as Server-Sent Events (`id:` stream id, `event:` type, `data:` JSON);
-        the stream ends once the job is in a terminal state."""
-        self._job(services, tenant, job_id)
-        if last_event_id is not None and not _EVENT_ID.match(last_event_id):
+        the stream ends once the job is in a terminal state, or early when the state store fails
+        (reconnect with `Last-Event-ID`). While idle it sends a `: keep-alive` comment every
+        TUNESET_SSE_KEEPALIVE_S seconds. 429 (with Retry-After) when the tenant has
+        TUNESET_SSE_MAX_STREAMS_PER_TENANT streams open, 503 when the server has
+        TUNESET_SSE_MAX_STREAMS."""
+        # async on purpose: an open stream holds no worker thread (see service.store.events)
+        if await services.feed.job_tenant(job_id) != tenant:
+            raise not_found("job", job_id)
+        if last_event_id is not None and not (
+            _EVENT_ID.match(last_event_id) and all(int(n) < 2**64 for n in last_event_id.split("-"))
+        ):  # a stream id is two 64-bit numbers; Redis refuses larger ones
             raise ApiProblem(400, "invalid-event-id", "Last-Event-ID is not an event id of this stream")
-        state = services.state
-
-        def events() -> Iterator[ServerSentEventMessage]:
-            for event_id, kind, data in state.iter_events(job_id, last_event_id or "0"):
-                yield ServerSentEventMessage(data=data, event=kind, id=event_id)
-
-        return ServerSentEvent(events())
+        release = services.streams.acquire(tenant)
+        events = services.feed.follow(job_id, last_event_id or "0", services.settings.sse_keepalive_s)
+        return event_stream(events, release)
 
     @get(
         "/{job_id:str}/artifacts",

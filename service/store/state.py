@@ -63,6 +63,18 @@ for allowed in string.gmatch(ARGV[1], '[^,]+') do
 end
 return 0
 """
+
+
+def job_key(job_id: str) -> str:
+    """A job's hash."""
+    return P + f"job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    """A job's event stream (read by `State.events` here and `events.EventFeed` for many followers)."""
+    return P + f"job:{job_id}:events"
+
+
 NOTIFY = P + "notify"  # job ids that reached a terminal state, waiting for their webhooks
 NOTIFY_WORKING = P + "notify:working"  # taken by a dispatcher, not yet turned into deliveries
 
@@ -183,7 +195,7 @@ class State:
         return self.job(job_id) or job
 
     def job(self, job_id: str) -> dict[str, Any] | None:
-        raw: dict[str, str] = self.r.hgetall(P + f"job:{job_id}")  # type: ignore[assignment]
+        raw: dict[str, str] = self.r.hgetall(job_key(job_id))  # type: ignore[assignment]
         if not raw:
             return None
         job: dict[str, Any] = dict(raw)
@@ -262,7 +274,7 @@ class State:
 
     def event(self, job_id: str, kind: str, data: dict[str, Any]) -> str:
         event_id: str = self.r.xadd(  # type: ignore[assignment]
-            P + f"job:{job_id}:events",
+            events_key(job_id),
             {"type": kind, "data": json.dumps(data)},
             maxlen=10_000,
             approximate=True,
@@ -271,7 +283,7 @@ class State:
 
     def events(self, job_id: str, after: str = "0", block_ms: int = 0) -> list[tuple[str, str, str]]:
         """Events after `after` (a stream id), as (id, type, json data); blocks up to `block_ms`."""
-        reply: Any = self.r.xread({P + f"job:{job_id}:events": after}, count=100, block=block_ms or None)
+        reply: Any = self.r.xread({events_key(job_id): after}, count=100, block=block_ms or None)
         out: list[tuple[str, str, str]] = []
         for _stream, entries in reply or []:
             for event_id, fields in entries:
@@ -281,7 +293,8 @@ class State:
     def iter_events(
         self, job_id: str, after: str = "0", block_ms: int = 1000
     ) -> Iterator[tuple[str, str, str]]:
-        """Every event after `after`, waiting for more until the job is terminal."""
+        """Every event after `after`, waiting for more until the job is terminal. It blocks its thread:
+        for scripts and tests; the API follows streams with `events.EventFeed`."""
         while True:
             batch = self.events(job_id, after, block_ms)
             yield from batch

@@ -140,7 +140,7 @@ def test_v1_needs_a_valid_bearer_key(client: Client, headers: dict[str, str]) ->
 
 def test_livez_readyz_and_unknown_routes(client: Client) -> None:
     assert client.get("/livez").json() == {"status": "ok", "checks": {}}
-    assert client.get("/readyz").json() == {"status": "ok", "checks": {"redis": "ok"}}
+    assert client.get("/readyz").json() == {"status": "ok", "checks": {"redis": "ok", "threads": "ok"}}
     assert_problem(client.get("/nowhere"), 404, "not-found")
     assert_problem(client.put("/livez"), 405, "method-not-allowed")
 
