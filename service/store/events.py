@@ -1,6 +1,6 @@
 """Job events for many concurrent followers, read with `redis.asyncio` on one event loop.
 
-The synchronous `State.events` / `State.iter_events` serve scripts and tests; a Server-Sent
+The synchronous `State.events` serves scripts and tests; a Server-Sent
 Events stream must not use them: each blocking XREAD holds a thread and a Redis connection for
 as long as the client listens, so a few streams on a job that never ends exhaust the API.
 

@@ -12,7 +12,6 @@ import json
 import secrets
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -289,23 +288,6 @@ class State:
             for event_id, fields in entries:
                 out.append((event_id, fields["type"], fields["data"]))
         return out
-
-    def iter_events(
-        self, job_id: str, after: str = "0", block_ms: int = 1000
-    ) -> Iterator[tuple[str, str, str]]:
-        """Every event after `after`, waiting for more until the job is terminal. It blocks its thread:
-        for scripts and tests; the API follows streams with `events.EventFeed`."""
-        while True:
-            batch = self.events(job_id, after, block_ms)
-            yield from batch
-            if batch:
-                after = batch[-1][0]
-                continue
-            job = self.job(job_id)
-            if job is None or job["status"] in TERMINAL:
-                tail = self.events(job_id, after)
-                yield from tail
-                return
 
     # -- idempotency ------------------------------------------------------------------------
 
