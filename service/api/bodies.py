@@ -2,8 +2,9 @@
 
 Every handler that decodes a JSON body (a `data` parameter) answers 415 to any media type but
 `application/json` and `application/*+json` (parameters such as `charset` are allowed), so a
-new JSON route cannot forget it. Raw-body routes (batches, /v1/validate, provider webhooks)
-take other types too and check them themselves, with `is_json` / `media_type` from here.
+new JSON route cannot forget it. Raw-body routes take other types: batches and /v1/validate
+check theirs with `is_json` / `media_type` from here; a provider's webhook is authenticated by
+its signature over the raw bytes, whatever their declared type.
 
 Body sizes are capped per router in `app.py` (`request_max_body_size`): Litestar refuses a
 too-large Content-Length before reading anything and counts a streamed body as it arrives

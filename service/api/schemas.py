@@ -51,13 +51,20 @@ ALIASES_MAX = 20  # aliases of one model
 MAX_TOKENS_MAX = 100_000_000  # a model's per-example token limit
 SYSTEM_PROMPT_MAX = 64 * 1024  # the system prompt a build inserts
 POLICIES_MAX = 100  # policy entries of a recipe (there are fewer problem codes)
-CODE_MAX = 64  # a problem code
+CODE_MAX = 64  # a problem code or action (the recipe check names an unknown one: 422)
 CURSOR_PATTERN = r"^[a-z]+_[0-9a-f]{1,64}$"  # the form of every next_cursor (an id)
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # an Idempotency-Key: printable ASCII
 METADATA_MAX = 14  # a fine-tuning job's metadata entries: 2 more are tuneset's (the provider takes 16)
 METADATA_KEY_MAX = 64  # a metadata key (the provider's limit)
 METADATA_VALUE_MAX = 512  # and value
 LINE_MAX = 2**31 - 1  # the line number inspect reports
+
+
+def at_most(entries: int) -> Meta:
+    """A map of at most `entries`: msgspec enforces `max_length`, and since Litestar's OpenAPI
+    drops it for maps, the schema states it as `maxProperties`."""
+    return Meta(max_length=entries, extra_json_schema={"extra": {"maxProperties": entries}})
+
 
 Url = Annotated[str, Meta(min_length=1, max_length=URL_MAX)]
 Ident = Annotated[str, Meta(min_length=1, max_length=IDENT_MAX)]
@@ -154,8 +161,8 @@ class BuildRequest(msgspec.Struct, forbid_unknown_fields=True):
     model: Ident | None = None
     policies: (  # code -> keep | fix | drop | fail
         Annotated[
-            dict[Annotated[str, Meta(max_length=CODE_MAX)], Literal["keep", "fix", "drop", "fail"]],
-            Meta(max_length=POLICIES_MAX),
+            dict[Annotated[str, Meta(max_length=CODE_MAX)], Annotated[str, Meta(max_length=CODE_MAX)]],
+            at_most(POLICIES_MAX),
         ]
         | None
     ) = None
@@ -200,7 +207,7 @@ class ProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
     api_key: Annotated[str, Meta(min_length=1, max_length=API_KEY_MAX)]
     kind: Literal["openai", "azure"] = "openai"
     api_version: Annotated[str, Meta(min_length=1, max_length=API_VERSION_MAX)] | None = None  # for azure
-    models: Annotated[dict[Ident, ModelEntry], Meta(max_length=MODELS_MAX)] | None = None
+    models: Annotated[dict[Ident, ModelEntry], at_most(MODELS_MAX)] | None = None
     webhook_secret: (  # the whsec_ secret the provider signs its webhooks with
         Annotated[str, Meta(min_length=1, max_length=SECRET_MAX)] | None
     ) = None
@@ -244,7 +251,7 @@ class FineTuneOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
                 Annotated[str, Meta(max_length=METADATA_KEY_MAX)],
                 Annotated[str, Meta(max_length=METADATA_VALUE_MAX)],
             ],
-            Meta(max_length=METADATA_MAX),
+            at_most(METADATA_MAX),
         ]
         | None
     ) = None
