@@ -5,11 +5,11 @@ compares and sets, so concurrent workers and cancels agree: a job reaches exactl
 state, and `started` / `finished` times are written by the transition that made them true.
 
 Retention: Redis runs with `noeviction`, so nothing may be kept forever. The transition that
-ends a job (succeeded, failed, cancelled) sets an expiry on its hash and its event stream in
-the same atomic step; queued and running jobs never expire. The retention is written into the
-job when it is created (`TUNESET_JOB_RETENTION_S`, 30 days by default), so every process that
-ends it (API or worker) applies the same one. A tenant's job index loses an expired id lazily:
-the listing that finds its record gone removes it.
+ends a job (succeeded, failed, cancelled) sets an expiry on its hash, its event stream and its
+set of finished shards in the same atomic step; queued and running jobs never expire. The
+retention is written into the job when it is created (`TUNESET_JOB_RETENTION_S`, 30 days by
+default), so every process that ends it (API or worker) applies the same one. A tenant's job
+index loses an expired id lazily: the listing that finds its record gone removes it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,8 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-# KEYS[1] job hash, KEYS[2] the notification list, KEYS[3] the job's event stream; ARGV:
+# KEYS[1] job hash, KEYS[2] the notification list, KEYS[3] the job's event stream, KEYS[4] its
+# set of finished shards (sharded builds); ARGV:
 # allowed-from statuses (comma separated), to, the job id, "1" when `to` is terminal, the
 # retention (seconds) for a job created without one, then field/value pairs to set. A terminal
 # transition queues the job for its webhooks and sets the expiry of its hash and events in the
@@ -72,6 +73,7 @@ for allowed in string.gmatch(ARGV[1], '[^,]+') do
       local ttl = tonumber(redis.call('HGET', KEYS[1], 'retention_s')) or tonumber(ARGV[5])
       redis.call('EXPIRE', KEYS[1], ttl)
       redis.call('EXPIRE', KEYS[3], ttl)
+      redis.call('EXPIRE', KEYS[4], ttl)
     end
     return 1
   end
@@ -229,7 +231,7 @@ class State:
         argv: list[str] = [",".join(sorted(allowed)), to, job_id, terminal, str(self.job_retention_s)]
         for name, value in fields.items():
             argv += [name, value if isinstance(value, str) else json.dumps(value)]
-        keys = (P + f"job:{job_id}", NOTIFY, P + f"job:{job_id}:events")
+        keys = (P + f"job:{job_id}", NOTIFY, P + f"job:{job_id}:events", P + f"job:{job_id}:shards_done")
         reply: Any = self.r.eval(_TRANSITION, len(keys), *keys, *argv)
         done: bool = reply == 1
         if done:
