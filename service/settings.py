@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.store.state import DEFAULT_JOB_RETENTION_S
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TUNESET_", extra="ignore")
@@ -36,6 +38,30 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(
         64 * 1024 * 1024, gt=0, description="Largest accepted request body (413 beyond)."
     )
+    # -- request limits and retention: what one client may make the service read or keep --
+    tools_max_body_bytes: int = Field(
+        4 * 1024 * 1024,
+        gt=0,
+        description="Largest body of POST /v1/inspect and POST /v1/validate, checked before it is read "
+        "(413 beyond): they answer synchronously, larger inputs belong in a dataset and a build.",
+    )
+    webhook_max_body_bytes: int = Field(
+        1024 * 1024,
+        gt=0,
+        description="Largest body of a provider's webhook (POST /v1/providers/{id}/webhooks), checked "
+        "before it is read (413 beyond): the receiver needs no key and the events are small.",
+    )
+    job_retention_s: int = Field(
+        DEFAULT_JOB_RETENTION_S,
+        gt=0,
+        description="How long a finished (succeeded, failed or cancelled) job's record and events are "
+        "kept; queued and running jobs never expire. A job keeps the retention set when it was created.",
+    )
+    retry_rate_limit: int = Field(
+        10, gt=0, description="Webhook delivery retries a tenant may ask for per window (429 beyond)."
+    )
+    retry_rate_window_s: int = Field(60, gt=0, description="The window of `retry_rate_limit`.")
+
     build_time_limit_s: int = Field(3600, gt=0, description="Hard time limit of one build task.")
     visibility_timeout_s: int = Field(
         7200, gt=0, description="Broker visibility timeout; must exceed the longest task's time limit."

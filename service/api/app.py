@@ -25,6 +25,7 @@ from service.api import (
     webhooks,
 )
 from service.api.auth import provide_services, provide_tenant, require_tenant
+from service.api.bodies import require_json_body, tools_cap, webhook_cap
 from service.api.errors import exception_handlers
 from service.api.health import MetricsMiddleware
 from service.core.models import load_table
@@ -78,7 +79,16 @@ def openapi_config() -> OpenAPIConfig:
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or get_settings()
     services = Services(
-        settings=settings, state=State.from_url(settings.redis_url), metrics=Metrics(), table=load_table()
+        settings=settings,
+        state=State.from_url(settings.redis_url, settings.job_retention_s),
+        metrics=Metrics(),
+        table=load_table(),
+    )
+    # synchronous tools answer from memory: a body cap of their own, checked before reading
+    tools_router = Router(
+        path="/",
+        route_handlers=[tools.inspect_example, tools.validate_examples],
+        request_max_body_size=tools_cap(settings),
     )
     v1 = Router(
         path="/v1",
@@ -93,14 +103,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
             providers.get_provider,
             providers.delete_provider,
             webhooks.WebhookController,
-            tools.inspect_example,
-            tools.validate_examples,
+            tools_router,
         ],
-        guards=[require_tenant],
+        guards=[require_tenant, require_json_body],
         dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
         security=[{"bearer": []}],
     )
-    hooks = Router(path="/v1", route_handlers=[providers.receive_provider_webhook])  # signed, no bearer key
+    hooks = Router(  # signed, no bearer key; anyone can post here, so little is read
+        path="/v1",
+        route_handlers=[providers.receive_provider_webhook],
+        request_max_body_size=webhook_cap(settings),
+    )
     return Litestar(
         route_handlers=[v1, hooks, docs.assets_router(), health.livez, health.readyz, health.metrics],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},

@@ -16,7 +16,6 @@ and 409 answers while the first request is still being processed.
 from __future__ import annotations
 
 import hashlib
-import re
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -29,14 +28,21 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import FromPath, HeaderParameter, QueryParameter, RawBody
 
 from service.api import Services
+from service.api.bodies import JSON_TYPE, is_json, media_type, unsupported
 from service.api.errors import ApiProblem, not_found, problems
-from service.api.schemas import Batch, BatchCreated, BatchJson, BatchPage, ProblemItem
+from service.api.schemas import (
+    IDEMPOTENCY_KEY_PATTERN,
+    Batch,
+    BatchCreated,
+    BatchJson,
+    BatchPage,
+    FormatName,
+    ProblemItem,
+)
 from service.core.conversation import ChatExample, PreferenceExample
 from service.core.formats import (
     DECODE_ERRORS,
-    FORMATS,
     Format,
-    FormatError,
     Record,
     convert_value,
     decode_reason,
@@ -49,19 +55,13 @@ from service.core.problems import CODES
 from service.store.state import new_id, now
 
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
-JSON_TYPE = "application/json"
 IN_FLIGHT_TTL_S = 600  # an Idempotency-Key held by a request that never finished frees itself
 
 _encoder = msgspec.json.Encoder()
 _batch_json = msgspec.json.Decoder(BatchJson)
-_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
 
 
 # -- bodies -----------------------------------------------------------------------------------
-
-
-def media_type(request: Request[Any, Any, Any]) -> str:
-    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
 def decode_body(body: bytes, content_encoding: str | None, cap: int) -> bytes:
@@ -176,7 +176,7 @@ def check(records: Iterable[Record], kind: str, checked: Checked) -> Checked:
 def check_body(request: Request[Any, Any, Any], body: bytes, fmt: Format | None, kind: str) -> Checked:
     checked = Checked(format=fmt)
     kind_of_body = media_type(request)
-    if kind_of_body == JSON_TYPE:
+    if is_json(kind_of_body):
         try:
             items = _batch_json.decode(body).examples
         except msgspec.ValidationError as e:
@@ -190,12 +190,7 @@ def check_body(request: Request[Any, Any, Any], body: bytes, fmt: Format | None,
             checked.format = chosen
 
         return check(read_records(body.split(b"\n"), fmt, on_format=detected), kind, checked)
-    raise ApiProblem(
-        415,
-        "unsupported-media-type",
-        f"Content-Type {kind_of_body or 'missing'!r}: send application/jsonl, application/x-ndjson "
-        "or application/json",
-    )
+    raise unsupported(kind_of_body, "application/jsonl, application/x-ndjson or application/json")
 
 
 def request_fingerprint(dataset_id: str, query: str, body: bytes) -> str:
@@ -203,16 +198,17 @@ def request_fingerprint(dataset_id: str, query: str, body: bytes) -> str:
     return hashlib.sha256(f"{dataset_id}?{query}\n".encode() + body, usedforsecurity=False).hexdigest()
 
 
-def format_param(value: str | None) -> Format | None:
-    try:
-        return parse_format(value)
-    except FormatError as e:
-        raise ApiProblem(400, "unknown-format", str(e)) from None
+def format_param(value: FormatName | None) -> Format | None:
+    """The named format; None (detect it) for auto or none. The schema admits no other value."""
+    return parse_format(value)
 
 
 # -- the controller ---------------------------------------------------------------------------
 
-FORMAT_DOC = f"input format, detected from the first examples when absent: auto, {', '.join(FORMATS)}"
+FormatQuery = Annotated[
+    FormatName | None,
+    QueryParameter(name="format", description="input format; auto or absent: detected from the examples"),
+]
 
 
 class BatchController(Controller):
@@ -233,14 +229,18 @@ class BatchController(Controller):
         body: RawBody,
         tenant: NamedDependency[str],
         services: NamedDependency[Services],
-        fmt: Annotated[str | None, QueryParameter(name="format", description=FORMAT_DOC)] = None,
+        fmt: FormatQuery = None,
         on_invalid: Annotated[
             Literal["reject", "skip"],
             QueryParameter(description="reject: any bad line refuses the batch; skip: store the good lines"),
         ] = "reject",
         idempotency_key: Annotated[
             str | None,
-            HeaderParameter(name="Idempotency-Key", description="makes retries of this request safe"),
+            HeaderParameter(
+                name="Idempotency-Key",
+                pattern=IDEMPOTENCY_KEY_PATTERN,
+                description="makes retries of this request safe (1-255 printable ASCII characters)",
+            ),
         ] = None,
     ) -> Response[BatchCreated]:
         """Push examples into a dataset; every line is checked before anything is stored."""
@@ -252,10 +252,6 @@ class BatchController(Controller):
         if idempotency_key is None:
             return self._push(request, dataset, body, fmt_value, on_invalid, tenant, services)
 
-        if not _IDEMPOTENCY_KEY.match(idempotency_key):
-            raise ApiProblem(
-                400, "invalid-idempotency-key", "an Idempotency-Key is 1-255 printable characters"
-            )
         fingerprint = request_fingerprint(dataset_id, request.url.query, body)
         ttl = settings.idempotency_ttl_s
         record = state.idempotency_begin(tenant, idempotency_key, fingerprint, min(ttl, IN_FLIGHT_TTL_S))

@@ -43,6 +43,14 @@ _SLUGS = {
 }
 
 
+# Parameters whose schema violations keep a problem type of their own (clients match on these).
+_PARAMETER_SLUGS = {
+    "cursor": "invalid-cursor",
+    "fmt": "unknown-format",
+    "idempotency_key": "invalid-idempotency-key",
+}
+
+
 def problem_type(slug: str) -> str:
     return TYPE_PREFIX + slug
 
@@ -113,17 +121,22 @@ def _api_problem(request: Request[Any, Any, Any], exc: ApiProblem) -> Response[P
 
 def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Response[ProblemDetails]:
     errors: list[ProblemItem] = []
+    slugs: set[str] = set()
     extra: Any = exc.extra
     if isinstance(extra, list):
         for item in extra:
             if isinstance(item, dict):
-                where = " ".join(str(item[k]) for k in ("source", "key") if item.get(k))
+                where = " ".join(
+                    str(getattr(item[k], "value", item[k])) for k in ("source", "key") if item.get(k)
+                )
                 message = str(item.get("message", ""))
                 errors.append(ProblemItem(None, None, "invalid_request", f"{where}: {message}".lstrip(": ")))
+                slugs.add(_PARAMETER_SLUGS.get(str(item.get("key")), "invalid-request"))
     detail = exc.detail
     if detail.startswith("Validation failed for"):
         detail = "the request's parameters or body do not match the schema"
-    return problem_response(400, "invalid-request", detail, errors=errors or None, instance=request.url.path)
+    slug = slugs.pop() if len(slugs) == 1 else "invalid-request"
+    return problem_response(400, slug, detail, errors=errors or None, instance=request.url.path)
 
 
 def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[ProblemDetails]:
@@ -134,7 +147,8 @@ def _http(request: Request[Any, Any, Any], exc: HTTPException) -> Response[Probl
     status = exc.status_code
     detail = exc.detail or _title(status)
     if status == 413:
-        detail = "the request body is larger than this server accepts"
+        cap = request.route_handler.resolve_request_max_body_size()
+        detail = f"the request body is larger than the {cap} bytes this endpoint accepts"
     return problem_response(
         status, _SLUGS.get(status, "http-error"), detail, headers=exc.headers, instance=request.url.path
     )

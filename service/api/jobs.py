@@ -12,7 +12,7 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, Stream
 
 from service.api import Services
-from service.api.datasets import Cursor, Limit, check_cursor, page_ids
+from service.api.datasets import Cursor, Limit, page_ids
 from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import Artifact, ArtifactList, Job, JobError, JobPage, JobStatus, Progress
 from service.api.streams import event_stream
@@ -93,26 +93,24 @@ class JobController(Controller):
         cursor: Cursor = None,
         limit: Limit = 50,
     ) -> JobPage:
-        """The tenant's jobs, oldest first. With a status filter a page may hold fewer than `limit`
-        jobs and still have a next_cursor."""
+        """The tenant's jobs, oldest first. A page may hold fewer than `limit` jobs and still have a
+        next_cursor (with a status filter, or when finished jobs expired: see job retention)."""
         state = services.state
         if status is None:
             ids, next_cursor = page_ids(services, tenant, "jobs", cursor, limit)
-            page = [job_out(j) for i in ids if (j := state.tenant_job(tenant, i)) is not None]
+            page = [job_out(j) for j in state.tenant_jobs(tenant, ids)]
             return JobPage(items=page, next_cursor=next_cursor)
-        check_cursor(cursor)
         items: list[Job] = []
         after = cursor
         scanned = 0
         while scanned < SCAN_LIMIT:
             ids = state.list_ids(tenant, "jobs", after, limit)
-            for i in ids:
-                after, scanned = i, scanned + 1
-                job = state.tenant_job(tenant, i)
-                if job is not None and job["status"] == status:
+            for job in state.tenant_jobs(tenant, ids):
+                if job["status"] == status:
                     items.append(job_out(job))
                     if len(items) == limit:
-                        return JobPage(items=items, next_cursor=i)
+                        return JobPage(items=items, next_cursor=str(job["id"]))
+            after, scanned = (ids[-1] if ids else after), scanned + len(ids)
             if len(ids) < limit:
                 return JobPage(items=items, next_cursor=None)
         return JobPage(items=items, next_cursor=after)

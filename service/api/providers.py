@@ -4,7 +4,9 @@ A profile's `base_url` passes the same SSRF guard as callback URLs when it is re
 workers call it. The receiver, `POST /v1/providers/{provider_id}/webhooks`, carries no bearer key:
 the provider cannot have one. The Standard Webhooks signature, checked with the SDK's
 `webhooks.unwrap` against the profile's `webhook_secret`, is its authentication, and the profile's
-globally unique id (not its per-tenant name) is in the path so the tenant is known.
+globally unique id (not its per-tenant name) is in the path so the tenant is known. Since anyone
+can post there, the profile is looked up before the body is read, and the body is capped
+(TUNESET_WEBHOOK_MAX_BODY_BYTES) before reading: an unknown id costs no memory.
 """
 
 from __future__ import annotations
@@ -163,30 +165,40 @@ class WebhookAck(msgspec.Struct):
     tags=["providers"],
     status_code=200,
     security=[],
-    responses=problems(400, 404),
+    responses=problems(400, 404, 413),
 )
 async def receive_provider_webhook(
     provider_id: FromPath[str], request: Request[Any, Any, Any], services: NamedDependency[Services]
 ) -> WebhookAck:
     """A provider's signed fine-tuning webhook (`fine_tuning.job.*`). The signature and a fresh
-    timestamp are checked with the official SDK; the job is then polled at once for its details."""
+    timestamp are checked with the official SDK; the job is then polled at once for its details.
+    Unknown ids are refused before the body is read; bodies over 1 MiB (by default) are refused."""
     import anyio.to_thread
 
-    body = await request.body()
-    return await anyio.to_thread.run_sync(_receive, provider_id, body, dict(request.headers), services)
+    secret = await anyio.to_thread.run_sync(_webhook_secret, provider_id, services)
+    body = await request.body()  # capped by the router's request_max_body_size
+    headers = dict(request.headers)
+    return await anyio.to_thread.run_sync(_receive, provider_id, secret, body, headers, services)
 
 
-def _receive(provider_id: str, body: bytes, headers: dict[str, str], services: Services) -> WebhookAck:
-    import openai
-
+def _webhook_secret(provider_id: str, services: Services) -> str:
+    """The profile's webhook signing secret, or a 404 problem when it has none (or no profile)."""
     store = provider_store(services)
     record = store.by_id(provider_id)
     creds = store.credentials(provider_id) if record is not None and store.box is not None else None
     if record is None or creds is None or not creds.webhook_secret:
         raise not_found("provider webhook endpoint", provider_id)
+    return creds.webhook_secret
+
+
+def _receive(
+    provider_id: str, secret: str, body: bytes, headers: dict[str, str], services: Services
+) -> WebhookAck:
+    import openai
+
     client = openai.OpenAI(api_key="unused", base_url="http://127.0.0.1:9/v1", max_retries=0)
     try:
-        event: Any = client.webhooks.unwrap(body, headers, secret=creds.webhook_secret)
+        event: Any = client.webhooks.unwrap(body, headers, secret=secret)
     except Exception as e:  # InvalidWebhookSignatureError, stale timestamps, malformed bodies
         raise ApiProblem(400, "invalid-signature", f"the webhook is not valid: {e}") from None
     provider_job = str(getattr(getattr(event, "data", None), "id", "") or "")

@@ -2,22 +2,72 @@
 
 Responses that carry core types (`pipeline.Report`, `view.TrainingView`) reuse them, so the API
 and `tuneset ... --json` print the same JSON.
+
+Every bound of a request is a `Meta` constraint here, named once in the limits block below, so
+decoding enforces it, `openapi.yaml` states it and no handler checks it again by hand: what a
+client may send is what the schema says (Redis runs with `noeviction`; nothing unbounded is kept).
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import msgspec
 from msgspec import Meta
 
 from service.core.dedupe import DedupeSpec
+from service.core.formats import Format
 from service.core.outputs import Outputs
 from service.core.split import SplitSpec
 from service.core.view import Segment
 
 DatasetKind = Literal["chat", "preference"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FormatName = Literal["auto"] | Format  # auto: detected from the first examples
+EventType = Literal[
+    "build.succeeded",
+    "build.failed",
+    "build.cancelled",
+    "upload.succeeded",
+    "upload.failed",
+    "upload.cancelled",
+    "fine_tune.succeeded",
+    "fine_tune.failed",
+    "fine_tune.cancelled",
+]
+EVENT_TYPES: tuple[str, ...] = get_args(EventType)
+
+# -- limits (characters for strings, entries for lists and maps) -------------------------------
+
+NAME_MAX = 200  # a dataset's name
+DESCRIPTION_MAX = 4000  # a dataset's description
+URL_MAX = 2048  # base_url, callback_url, a subscription's url
+API_KEY_MAX = 4096  # a provider's API key
+SECRET_MAX = 256  # a provider's webhook_secret (whsec_ secrets are about 50)
+API_VERSION_MAX = 64  # an Azure api_version (e.g. 2025-04-01-preview)
+IDENT_MAX = 200  # a model, alias, encoding or template name
+MODELS_MAX = 100  # models a provider profile adds
+ALIASES_MAX = 20  # aliases of one model
+MAX_TOKENS_MAX = 100_000_000  # a model's per-example token limit
+SYSTEM_PROMPT_MAX = 64 * 1024  # the system prompt a build inserts
+POLICIES_MAX = 100  # policy entries of a recipe (there are fewer problem codes)
+CODE_MAX = 64  # a problem code or action (the recipe check names an unknown one: 422)
+CURSOR_PATTERN = r"^[a-z]+_[0-9a-f]{1,64}$"  # the form of every next_cursor (an id)
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]{1,255}$"  # an Idempotency-Key: printable ASCII
+METADATA_MAX = 14  # a fine-tuning job's metadata entries: 2 more are tuneset's (the provider takes 16)
+METADATA_KEY_MAX = 64  # a metadata key (the provider's limit)
+METADATA_VALUE_MAX = 512  # and value
+LINE_MAX = 2**31 - 1  # the line number inspect reports
+
+
+def at_most(entries: int) -> Meta:
+    """A map of at most `entries`: msgspec enforces `max_length`, and since Litestar's OpenAPI
+    drops it for maps, the schema states it as `maxProperties`."""
+    return Meta(max_length=entries, extra_json_schema={"extra": {"maxProperties": entries}})
+
+
+Url = Annotated[str, Meta(min_length=1, max_length=URL_MAX)]
+Ident = Annotated[str, Meta(min_length=1, max_length=IDENT_MAX)]
 
 # -- problems (RFC 9457) ----------------------------------------------------------------------
 
@@ -47,9 +97,9 @@ class ProblemDetails(msgspec.Struct, omit_defaults=True):
 
 
 class DatasetCreate(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    name: Annotated[str, Meta(min_length=1, max_length=NAME_MAX)]
     kind: DatasetKind
-    description: Annotated[str, Meta(max_length=4000)] | None = None
+    description: Annotated[str, Meta(max_length=DESCRIPTION_MAX)] | None = None
 
 
 class Dataset(msgspec.Struct):
@@ -108,9 +158,15 @@ class BatchPage(msgspec.Struct):
 class BuildRequest(msgspec.Struct, forbid_unknown_fields=True):
     """A build recipe; every field is optional (defaults change nothing the provider accepts)."""
 
-    model: str | None = None
-    policies: dict[str, str] | None = None  # code -> keep | fix | drop | fail
-    system_prompt: str | None = None
+    model: Ident | None = None
+    policies: (  # code -> keep | fix | drop | fail
+        Annotated[
+            dict[Annotated[str, Meta(max_length=CODE_MAX)], Annotated[str, Meta(max_length=CODE_MAX)]],
+            at_most(POLICIES_MAX),
+        ]
+        | None
+    ) = None
+    system_prompt: Annotated[str, Meta(max_length=SYSTEM_PROMPT_MAX)] | None = None
     train_on: Literal["all", "last"] | None = None
     dedupe: DedupeSpec | None = None  # given: exact (and, with near, near) duplicates are dropped
     split: SplitSpec | None = None  # a deterministic validation split by a hash of (seed, content)
@@ -118,7 +174,7 @@ class BuildRequest(msgspec.Struct, forbid_unknown_fields=True):
     outputs: Outputs | None = None  # which files to write; default: openai_jsonl and report
     upload: UploadOptions | None = None  # send train/validation to this provider profile when built
     fine_tune: FineTuneOptions | None = None  # then start a fine-tuning job (needs `upload`)
-    callback_url: str | None = None  # every ending of this job (and of its upload / fine-tune) is POSTed here
+    callback_url: Url | None = None  # every ending of this job (and of its upload / fine-tune) is POSTed here
 
 
 class BuildStarted(msgspec.Struct, omit_defaults=True):
@@ -137,22 +193,24 @@ Hyper = Literal["auto"] | float
 class ModelEntry(msgspec.Struct, forbid_unknown_fields=True):
     """A model the profile adds to the models table (the shape of models.toml entries)."""
 
-    encoding: str
-    max_tokens: Annotated[int, Meta(ge=1)]
-    price_per_1m: float | None = None
-    aliases: list[str] = []
+    encoding: Ident
+    max_tokens: Annotated[int, Meta(ge=1, le=MAX_TOKENS_MAX)]
+    price_per_1m: Annotated[float, Meta(ge=0)] | None = None
+    aliases: Annotated[list[Ident], Meta(max_length=ALIASES_MAX)] = []
 
 
 class ProviderCreate(msgspec.Struct, forbid_unknown_fields=True):
     """An OpenAI-compatible provider; `api_key` and `webhook_secret` are kept encrypted, never returned."""
 
     name: ProviderName
-    base_url: str
-    api_key: Annotated[str, Meta(min_length=1, max_length=4096)]
+    base_url: Url
+    api_key: Annotated[str, Meta(min_length=1, max_length=API_KEY_MAX)]
     kind: Literal["openai", "azure"] = "openai"
-    api_version: str | None = None  # required for azure
-    models: dict[str, ModelEntry] | None = None
-    webhook_secret: str | None = None  # the whsec_ secret the provider signs its webhooks with
+    api_version: Annotated[str, Meta(min_length=1, max_length=API_VERSION_MAX)] | None = None  # for azure
+    models: Annotated[dict[Ident, ModelEntry], at_most(MODELS_MAX)] | None = None
+    webhook_secret: (  # the whsec_ secret the provider signs its webhooks with
+        Annotated[str, Meta(min_length=1, max_length=SECRET_MAX)] | None
+    ) = None
 
 
 class Provider(msgspec.Struct):
@@ -182,14 +240,21 @@ class Hyperparameters(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=
 class FineTuneOptions(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """A provider fine-tuning job; the model defaults to the build's, the method to the dataset's kind."""
 
-    model: str | None = None
+    model: Ident | None = None
     method: Literal["supervised", "dpo"] | None = None
     suffix: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
     seed: Annotated[int, Meta(ge=0, le=2147483647)] | None = None
     hyperparameters: Hyperparameters | None = None
-    metadata: Annotated[dict[str, str], Meta(max_length=14)] | None = (
-        None  # 2 more are tuneset's (16 at most)
-    )
+    metadata: (
+        Annotated[
+            dict[
+                Annotated[str, Meta(max_length=METADATA_KEY_MAX)],
+                Annotated[str, Meta(max_length=METADATA_VALUE_MAX)],
+            ],
+            at_most(METADATA_MAX),
+        ]
+        | None
+    ) = None
 
 
 class UploadOptions(msgspec.Struct, forbid_unknown_fields=True):
@@ -200,7 +265,7 @@ class FineTuneRequest(FineTuneOptions, forbid_unknown_fields=True, omit_defaults
     """`POST /v1/jobs/{id}/fine-tune` on a succeeded build (or its upload job)."""
 
     provider: ProviderName | None = None  # needed unless the build was uploaded already
-    callback_url: str | None = None
+    callback_url: Url | None = None
 
 
 class JobStarted(msgspec.Struct, omit_defaults=True):
@@ -213,8 +278,10 @@ class JobStarted(msgspec.Struct, omit_defaults=True):
 
 
 class SubscriptionCreate(msgspec.Struct, forbid_unknown_fields=True):
-    url: str
-    event_types: list[str] | None = None  # e.g. ["build.succeeded"]; null: every event
+    url: Url
+    event_types: (  # e.g. ["build.succeeded"]; null: every event
+        Annotated[list[EventType], Meta(max_length=len(EVENT_TYPES))] | None
+    ) = None
 
 
 class SubscriptionOut(msgspec.Struct, omit_defaults=True):
@@ -301,11 +368,11 @@ class ArtifactList(msgspec.Struct):
 class InspectRequest(msgspec.Struct, forbid_unknown_fields=True):
     """One example (in any supported format) and the target to view it for."""
 
-    example: Any
-    format: str | None = None
-    model: str | None = None
-    template: str | None = None
-    line: Annotated[int, Meta(ge=1)] = 1
+    example: Any  # bounded by the body cap of /v1/inspect (TUNESET_TOOLS_MAX_BODY_BYTES)
+    format: FormatName | None = None
+    model: Ident | None = None
+    template: Ident | None = None
+    line: Annotated[int, Meta(ge=1, le=LINE_MAX)] = 1
     train_eot: bool = True
 
 

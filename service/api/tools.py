@@ -14,16 +14,22 @@ from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, Requ
 from litestar.params import JSONBody, QueryParameter, RawBody
 
 from service.api import Services
-from service.api.batches import FORMAT_DOC, JSON_TYPE, JSONL_TYPES, decode_body, format_param, media_type
+from service.api.batches import JSONL_TYPES, FormatQuery, decode_body, format_param
+from service.api.bodies import is_json, media_type, tools_cap, unsupported
 from service.api.errors import ApiProblem, problems
-from service.api.schemas import InspectRequest, InspectView, ProblemItem
+from service.api.schemas import (
+    IDENT_MAX,
+    POLICIES_MAX,
+    SYSTEM_PROMPT_MAX,
+    InspectRequest,
+    InspectView,
+    ProblemItem,
+)
 from service.cli import view_for
 from service.core import pipeline
 from service.core.formats import convert_value, detect_format
 from service.core.models import ModelError
 from service.core.templates import TemplateError
-
-VALIDATE_MAX_BYTES = 4 * 1024 * 1024  # synchronous: larger inputs belong in a dataset and a build
 
 
 @dataclass
@@ -36,7 +42,8 @@ class JsonlOnlyBody(Operation):
         )
         self.request_body = RequestBody(
             required=True,
-            description=f"JSONL, at most {VALIDATE_MAX_BYTES} bytes (after gzip, if gzip-encoded).",
+            description="JSONL, at most TUNESET_TOOLS_MAX_BODY_BYTES (4 MiB by default) as sent and "
+            "after gzip, if gzip-encoded.",
             content={
                 "application/jsonl": OpenAPIMediaType(schema=schema),
                 "application/x-ndjson": OpenAPIMediaType(schema=schema),
@@ -54,10 +61,11 @@ def _invalid(e: Exception, code: str) -> ApiProblem:
     status_code=200,
     tags=["tools"],
     sync_to_thread=True,
-    responses=problems(401, 422),
+    responses=problems(401, 413, 415, 422),
 )
 def inspect_example(data: JSONBody[InspectRequest], services: NamedDependency[Services]) -> InspectView:
-    """The tokens of one example for a provider model or a chat template: which are trained, and why."""
+    """The tokens of one example for a provider model or a chat template: which are trained, and why.
+    The body takes at most TUNESET_TOOLS_MAX_BODY_BYTES (4 MiB by default)."""
     if data.model and data.template:
         raise ApiProblem(422, "invalid-request", "model and template are exclusive")
     fmt = format_param(data.format) or detect_format(data.example) or "openai"
@@ -91,13 +99,19 @@ def validate_examples(
     request: Request[Any, Any, Any],
     body: RawBody,
     services: NamedDependency[Services],
-    model: Annotated[str, QueryParameter(description="target provider model")] = pipeline.DEFAULT_MODEL,
-    fmt: Annotated[str | None, QueryParameter(name="format", description=FORMAT_DOC)] = None,
+    model: Annotated[
+        str, QueryParameter(min_length=1, max_length=IDENT_MAX, description="target provider model")
+    ] = pipeline.DEFAULT_MODEL,
+    fmt: FormatQuery = None,
     policy: Annotated[
-        list[str] | None, QueryParameter(description="CODE=ACTION (keep, fix, drop, fail); repeatable")
+        list[str] | None,
+        QueryParameter(max_items=POLICIES_MAX, description="CODE=ACTION (keep, fix, drop, fail); repeatable"),
     ] = None,
     system_prompt: Annotated[
-        str | None, QueryParameter(description="system prompt the no_system_message fix inserts")
+        str | None,
+        QueryParameter(
+            max_length=SYSTEM_PROMPT_MAX, description="system prompt the no_system_message fix inserts"
+        ),
     ] = None,
     train_on: Annotated[
         Literal["all", "last"], QueryParameter(description="last: train only the final turn")
@@ -105,16 +119,11 @@ def validate_examples(
     per_example: Annotated[bool, QueryParameter(description="include every example's token counts")] = False,
 ) -> pipeline.Report:
     """Validate a small JSONL body the way the provider would, and count its tokens."""
-    cap = min(VALIDATE_MAX_BYTES, services.settings.max_body_bytes)
-    if len(body) > cap:
-        raise ApiProblem(
-            413, "body-too-large", f"/v1/validate takes at most {cap} bytes; push a batch instead"
-        )
-    if media_type(request) not in JSONL_TYPES | {JSON_TYPE}:
-        raise ApiProblem(
-            415, "unsupported-media-type", "send the examples as application/jsonl or application/x-ndjson"
-        )
-    raw = decode_body(body, request.headers.get("content-encoding"), cap)
+    media = media_type(request)
+    if media not in JSONL_TYPES and not is_json(media):
+        raise unsupported(media, "application/jsonl or application/x-ndjson")
+    # the body itself was capped before it was read (the tools router's request_max_body_size)
+    raw = decode_body(body, request.headers.get("content-encoding"), tools_cap(services.settings))
     try:
         services.table.resolve(model)
         recipe = pipeline.Recipe(

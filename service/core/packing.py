@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import msgspec
 
@@ -304,10 +304,14 @@ def pack(
     return sequences, stats
 
 
+SEQ_LEN_MAX = 1 << 20  # tokens per packed sequence (a request's bound: decoding checks it)
+ROWS_PER_SHARD_MAX = 1_000_000  # sequences per Parquet shard
+
+
 class PackedSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Token sequences for self-hosted training, packed over the whole dataset."""
 
-    seq_len: int = 4096
-    template: str = "harmony"
+    seq_len: Annotated[int, msgspec.Meta(ge=1, le=SEQ_LEN_MAX)] = 4096
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "harmony"
     oversize: Oversize = "split"  # what happens to an example longer than seq_len
-    rows_per_shard: int = 10_000
+    rows_per_shard: Annotated[int, msgspec.Meta(ge=1, le=ROWS_PER_SHARD_MAX)] = 10_000

@@ -3,6 +3,13 @@
 Bulk data never lives here (see `blobs`). Job status changes go through one Lua script that
 compares and sets, so concurrent workers and cancels agree: a job reaches exactly one terminal
 state, and `started` / `finished` times are written by the transition that made them true.
+
+Retention: Redis runs with `noeviction`, so nothing may be kept forever. The transition that
+ends a job (succeeded, failed, cancelled) sets an expiry on its hash, its event stream and its
+set of finished shards in the same atomic step; queued and running jobs never expire. The
+retention is written into the job when it is created (`TUNESET_JOB_RETENTION_S`, 30 days by
+default), so every process that ends it (API or worker) applies the same one. A tenant's job
+index loses an expired id lazily: the listing that finds its record gone removes it.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import redis
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 P = "tuneset:"
+DEFAULT_JOB_RETENTION_S = 30 * 24 * 3600  # how long a finished job is kept (TUNESET_JOB_RETENTION_S)
 
 
 _last_id_time = [0, 0]  # the last id's millisecond and its sequence number within it, in this process
@@ -46,17 +54,26 @@ def hash_key(api_key: str) -> str:
     return hashlib.sha256(api_key.encode()).hexdigest()
 
 
-# KEYS[1] job hash, KEYS[2] the notification list; ARGV: allowed-from statuses (comma separated),
-# to, the job id, "1" when `to` is terminal, then field/value pairs to set. A terminal transition
-# queues the job for its webhooks in the same atomic step, so every ending is announced once.
+# KEYS[1] job hash, KEYS[2] the notification list, KEYS[3] the job's event stream, KEYS[4] its
+# set of finished shards (sharded builds); ARGV:
+# allowed-from statuses (comma separated), to, the job id, "1" when `to` is terminal, the
+# retention (seconds) for a job created without one, then field/value pairs to set. A terminal
+# transition queues the job for its webhooks and sets the expiry of its hash and events in the
+# same atomic step, so every ending is announced once and no finished job is kept forever.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 for allowed in string.gmatch(ARGV[1], '[^,]+') do
   if status == allowed then
     redis.call('HSET', KEYS[1], 'status', ARGV[2])
-    for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-    if ARGV[4] == '1' then redis.call('LPUSH', KEYS[2], ARGV[3]) end
+    for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    if ARGV[4] == '1' then
+      redis.call('LPUSH', KEYS[2], ARGV[3])
+      local ttl = tonumber(redis.call('HGET', KEYS[1], 'retention_s')) or tonumber(ARGV[5])
+      redis.call('EXPIRE', KEYS[1], ttl)
+      redis.call('EXPIRE', KEYS[3], ttl)
+      redis.call('EXPIRE', KEYS[4], ttl)
+    end
     return 1
   end
 end
@@ -66,12 +83,12 @@ return 0
 
 def job_key(job_id: str) -> str:
     """A job's hash."""
-    return P + f"job:{job_id}"
+    return job_key(job_id)
 
 
 def events_key(job_id: str) -> str:
     """A job's event stream (read by `State.events` here and `events.EventFeed` for many followers)."""
-    return P + f"job:{job_id}:events"
+    return events_key(job_id)
 
 
 NOTIFY = P + "notify"  # job ids that reached a terminal state, waiting for their webhooks
@@ -81,11 +98,13 @@ NOTIFY_WORKING = P + "notify:working"  # taken by a dispatcher, not yet turned i
 @dataclass
 class State:
     r: redis.Redis
+    job_retention_s: int = DEFAULT_JOB_RETENTION_S  # written into the jobs this State creates
 
     @classmethod
-    def from_url(cls, url: str) -> State:
+    def from_url(cls, url: str, job_retention_s: int = DEFAULT_JOB_RETENTION_S) -> State:
         return cls(
-            redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5)
+            redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5),
+            job_retention_s,
         )
 
     def ping(self) -> bool:
@@ -183,9 +202,10 @@ class State:
             "created_at": now(),
             "spec": json.dumps(spec),
             "attempts": 0,
+            "retention_s": self.job_retention_s,  # the expiry its terminal transition sets
         }
         pipe = self.r.pipeline()
-        pipe.hset(P + f"job:{job_id}", mapping=job)
+        pipe.hset(job_key(job_id), mapping=job)
         pipe.zadd(P + f"t:{tenant}:jobs", {job_id: 0})
         if spec.get("dataset_id"):  # so deleting the dataset finds the files built from it
             pipe.sadd(P + f"ds:{spec['dataset_id']}:jobs", job_id)
@@ -195,7 +215,7 @@ class State:
 
     def job(self, job_id: str) -> dict[str, Any] | None:
         raw: dict[str, str] = self.r.hgetall(job_key(job_id))  # type: ignore[assignment]
-        if not raw:
+        if "tenant" not in raw:  # gone (expired), or a late write's stub of an expired job
             return None
         job: dict[str, Any] = dict(raw)
         for field in ("done", "total", "attempts"):
@@ -211,16 +231,27 @@ class State:
         job = self.job(job_id)
         return job if job and job["tenant"] == tenant else None
 
+    def tenant_jobs(self, tenant: str, ids: list[str]) -> list[dict[str, Any]]:
+        """The tenant's jobs of `ids` that still exist, in order; ids whose record has expired
+        are removed from the tenant's index here (the lazy half of the retention policy)."""
+        jobs = [self.tenant_job(tenant, i) for i in ids]
+        gone = [i for i, job in zip(ids, jobs, strict=True) if job is None]  # the index is per tenant
+        if gone:
+            self.r.zrem(P + f"t:{tenant}:jobs", *gone)
+        return [job for job in jobs if job is not None]
+
     def transition(self, job_id: str, allowed: set[str], to: str, **fields: Any) -> bool:
         """Compare-and-set the status; False when the job is not in an allowed status."""
         if to in TERMINAL:
             fields.setdefault("finished_at", now())
         if to == "running":
             fields.setdefault("started_at", now())
-        argv: list[str] = [",".join(sorted(allowed)), to, job_id, "1" if to in TERMINAL else "0"]
+        terminal = "1" if to in TERMINAL else "0"
+        argv: list[str] = [",".join(sorted(allowed)), to, job_id, terminal, str(self.job_retention_s)]
         for name, value in fields.items():
             argv += [name, value if isinstance(value, str) else json.dumps(value)]
-        reply: Any = self.r.eval(_TRANSITION, 2, P + f"job:{job_id}", NOTIFY, *argv)
+        keys = (job_key(job_id), NOTIFY, events_key(job_id), P + f"job:{job_id}:shards_done")
+        reply: Any = self.r.eval(_TRANSITION, len(keys), *keys, *argv)
         done: bool = reply == 1
         if done:
             self.event(
@@ -247,7 +278,7 @@ class State:
         """Merge fields into a running job's result (provider file ids, fine-tuning status, ...)."""
         job = self.job(job_id) or {}
         result = {**(job.get("result") or {}), **fields}
-        self.r.hset(P + f"job:{job_id}", "result", json.dumps(result))
+        self.r.hset(job_key(job_id), "result", json.dumps(result))
 
     def forget_artifacts(self, job_id: str) -> None:
         """The job's files were deleted with its dataset: its result no longer lists them."""
@@ -256,18 +287,18 @@ class State:
             self.update_result(job_id, artifacts=[], dataset_deleted=True)
 
     def progress(self, job_id: str, stage: str, done: int, total: int) -> None:
-        self.r.hset(P + f"job:{job_id}", mapping={"stage": stage, "done": done, "total": total})
+        self.r.hset(job_key(job_id), mapping={"stage": stage, "done": done, "total": total})
         self.event(job_id, "progress", {"stage": stage, "done": done, "total": total})
 
     def count_attempt(self, job_id: str) -> int:
-        attempts: Any = self.r.hincrby(P + f"job:{job_id}", "attempts", 1)
+        attempts: Any = self.r.hincrby(job_key(job_id), "attempts", 1)
         return int(attempts)
 
     def request_cancel(self, job_id: str) -> None:
-        self.r.hset(P + f"job:{job_id}", "cancel_requested", "1")
+        self.r.hset(job_key(job_id), "cancel_requested", "1")
 
     def cancel_requested(self, job_id: str) -> bool:
-        return self.r.hget(P + f"job:{job_id}", "cancel_requested") == "1"
+        return self.r.hget(job_key(job_id), "cancel_requested") == "1"
 
     # -- events -----------------------------------------------------------------------------
 

@@ -137,12 +137,8 @@ def test_subscriptions_show_their_secret_once_and_refuse_private_urls(client: Cl
     for url in ("http://10.0.0.1/hook", "http://169.254.169.254/latest", "http://[::1]/", "ftp://127.0.0.1/"):
         assert_problem(client.post("/v1/webhooks/subscriptions", json={"url": url}, headers=auth(key)), 422)
     bad_type = {"url": "http://127.0.0.1:9/hook", "event_types": ["build.exploded"]}
-    assert (
-        "build.exploded"
-        in assert_problem(client.post("/v1/webhooks/subscriptions", json=bad_type, headers=auth(key)), 422)[
-            "detail"
-        ]
-    )
+    refused = assert_problem(client.post("/v1/webhooks/subscriptions", json=bad_type, headers=auth(key)), 400)
+    assert any("build.exploded" in e["message"] for e in refused["errors"])  # the schema lists the types
     assert client.get("/v1/webhooks/deliveries", headers=auth(key)).json() == {
         "items": [],
         "next_cursor": None,
