@@ -83,12 +83,12 @@ return 0
 
 def job_key(job_id: str) -> str:
     """A job's hash."""
-    return job_key(job_id)
+    return P + f"job:{job_id}"
 
 
 def events_key(job_id: str) -> str:
     """A job's event stream (read by `State.events` here and `events.EventFeed` for many followers)."""
-    return events_key(job_id)
+    return P + f"job:{job_id}:events"
 
 
 NOTIFY = P + "notify"  # job ids that reached a terminal state, waiting for their webhooks
