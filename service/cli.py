@@ -219,34 +219,59 @@ def print_report(report: pipeline.Report, file: str, console: Console) -> None:
     console.print(t)
     if report.problems:
         console.print()
-        pt = Table(title="problems", title_justify="left")
-        for col in ("code", "severity", "action", "count", "first lines", "example"):
-            pt.add_column(col, overflow="fold")
-        by_code: dict[str, list[Any]] = {}
-        for p in report.problems:
-            by_code.setdefault(p.code, []).append(p)
-        for code, ps in sorted(by_code.items(), key=lambda kv: (kv[1][0].severity != "error", kv[0])):
-            style = "red" if ps[0].severity == "error" else "yellow"
-            lines = ", ".join(str(p.line) for p in ps[:5] if p.line is not None) + (
-                " …" if len(ps) > 5 else ""
-            )
-            pt.add_row(
-                Text(code, style=style),
-                ps[0].severity,
-                ps[0].action or "",
-                str(len(ps)),
-                lines,
-                ps[0].message,
-            )
-        console.print(pt)
+        print_problems(report.problems, console)
     if report.fixes:
+        fx = report.fix_effect
         console.print(
             "fixes: "
             + ", ".join(f"{k} × {v}" for k, v in report.fixes.items())
-            + f"  (trained tokens {report.trained_tokens_before_fixes:,} → {tok.trained_total:,})"
+            + f"  (trained tokens {fx.trained_before:,} → {fx.trained_after:,} "
+            f"on the {fx.examples:,} example(s) they changed)"
         )
     for note in report.notes:
         console.print(f"note: {note}")
+
+
+MIN_EXAMPLE_WIDTH = 20
+
+
+def print_problems(groups: list[pipeline.ProblemGroup], console: Console) -> None:
+    """One row per code and action. Codes are what `--policy` takes, so they never wrap or
+    shorten: the first example's message wraps in its column, or, in a narrow terminal, goes
+    below the table; too narrow even for that, each group gets its own lines."""
+    rows = [
+        [
+            g.code,
+            g.severity,
+            g.action or "",
+            f"{g.count:,}",
+            ", ".join(map(str, g.lines[:3])) + (" …" if g.count > 3 and g.lines else ""),
+        ]
+        for g in groups
+    ]
+    heads = ["code", "severity", "action", "count", "lines"]
+    fixed = sum(max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)) + 2 * len(heads)
+    styles = ["red" if g.severity == "error" else "yellow" for g in groups]
+    if fixed > console.width:
+        console.print("problems")
+        for g, row, style in zip(groups, rows, styles, strict=True):
+            console.print(Text(g.code, style=style))
+            where = f" · lines {row[4]}" if row[4] else ""
+            console.print(f"  {row[1]} · {row[2]} · count {row[3]}{where}", overflow="fold")
+            console.print(f"  {g.message}")
+        return
+    inline = console.width - fixed >= MIN_EXAMPLE_WIDTH
+    pt = Table(title="problems", title_justify="left", box=None, pad_edge=False, header_style="bold")
+    for head in heads:
+        pt.add_column(head, no_wrap=True)
+    if inline:
+        pt.add_column("example", overflow="fold")
+    for g, row, style in zip(groups, rows, styles, strict=True):
+        pt.add_row(Text(row[0], style=style), *row[1:], *([g.message] if inline else []))
+    console.print(pt)
+    if not inline:
+        for g, style in zip(groups, styles, strict=True):
+            console.print(Text.assemble((g.code, style), ": ", g.message))
 
 
 # ---------------------------------------------------------------------------------------------
