@@ -39,7 +39,9 @@ def test_validate_ok_exits_0_with_the_json_report(tmp_path: Path) -> None:
     expected_cost = report["tokens"]["billable_total"] * 8 * 3.0 / 1e6
     assert report["estimated_cost_usd"] == pytest.approx(expected_cost)
     assert [e["line"] for e in report["examples_detail"]] == list(range(1, 13))
-    problem = report["problems"][0]
+    group = report["problems"][0]
+    assert set(group) == {"code", "severity", "action", "count", "message", "lines", "samples"}
+    problem = report["problems_detail"][0]
     assert set(problem) >= {"line", "message_index", "code", "severity", "message"}
 
 
@@ -53,14 +55,16 @@ def test_validate_errors_exit_1_and_name_line_and_rule(tmp_path: Path) -> None:
     assert "13" in result.output  # the line
     as_json = json.loads(invoke("validate", _file(tmp_path, *GOOD, bad), "--json").output)
     weight = [p for p in as_json["problems"] if p["code"] == "invalid_weight"]
+    message = "message 1 has weight 2; it must be 0 or 1"
     assert weight == [
         {
             "code": "invalid_weight",
             "severity": "error",
-            "message": "message 1 has weight 2; it must be 0 or 1",
-            "line": 13,
-            "message_index": 1,
             "action": "fail",
+            "count": 1,
+            "message": message,
+            "lines": [13],
+            "samples": [{"line": 13, "message_index": 1, "message": message}],
         }
     ]
 
