@@ -244,7 +244,8 @@ def test_every_string_from_the_data_is_escaped(tmp_path: Path) -> None:
     assert "a message with &lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in page
     doc = parse(page)
     assert doc.tags["script"] == 0
-    assert doc.tags["b"] == 6  # the header's input, job, dataset, created, model and format: none from the data
+    # the header's input, job, dataset, created, model and format tags; none come from the data
+    assert doc.tags["b"] == 6
 
 
 def test_the_page_is_deterministic() -> None:
