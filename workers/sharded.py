@@ -10,7 +10,8 @@
   write the final artifacts in a fixed order, record their SHA-256, and remove the work files.
 
 Everything written depends only on the batches and the recipe, never on timing or on which
-worker ran what, so the same build gives byte-identical artifacts with 1 or 10 workers.
+worker ran what, so the same build gives byte-identical artifacts with 1 or 10 workers; the
+reports also name their build (job id, creation date), and differ from job to job in that alone.
 Cancel is honoured at every shard and at the finalize; a cancelled build leaves no final
 artifacts.
 """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import msgspec
 from service.queue import BUILD_TASK, enqueue
 from service.run import stop
 from service.settings import Settings
-from service.store.blobs import LocalBlobStore
+from service.store.blobs import BlobStore, LocalBlobStore
 from service.store.state import State
 from tests.conftest import mtbench_conversations, sharegpt_conversations
 from tests.integration.test_build_worker import _dataset, _wait
@@ -50,7 +51,26 @@ def _build(settings: Settings, dataset_id: str) -> dict[str, str]:
     while blobs.list(f"acme/jobs/{job['id']}/work"):
         assert time.monotonic() < deadline, "work files left behind"
         time.sleep(0.1)
-    return {a["name"]: a["sha256"] for a in done["result"]["artifacts"]}
+    return _digests(blobs, done)
+
+
+def _digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
+    """Each artifact's SHA-256; the reports' with the build they name (its job id and creation
+    date, which differ from build to build by design) taken out, so everything else must match."""
+    out = {}
+    for a in job["result"]["artifacts"]:
+        data = blobs.get(a["key"])
+        assert hashlib.sha256(data).hexdigest() == a["sha256"]
+        if a["name"] in ("report.json", "report.html"):
+            report = msgspec.json.decode(blobs.get(a["key"].rsplit("/", 1)[0] + "/report.json"))
+            build = report.pop("build")
+            assert build["job_id"] == job["id"]
+            if a["name"] == "report.json":
+                data = msgspec.json.encode(report)
+            else:
+                data = data.replace(job["id"].encode(), b"JOB").replace(build["created_at"].encode(), b"DATE")
+        out[a["name"]] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def test_same_artifacts_with_one_and_two_workers_and_on_reruns(settings: Settings, tmp_path: Path) -> None:
@@ -132,7 +152,11 @@ def test_dedupe_and_split_across_shards(settings: Settings, worker: object) -> N
         assert report["examples_out"] == len(
             train
         )  # the report is the training file's: validation is not billed
-        hashes.append({a["name"]: a["sha256"] for a in result["artifacts"]})
+        assert (report["split"]["train"]["examples"], report["split"]["validation"]["examples"]) == (
+            len(train),
+            len(validation),
+        )
+        hashes.append(_digests(blobs, done))
     assert hashes[0] == hashes[1]
 
 
