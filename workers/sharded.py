@@ -410,13 +410,33 @@ def _split_report(split: SplitSpec | None, summary: Summary, validation: SplitSi
 
 
 def _build_info(ctx: Context, spec: BuildSpec) -> BuildInfo:
-    created = datetime.fromtimestamp(float(ctx.job.get("created_at") or 0), UTC)
     return BuildInfo(
         job_id=ctx.job_id,
         dataset_id=spec.dataset_id,
-        created_at=created.isoformat(timespec="seconds").replace("+00:00", "Z"),
+        created_at=_iso(float(ctx.job.get("created_at") or 0)),
         recipe=spec.recipe,
     )
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def artifact_digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
+    """A finished build's artifacts by name, each the SHA-256 of its bytes but the reports' with
+    the build they name (job id, creation date) taken out: what two builds of the same batches
+    and recipe must share, whatever the workers did."""
+    out: dict[str, str] = {}
+    for a in job["result"]["artifacts"]:
+        data = blobs.get(a["key"])
+        if a["name"] == "report.json":
+            report = msgspec.json.decode(data)
+            report.pop("build", None)
+            data = _json.encode(report)
+        elif a["name"] == "report.html":
+            data = data.replace(job["id"].encode(), b"JOB").replace(_iso(job["created_at"]).encode(), b"DATE")
+        out[a["name"]] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def _pack(

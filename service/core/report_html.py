@@ -166,7 +166,7 @@ def _cost(report: Report) -> str:
         f"× {report.default_epochs} epoch(s)</div>"
     )
     kv = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
-    scope = '<p class="none">of train.jsonl: validation is not charged</p>' if report.split else ""
+    scope = '<p class="none">of train.jsonl; validation.jsonl is under Split</p>' if report.split else ""
     return (
         '<section class="card cost"><h2>Cost</h2><div class="cost-grid">'
         f'<div><table class="kv">{kv}<tr><th>price</th><td>{_e(price)}</td></tr></table>{scope}</div>'

@@ -17,6 +17,7 @@ from service.store.state import State
 from tests.conftest import mtbench_conversations, sharegpt_conversations
 from tests.integration.test_build_worker import _dataset, _wait
 from tests.integration.test_worker_faults import _start_worker
+from workers.sharded import artifact_digests
 
 
 def _examples() -> list[dict[str, Any]]:
@@ -55,22 +56,17 @@ def _build(settings: Settings, dataset_id: str) -> dict[str, str]:
 
 
 def _digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
-    """Each artifact's SHA-256; the reports' with the build they name (its job id and creation
-    date, which differ from build to build by design) taken out, so everything else must match."""
-    out = {}
+    """The artifacts' SHA-256 as recorded, checked; the reports' without the build they name
+    (its job id and creation date differ from build to build by design)."""
     for a in job["result"]["artifacts"]:
-        data = blobs.get(a["key"])
-        assert hashlib.sha256(data).hexdigest() == a["sha256"]
-        if a["name"] in ("report.json", "report.html"):
-            report = msgspec.json.decode(blobs.get(a["key"].rsplit("/", 1)[0] + "/report.json"))
-            build = report.pop("build")
-            assert build["job_id"] == job["id"]
-            if a["name"] == "report.json":
-                data = msgspec.json.encode(report)
-            else:
-                data = data.replace(job["id"].encode(), b"JOB").replace(build["created_at"].encode(), b"DATE")
-        out[a["name"]] = hashlib.sha256(data).hexdigest()
-    return out
+        assert hashlib.sha256(blobs.get(a["key"])).hexdigest() == a["sha256"]
+    report = msgspec.json.decode(blobs.get(f"acme/jobs/{job['id']}/report.json"))
+    assert report["build"]["job_id"] == job["id"]
+    digests = artifact_digests(blobs, job)
+    assert {k: v for k, v in digests.items() if not k.startswith("report.")} == {
+        a["name"]: a["sha256"] for a in job["result"]["artifacts"] if not a["name"].startswith("report.")
+    }
+    return digests
 
 
 def test_same_artifacts_with_one_and_two_workers_and_on_reruns(settings: Settings, tmp_path: Path) -> None:
