@@ -413,7 +413,7 @@ class ProblemGroup(msgspec.Struct):
     action: str | None  # what the policy did: keep | fix | drop | fail
     count: int
     message: str  # the first finding's
-    lines: list[int]  # the 1-based lines of the first MAX_PROBLEM_SAMPLES findings, as found
+    lines: list[int]  # the 1-based lines of its first findings (at most MAX_PROBLEM_SAMPLES), as found
     samples: list[ProblemSample]  # the first MAX_PROBLEM_MESSAGES findings, each with its message
 
 
