@@ -66,6 +66,7 @@ from service.run import free_port, start_redis, stop, worker_command
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
 from service.store.state import TERMINAL, State
+from workers.sharded import artifact_digests
 
 ROOT = Path(__file__).parents[1]
 OUT_DIR = Path(__file__).parent / "out"  # git-ignored
@@ -307,7 +308,7 @@ class BuildResult:
     mb_per_s: float
     shards: int
     examples_out: int
-    artifacts: dict[str, str]  # name -> SHA-256
+    artifacts: dict[str, str]  # name -> SHA-256 (the reports' without the job id and date they name)
     artifact_bytes: int
     peak_rss: int  # bytes, the largest worker process
     peak_role: str
@@ -366,7 +367,7 @@ def run_build(
         mb_per_s=dataset.bytes / 1e6 / wall,
         shards=int(result["shards"]),
         examples_out=int(result["examples_out"]),
-        artifacts={a["name"]: a["sha256"] for a in result["artifacts"]},
+        artifacts=artifact_digests(blobs, now),
         artifact_bytes=sum(int(a["size"]) for a in result["artifacts"]),
         peak_rss=largest.peak,
         peak_role=f"worker {largest.worker + 1} {largest.role}",

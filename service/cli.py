@@ -141,8 +141,17 @@ def main() -> None:
 @_system_opt
 @_train_on_opt
 @_models_opt
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-@click.option("--per-example", is_flag=True, help="Include billed and trained tokens of every example.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print one JSON object; problems are grouped by code and action, with counts and sample lines.",
+)
+@click.option(
+    "--per-example",
+    is_flag=True,
+    help="Also list every example's billed and trained tokens and every problem, one by one.",
+)
 @click.option(
     "--html",
     "html_path",
@@ -161,7 +170,12 @@ def validate(
     per_example: bool,
     html_path: str | None,
 ) -> None:
-    """Check FILE (JSONL or a JSON array; '-' for stdin) the way the provider would, and count tokens."""
+    """Check FILE (JSONL or a JSON array; '-' for stdin) the way the provider would, and count tokens.
+
+    In the JSON, `problems` has one entry per code and action (its count, first lines and first
+    messages); `--per-example` adds `problems_detail`, every finding. `line` is 1-based (the
+    line of the file, or the array index + 1), `message_index` 0-based.
+    """
     table = _table(models)
     recipe = _recipe(model, fmt, policies, system_prompt, train_on, table)
     try:
@@ -219,34 +233,59 @@ def print_report(report: pipeline.Report, file: str, console: Console) -> None:
     console.print(t)
     if report.problems:
         console.print()
-        pt = Table(title="problems", title_justify="left")
-        for col in ("code", "severity", "action", "count", "first lines", "example"):
-            pt.add_column(col, overflow="fold")
-        by_code: dict[str, list[Any]] = {}
-        for p in report.problems:
-            by_code.setdefault(p.code, []).append(p)
-        for code, ps in sorted(by_code.items(), key=lambda kv: (kv[1][0].severity != "error", kv[0])):
-            style = "red" if ps[0].severity == "error" else "yellow"
-            lines = ", ".join(str(p.line) for p in ps[:5] if p.line is not None) + (
-                " …" if len(ps) > 5 else ""
-            )
-            pt.add_row(
-                Text(code, style=style),
-                ps[0].severity,
-                ps[0].action or "",
-                str(len(ps)),
-                lines,
-                ps[0].message,
-            )
-        console.print(pt)
+        print_problems(report.problems, console)
     if report.fixes:
+        fx = report.fix_effect
         console.print(
             "fixes: "
             + ", ".join(f"{k} × {v}" for k, v in report.fixes.items())
-            + f"  (trained tokens {report.trained_tokens_before_fixes:,} → {tok.trained_total:,})"
+            + f"  (trained tokens {fx.trained_before:,} → {fx.trained_after:,} "
+            f"on the {fx.examples:,} example(s) they changed)"
         )
     for note in report.notes:
         console.print(f"note: {note}")
+
+
+MIN_EXAMPLE_WIDTH = 20
+
+
+def print_problems(groups: list[pipeline.ProblemGroup], console: Console) -> None:
+    """One row per code and action. Codes are what `--policy` takes, so they never wrap or
+    shorten: the first example's message wraps in its column, or, in a narrow terminal, goes
+    below the table; too narrow even for that, each group gets its own lines."""
+    rows = [
+        [
+            g.code,
+            g.severity,
+            g.action or "",
+            f"{g.count:,}",
+            ", ".join(map(str, g.lines[:3])) + (" …" if g.count > 3 and g.lines else ""),
+        ]
+        for g in groups
+    ]
+    heads = ["code", "severity", "action", "count", "lines"]
+    fixed = sum(max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(heads)) + 2 * len(heads)
+    styles = ["red" if g.severity == "error" else "yellow" for g in groups]
+    if fixed > console.width:
+        console.print("problems")
+        for g, row, style in zip(groups, rows, styles, strict=True):
+            console.print(Text(g.code, style=style))
+            where = f" · lines {row[4]}" if row[4] else ""
+            console.print(f"  {row[1]} · {row[2]} · count {row[3]}{where}", overflow="fold")
+            console.print(f"  {g.message}")
+        return
+    inline = console.width - fixed >= MIN_EXAMPLE_WIDTH
+    pt = Table(title="problems", title_justify="left", box=None, pad_edge=False, header_style="bold")
+    for head in heads:
+        pt.add_column(head, no_wrap=True)
+    if inline:
+        pt.add_column("example", overflow="fold")
+    for g, row, style in zip(groups, rows, styles, strict=True):
+        pt.add_row(Text(row[0], style=style), *row[1:], *([g.message] if inline else []))
+    console.print(pt)
+    if not inline:
+        for g, style in zip(groups, styles, strict=True):
+            console.print(Text.assemble((g.code, style), ": ", g.message))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,7 +309,12 @@ def view_for(
         return build_view(chat, chosen)
     info = table.resolve(model or pipeline.DEFAULT_MODEL)
     billed = Accountant.for_model(info).chat(chat).billed  # the same scope as the view
-    view = build_view(chat, provider_template(info.encoding), target=info.name, billed_tokens=billed)
+    standin = provider_template(info.encoding)
+    view = build_view(chat, standin, target=info.name, billed_tokens=billed)
+    view.notes.append(
+        f"{info.name} uses {info.encoding}; the provider's chat-format tokens are drawn as "
+        f"{standin.encoding} stand-ins, so the token ids are {standin.encoding} ids"
+    )
     if isinstance(example, PreferenceExample):
         view.notes.append("a preference example: shown and counted as its prompt with the preferred reply")
     return view
@@ -324,7 +368,8 @@ def inspect(
     if as_json:
         _out({"line": record.line, **msgspec.structs.asdict(view)})
     else:
-        print_view(view, record.line, Console(highlight=False))
+        model_encoding = None if template else table.resolve(model or pipeline.DEFAULT_MODEL).encoding
+        print_view(view, record.line, Console(highlight=False), model_encoding)
     sys.exit(0)
 
 
@@ -338,14 +383,15 @@ def _find(file: str, line_no: int | None, fmt: str) -> Record:
     _usage(f"{file} has no example at line {line_no}" if line_no else f"{file} has no examples")
 
 
-def print_view(view: TrainingView, line: int, console: Console) -> None:
+def print_view(view: TrainingView, line: int, console: Console, model_encoding: str | None = None) -> None:
+    """The view in colour. `model_encoding`: the view is of a provider model with that encoding
+    (as `tuneset models` names it), which bills; otherwise of a chat template, which does not."""
     from service.core.encodings import get_encoding
 
     enc = get_encoding(view.encoding)
+    kind, encoding = ("model", model_encoding) if model_encoding else ("template", view.encoding)
     console.print(
-        Text.assemble(
-            ("line ", "bold"), str(line), "  target ", (view.target, "bold"), f"  ({view.encoding})"
-        )
+        Text.assemble(("line ", "bold"), str(line), f"  {kind} ", (view.target, "bold"), f"  ({encoding})")
     )
     text = Text()
     k = 0
@@ -378,16 +424,18 @@ def print_view(view: TrainingView, line: int, console: Console) -> None:
     console.print(t)
     for note in view.notes:
         console.print(f"note: {note}")
-    console.print(
-        Text.assemble(
+    trained = (" · trained tokens ", (str(view.trained_tokens), "bold green"))
+    if model_encoding:
+        counts = Text.assemble(
             "billed tokens ",
             (str(view.billed_tokens), "bold"),
-            " · trained tokens ",
-            (str(view.trained_tokens), "bold green"),
+            *trained,
             " · sequence length ",
             str(view.total_tokens),
         )
-    )
+    else:  # a self-hosted template: nobody bills it, its tokens are the sequence
+        counts = Text.assemble("tokens ", (str(view.total_tokens), "bold"), *trained)
+    console.print(counts)
     console.print(
         Text.assemble(
             "legend: ",

@@ -11,6 +11,8 @@ import msgspec
 import pytest
 
 from service.core.conversation import ChatExample
+from service.core.pipeline import Report
+from service.core.problems import Problem
 
 DATA = Path(__file__).parent / "data"
 
@@ -46,6 +48,12 @@ def chat(*messages: tuple[str, str] | dict[str, Any], **top: Any) -> ChatExample
     """`chat(("user", "hi"), ("assistant", "hello"))` as a ChatExample."""
     msgs = [m if isinstance(m, dict) else {"role": m[0], "content": m[1]} for m in messages]
     return msgspec.convert({"messages": msgs, **top}, ChatExample)
+
+
+def findings(report: Report) -> list[Problem]:
+    """Every finding of a report one by one (`problems` groups them): run it with per_example."""
+    assert report.problems_detail is not None, "run with per_example=True"
+    return report.problems_detail
 
 
 def jsonl(*values: Any) -> bytes:

@@ -10,7 +10,8 @@
   write the final artifacts in a fixed order, record their SHA-256, and remove the work files.
 
 Everything written depends only on the batches and the recipe, never on timing or on which
-worker ran what, so the same build gives byte-identical artifacts with 1 or 10 workers.
+worker ran what, so the same build gives byte-identical artifacts with 1 or 10 workers; the
+reports also name their build (job id, creation date), and differ from job to job in that alone.
 Cancel is honoured at every shard and at the finalize; a cancelled build leaves no final
 artifacts.
 """
@@ -22,6 +23,7 @@ import json
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +36,10 @@ from service.core.formats import Format, read_records
 from service.core.models import extend, load_table
 from service.core.outputs import JsonlOutput, Outputs, default_outputs
 from service.core.packing import PackedSpec, document_from_view, pack
-from service.core.pipeline import OutputExample, Processor, Recipe, Summary
+from service.core.pipeline import BuildInfo, OutputExample, Processor, Recipe, Summary
 from service.core.problems import Action, Problem, problem
 from service.core.report_html import render_html
-from service.core.split import SplitError, SplitSpec, assign
+from service.core.split import SplitError, SplitReport, SplitSide, SplitSpec, assign
 from service.core.templates import get_template
 from service.core.view import build_view
 from service.queue import enqueue
@@ -305,7 +307,7 @@ def _finalize(
     max_bytes = (selected.openai_jsonl or JsonlOutput()).max_file_bytes
     train, validation = (RollingJsonl(work, stem, max_bytes) for stem in ("train", "validation"))
     write_jsonl = selected.openai_jsonl is not None
-    validation_count = 0
+    validation_side = SplitSide(0, 0, 0)
     train_positions: set[int] = set()  # rows (in dataset order) that went into train.jsonl
     position = 0
     for index, part in enumerate(parts):
@@ -325,7 +327,9 @@ def _finalize(
                     sides.append("")
                     continue
             if next(validation_flags):
-                validation_count += 1
+                validation_side.examples += 1
+                validation_side.billed_total += row.billed
+                validation_side.trained_total += row.trained
                 sides.append("validation")
                 continue
             kept.append(row)
@@ -335,7 +339,10 @@ def _finalize(
         if write_jsonl:
             _route(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl")), sides, train, validation)
     jsonl = train.close() + validation.close()
-    report = summary.report()  # the training file's report: validation tokens are not charged
+    # The training file's report (validation tokens are not charged); the split says what went where.
+    report = summary.report(
+        split=_split_report(spec.split, summary, validation_side), build=_build_info(ctx, spec)
+    )
     artifacts: list[dict[str, Any]] = []
     if selected.report is not None or not report.ok:  # a failed build always says why
         artifacts.append(_store(ctx, "report.json", msgspec.json.format(_json.encode(report))))
@@ -353,7 +360,6 @@ def _finalize(
             duplicates={"removed": len(dropped), "samples": [msgspec.to_builtins(p) for p in dropped[:20]]}
             if spec.dedupe is not None
             else None,
-            source=f"dataset {spec.dataset_id}",
         )
         artifacts.insert(1, _store(ctx, "report.html", page.encode()))
     if packing is not None:
@@ -366,7 +372,7 @@ def _finalize(
         "artifacts": artifacts,
         "examples": report.examples,
         "examples_out": report.examples_out,
-        "validation_examples": validation_count,
+        "validation_examples": validation_side.examples,
         "duplicates_removed": sum(1 for p in duplicates.values() if _drops(p)),
         "tokens": {"billed_total": report.tokens.billed_total, "trained_total": report.tokens.trained_total},
         "estimated_cost_usd": report.estimated_cost_usd,
@@ -388,6 +394,49 @@ def _finalize(
         _fail(ctx, error, result)
         return
     ctx.blobs.delete_prefix(ctx.key("work/"))
+
+
+def _split_report(split: SplitSpec | None, summary: Summary, validation: SplitSide) -> SplitReport | None:
+    if split is None or not split.enabled:
+        return None
+    train = SplitSide(len(summary.billed), sum(summary.billed), sum(summary.trained))
+    return SplitReport(
+        validation_fraction=split.validation_fraction,
+        validation_count=split.validation_count,
+        seed=split.seed,
+        train=train,
+        validation=validation,
+    )
+
+
+def _build_info(ctx: Context, spec: BuildSpec) -> BuildInfo:
+    return BuildInfo(
+        job_id=ctx.job_id,
+        dataset_id=spec.dataset_id,
+        created_at=_iso(float(ctx.job.get("created_at") or 0)),
+        recipe=spec.recipe,
+    )
+
+
+def _iso(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def artifact_digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
+    """A finished build's artifacts by name, each the SHA-256 of its bytes but the reports' with
+    the build they name (job id, creation date) taken out: what two builds of the same batches
+    and recipe must share, whatever the workers did."""
+    out: dict[str, str] = {}
+    for a in job["result"]["artifacts"]:
+        data = blobs.get(a["key"])
+        if a["name"] == "report.json":
+            report = msgspec.json.decode(data)
+            report.pop("build", None)
+            data = _json.encode(report)
+        elif a["name"] == "report.html":
+            data = data.replace(job["id"].encode(), b"JOB").replace(_iso(job["created_at"]).encode(), b"DATE")
+        out[a["name"]] = hashlib.sha256(data).hexdigest()
+    return out
 
 
 def _pack(

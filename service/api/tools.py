@@ -116,9 +116,17 @@ def validate_examples(
     train_on: Annotated[
         Literal["all", "last"], QueryParameter(description="last: train only the final turn")
     ] = "all",
-    per_example: Annotated[bool, QueryParameter(description="include every example's token counts")] = False,
+    per_example: Annotated[
+        bool,
+        QueryParameter(
+            description="also list every example's token counts and every problem (problems_detail)"
+        ),
+    ] = False,
 ) -> pipeline.Report:
-    """Validate a small JSONL body the way the provider would, and count its tokens."""
+    """Validate a small JSONL body the way the provider would, and count its tokens.
+
+    `problems` has one entry per code and action (count, first lines, first messages), as
+    `tuneset validate --json` prints; `line` is 1-based, `message_index` 0-based."""
     media = media_type(request)
     if media not in JSONL_TYPES and not is_json(media):
         raise unsupported(media, "application/jsonl or application/x-ndjson")

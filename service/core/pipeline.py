@@ -31,7 +31,7 @@ from service.core.conversation import ChatExample, Example, Message, PreferenceE
 from service.core.formats import Format, Record, read_records
 from service.core.lint import lint
 from service.core.models import ModelInfo, ModelTable, load_table
-from service.core.problems import CODES, Action, Change, Problem, problem
+from service.core.problems import CODES, Action, Change, Problem, Severity, problem
 from service.core.repair import (
     Fixed,
     drop_empty,
@@ -46,9 +46,11 @@ from service.core.repair import (
     split_windows,
     train_last_only,
 )
+from service.core.split import SplitReport
 
 DEFAULT_MODEL = "gpt-4o-mini"
-MAX_PROBLEM_SAMPLES = 20
+MAX_PROBLEM_SAMPLES = 20  # lines named per problem group
+MAX_PROBLEM_MESSAGES = 5  # findings quoted (with their own message) per problem group
 
 
 class PolicyError(ValueError):
@@ -111,6 +113,9 @@ class Outcome(msgspec.Struct):
     outputs: list[OutputExample]
     trained_before: int | None = None  # trained tokens before fixes, when fixes changed the example
     images: int = 0
+    # trained tokens of what the fixes made of it (every window, before duplicates are dropped),
+    # when fixes changed the example and it was kept: the "after" of `trained_before`
+    trained_after: int | None = None
 
 
 FixStep = Callable[[ChatExample, int | None], Fixed]
@@ -196,11 +201,12 @@ class Processor:
         if outputs is None:
             return Outcome(line, "failed", problems, changes, [], trained_before)
         images = outputs[0].tokens.images if outputs else 0
+        trained_after = sum(o.tokens.trained for o in outputs) if changes and outputs else None
         outputs, dup_failed = self._dedupe(outputs, line, problems)
         status: Literal["ok", "dropped", "failed"] = (
             "failed" if dup_failed else "ok" if outputs else "dropped"
         )
-        return Outcome(line, status, problems, changes, outputs, trained_before, images)
+        return Outcome(line, status, problems, changes, outputs, trained_before, images, trained_after)
 
     def _recheck(self, fixed: Example, line: int, problems: list[Problem]) -> bool:
         """Lint what the fixes made: a fix can leave an example the provider would still reject
@@ -388,7 +394,68 @@ class ExampleDetail(msgspec.Struct):
     trained_tokens: int
 
 
+class ProblemSample(msgspec.Struct):
+    """One finding of a group: `line` is the example's 1-based line (None: about the file),
+    `message_index` the 0-based index of its message (None: about the whole example)."""
+
+    line: int | None
+    message_index: int | None
+    message: str
+
+
+class ProblemGroup(msgspec.Struct):
+    """Every finding of one code that its policy handled the same way, counted once: a file with
+    2,000 examples without a system message gets one entry, not 2,000. The full list of
+    findings is the report's `problems_detail`, given with `per_example`."""
+
+    code: str
+    severity: Severity
+    action: str | None  # what the policy did: keep | fix | drop | fail
+    count: int
+    message: str  # the first finding's
+    lines: list[int]  # the 1-based lines of its first findings (at most MAX_PROBLEM_SAMPLES), as found
+    samples: list[ProblemSample]  # the first MAX_PROBLEM_MESSAGES findings, each with its message
+
+
+def group_problems(problems: Iterable[Problem]) -> list[ProblemGroup]:
+    """Findings grouped by (code, action): errors first, then by code."""
+    groups: dict[tuple[str, str | None], ProblemGroup] = {}
+    for p in problems:
+        g = groups.get((p.code, p.action))
+        if g is None:
+            g = groups[(p.code, p.action)] = ProblemGroup(p.code, p.severity, p.action, 0, p.message, [], [])
+        g.count += 1
+        if p.line is not None and len(g.lines) < MAX_PROBLEM_SAMPLES and p.line not in g.lines[-1:]:
+            g.lines.append(p.line)
+        if len(g.samples) < MAX_PROBLEM_MESSAGES:
+            g.samples.append(ProblemSample(p.line, p.message_index, p.message))
+    return sorted(groups.values(), key=lambda g: (g.severity != "error", g.code, g.action or ""))
+
+
+class FixEffect(msgspec.Struct):
+    """What the fixes did to trained tokens, measured on the same examples: those the fixes
+    changed and kept, before and after fixing (every window of an example split into windows),
+    before duplicates are dropped and before any train/validation split."""
+
+    examples: int
+    trained_before: int
+    trained_after: int
+
+
+class BuildInfo(msgspec.Struct, kw_only=True):
+    """Where a build's report comes from: the job, its dataset, its recipe and when it was asked for."""
+
+    job_id: str
+    dataset_id: str
+    created_at: str  # the job's creation, ISO 8601 UTC: the same on every redelivery of the finalize
+    recipe: Recipe
+
+
 class Report(msgspec.Struct):
+    """`problems` groups the findings (see ProblemGroup); `problems_detail` lists every one, with
+    `per_example`. The token totals and `examples_out` are those of the training file; a build
+    with a validation split says in `split` what went where."""
+
     ok: bool
     format: str | None
     model: str
@@ -397,7 +464,7 @@ class Report(msgspec.Struct):
     examples_ok: int
     examples_dropped: int
     examples_failed: int
-    problems: list[Problem]
+    problems: list[ProblemGroup]
     problem_counts: dict[str, int]
     tokens: TokenTotals
     default_epochs: int
@@ -405,9 +472,12 @@ class Report(msgspec.Struct):
     price_per_1m: float | None
     fixes: dict[str, int]
     changes: list[Change]
-    trained_tokens_before_fixes: int
+    fix_effect: FixEffect
     notes: list[str]
     examples_detail: list[ExampleDetail] | None = None
+    problems_detail: list[Problem] | None = None
+    split: SplitReport | None = None
+    build: BuildInfo | None = None
 
 
 class Summary:
@@ -424,7 +494,7 @@ class Summary:
         self.billed: list[int] = []
         self.trained: list[int] = []
         self.messages: list[int] = []
-        self.trained_before = 0
+        self.fixed = FixEffect(0, 0, 0)
         self.detail: list[ExampleDetail] = []
         self.images = 0
         self.format: str | None = None
@@ -443,18 +513,16 @@ class Summary:
         if outcome.changes:
             self.changes.extend(outcome.changes)
             self.fixes.update(c.kind for c in outcome.changes)
-        trained_now = 0
+        add_fix_effect(self.fixed, outcome)
         self.images += outcome.images
         for out in outcome.outputs:
             self.billed.append(out.tokens.billed)
             self.trained.append(out.tokens.trained)
             self.messages.append(out.tokens.messages)
-            trained_now += out.tokens.trained
             if self.per_example:
                 self.detail.append(
                     ExampleDetail(out.line, out.window, "ok", out.tokens.billed, out.tokens.trained)
                 )
-        self.trained_before += outcome.trained_before if outcome.trained_before is not None else trained_now
         if self.per_example and not outcome.outputs:
             self.detail.append(ExampleDetail(outcome.line, None, outcome.status, 0, 0))
 
@@ -462,7 +530,7 @@ class Summary:
         """Histograms of billed and trained tokens per output example, for the report's plots."""
         return {"billed": histogram(self.billed, bins), "trained": histogram(self.trained, bins)}
 
-    def report(self) -> Report:
+    def report(self, *, split: SplitReport | None = None, build: BuildInfo | None = None) -> Report:
         model = self.processor.model
         n_out = len(self.billed)
         problems = list(self.problems)
@@ -489,7 +557,7 @@ class Summary:
             examples_ok=self.n_ok,
             examples_dropped=self.n_dropped,
             examples_failed=self.n_failed,
-            problems=problems,
+            problems=group_problems(problems),
             problem_counts=dict(sorted(self.counts.items())),
             tokens=TokenTotals(
                 billed_total=sum(self.billed),
@@ -504,10 +572,21 @@ class Summary:
             price_per_1m=model.price_per_1m,
             fixes=dict(sorted(self.fixes.items())),
             changes=self.changes,
-            trained_tokens_before_fixes=self.trained_before,
+            fix_effect=msgspec.structs.replace(self.fixed),
             notes=notes,
             examples_detail=self.detail if self.per_example else None,
+            problems_detail=problems if self.per_example else None,
+            split=split,
+            build=build,
         )
+
+
+def add_fix_effect(effect: FixEffect, outcome: Outcome) -> None:
+    """Count an outcome in `effect` when fixes changed it and it was kept."""
+    if outcome.trained_before is not None and outcome.trained_after is not None:
+        effect.examples += 1
+        effect.trained_before += outcome.trained_before
+        effect.trained_after += outcome.trained_after
 
 
 def run(

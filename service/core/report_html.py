@@ -24,8 +24,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from service.core.pipeline import Histogram, Report, Stats, histogram
-from service.core.problems import Problem
+from service.core.pipeline import BuildInfo, Histogram, ProblemSample, Report, Stats, histogram
+from service.core.split import SplitReport
 
 MAX_PROBLEM_EXAMPLES = 5
 MAX_CHANGES = 20
@@ -84,7 +84,13 @@ def render_html(
     printed in the footer when given: nothing time-dependent is added otherwise."""
     parts = [
         _header(report, title, source),
-        _cost(report),
+    ]
+    if report.build is not None:
+        parts.append(_recipe(report.build))
+    parts.append(_cost(report))
+    if report.split is not None:
+        parts.append(_split(report.split))
+    parts += [
         _distributions(report),
         _histograms(histograms or {}),
         _problems(report),
@@ -113,13 +119,26 @@ def _header(report: Report, title: str, source: str | None) -> str:
     meta = [f"model <b>{_e(report.model)}</b>", f"format <b>{_e(report.format or '?')}</b>"]
     if source:
         meta.insert(0, f"input <b>{_e(source)}</b>")
+    build = report.build
+    if build is not None:
+        meta[:0] = [
+            f"job <b>{_e(build.job_id)}</b>",
+            f"dataset <b>{_e(build.dataset_id)}</b>",
+            f"created <b>{_e(build.created_at)}</b>",
+        ]
     tiles = [
         ("examples in", report.examples, ""),
-        ("examples out", report.examples_out, ""),
         ("ok", report.examples_ok, ""),
         ("dropped", report.examples_dropped, " warn" if report.examples_dropped else ""),
         ("failed", report.examples_failed, " bad" if report.examples_failed else ""),
     ]
+    if report.split is None:
+        tiles.insert(1, ("examples out", report.examples_out, ""))
+    else:
+        tiles += [
+            ("train", report.split.train.examples, ""),
+            ("validation", report.split.validation.examples, ""),
+        ]
     tile_html = "".join(
         f'<div class="tile{cls}"><div class="value">{_int(v)}</div><div class="label">{_e(k)}</div></div>'
         for k, v, cls in tiles
@@ -138,8 +157,6 @@ def _cost(report: Report) -> str:
         ("default epochs", str(report.default_epochs)),
         ("trained tokens", _int(tok.trained_total)),
     ]
-    if report.trained_tokens_before_fixes != tok.trained_total:
-        rows.append(("trained before fixes", _int(report.trained_tokens_before_fixes)))
     price = "—" if report.price_per_1m is None else f"${report.price_per_1m:g} / 1M tokens"
     cost = "—" if report.estimated_cost_usd is None else _money(report.estimated_cost_usd)
     formula = (
@@ -149,11 +166,53 @@ def _cost(report: Report) -> str:
         f"× {report.default_epochs} epoch(s)</div>"
     )
     kv = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    scope = '<p class="none">of train.jsonl; validation.jsonl is under Split</p>' if report.split else ""
     return (
         '<section class="card cost"><h2>Cost</h2><div class="cost-grid">'
-        f'<table class="kv">{kv}<tr><th>price</th><td>{_e(price)}</td></tr></table>'
+        f'<div><table class="kv">{kv}<tr><th>price</th><td>{_e(price)}</td></tr></table>{scope}</div>'
         f'<div class="big"><div class="label">estimated cost</div><div class="amount">{_e(cost)}</div>'
         f"{formula}</div></div></section>"
+    )
+
+
+def _recipe(build: BuildInfo) -> str:
+    recipe = build.recipe
+    rows = [
+        ("model", recipe.model),
+        ("format", recipe.format or "auto"),
+        ("train on", recipe.train_on),
+        ("policies", ", ".join(f"{k}={v}" for k, v in sorted(recipe.policies.items())) or "defaults"),
+    ]
+    if recipe.system_prompt is not None:
+        prompt = recipe.system_prompt
+        rows.append(
+            ("system prompt", prompt if len(prompt) <= 200 else f"{prompt[:200]}… ({len(prompt):,} chars)")
+        )
+    return f'<section class="card" id="recipe"><h2>Recipe</h2>{_kv(rows)}</section>'
+
+
+def _split(split: SplitReport) -> str:
+    how = (
+        f"validation_fraction {split.validation_fraction:g}"
+        if split.validation_fraction is not None
+        else f"validation_count {split.validation_count}"
+    )
+    sides = [("train.jsonl", split.train), ("validation.jsonl", split.validation)]
+    body = "".join(
+        f'<tr><th><code>{_e(name)}</code></th><td class="n">{_int(side.examples)}</td>'
+        f'<td class="n">{_int(side.billed_total)}</td><td class="n">{_int(side.trained_total)}</td></tr>'
+        for name, side in sides
+    )
+    body += (
+        f'<tr><th>written</th><td class="n">{_int(split.train.examples + split.validation.examples)}</td>'
+        f'<td class="n">{_int(split.train.billed_total + split.validation.billed_total)}</td>'
+        f'<td class="n">{_int(split.train.trained_total + split.validation.trained_total)}</td></tr>'
+    )
+    return (
+        f'<section class="card" id="split"><h2>Split</h2><p class="meta">{_e(how)} · seed {split.seed}</p>'
+        '<table class="grid split"><thead><tr><th>file</th><th class="n">examples</th>'
+        f'<th class="n">billed tokens</th><th class="n">trained tokens</th></tr></thead><tbody>{body}</tbody>'
+        "</table></section>"
     )
 
 
@@ -310,27 +369,21 @@ def _histograms(hists: Mapping[str, Histogram | Sequence[int]]) -> str:
 
 
 def _problems(report: Report) -> str:
-    by_code: dict[str, list[Problem]] = {}
-    for p in report.problems:
-        by_code.setdefault(p.code, []).append(p)
-    if not by_code:
+    if not report.problems:
         return '<section class="card"><h2>Problems</h2><p class="none">No problems found.</p></section>'
     rows = []
-    order = sorted(by_code.items(), key=lambda kv: (kv[1][0].severity != "error", kv[0]))
-    for code, ps in order:
-        sev = ps[0].severity
-        actions = ", ".join(sorted({p.action or "—" for p in ps}))
-        count = max(report.problem_counts.get(code, 0), len(ps))
+    for g in report.problems:
         samples = "".join(
             f'<li><span class="where">{_where(p)}</span> {_e(p.message)}</li>'
-            for p in ps[:MAX_PROBLEM_EXAMPLES]
+            for p in g.samples[:MAX_PROBLEM_EXAMPLES]
         )
-        more = len(ps) - MAX_PROBLEM_EXAMPLES
+        more = g.count - min(len(g.samples), MAX_PROBLEM_EXAMPLES)
         if more > 0:
             samples += f'<li class="more">… and {_int(more)} more</li>'
         rows.append(
-            f'<tr><td><code>{_e(code)}</code></td><td><span class="sev {_e(sev)}">{_e(sev)}</span></td>'
-            f'<td>{_e(actions)}</td><td class="n">{_int(count)}</td>'
+            f"<tr><td><code>{_e(g.code)}</code></td>"
+            f'<td><span class="sev {_e(g.severity)}">{_e(g.severity)}</span></td>'
+            f'<td>{_e(g.action or "—")}</td><td class="n">{_int(g.count)}</td>'
             f'<td><ul class="samples">{samples}</ul></td></tr>'
         )
     return (
@@ -340,7 +393,7 @@ def _problems(report: Report) -> str:
     )
 
 
-def _where(p: Problem) -> str:
+def _where(p: ProblemSample) -> str:
     if p.line is None:
         return "file"
     where = f"line {p.line}"
@@ -363,9 +416,12 @@ def _fixes(report: Report) -> str:
         for c in report.changes[:MAX_CHANGES]
     )
     shown = min(len(report.changes), MAX_CHANGES)
-    tok = report.tokens
-    before, after = _int(report.trained_tokens_before_fixes), _int(tok.trained_total)
-    delta = f'<p class="delta">trained tokens {before} → {after}</p>'
+    fx = report.fix_effect
+    delta = (
+        f'<p class="delta">trained tokens {_int(fx.trained_before)} → {_int(fx.trained_after)} '
+        f"({fx.trained_after - fx.trained_before:+,}) over the {_int(fx.examples)} example(s) "
+        "the fixes changed and kept, before duplicates and the split</p>"
+    )
     return (
         '<section class="card"><h2>Fixes</h2><div class="fix-grid">'
         f'<div><table class="grid"><thead><tr><th>fix</th><th class="n">count</th></tr></thead>'
@@ -523,7 +579,7 @@ h3 { font-size: 14px; margin: 14px 0 8px; }
 .verdict { font-weight: 700; font-size: 14px; padding: 3px 12px; border-radius: 999px; color: #fff; }
 .verdict.ok { background: var(--ok); } .verdict.bad { background: var(--bad); }
 .meta { color: var(--muted); margin: 6px 0 14px; } .meta b { color: var(--fg); font-weight: 600; }
-.tiles { display: grid; grid-template-columns: repeat(5, 1fr); gap: 10px; }
+.tiles { display: grid; grid-template-columns: repeat(auto-fit, minmax(120px, 1fr)); gap: 10px; }
 .tile { border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; background: #fafbfc; }
 .tile .value { font-size: 24px; font-weight: 700; font-variant-numeric: tabular-nums; }
 .tile .label { color: var(--muted); font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import msgspec
 
-from service.core.pipeline import Outcome, Summary, content_key
+from service.core.pipeline import FixEffect, Outcome, Summary, add_fix_effect, content_key
 from service.core.problems import Change, Problem
 
 
@@ -36,7 +36,7 @@ class ShardSummary(msgspec.Struct):
     problems: list[Problem] = []
     changes: list[Change] = []
     rows: list[Row] = []
-    trained_before: int = 0
+    fixed: FixEffect = msgspec.field(default_factory=lambda: FixEffect(0, 0, 0))
     images: int = 0
     format: str | None = None
 
@@ -52,12 +52,10 @@ def add_outcome(part: ShardSummary, outcome: Outcome) -> None:
     part.problems.extend(outcome.problems)
     part.changes.extend(outcome.changes)
     part.images += outcome.images
-    trained_now = 0
+    add_fix_effect(part.fixed, outcome)
     for out in outcome.outputs:
         t = out.tokens
         part.rows.append(Row(out.line, out.window, content_key(out.example), t.billed, t.trained, t.messages))
-        trained_now += t.trained
-    part.trained_before += outcome.trained_before if outcome.trained_before is not None else trained_now
 
 
 def merge(summary: Summary, part: ShardSummary, kept: list[Row]) -> None:
@@ -71,7 +69,9 @@ def merge(summary: Summary, part: ShardSummary, kept: list[Row]) -> None:
     summary.changes.extend(part.changes)
     summary.fixes.update(c.kind for c in part.changes)
     summary.images += part.images
-    summary.trained_before += part.trained_before
+    summary.fixed.examples += part.fixed.examples
+    summary.fixed.trained_before += part.fixed.trained_before
+    summary.fixed.trained_after += part.fixed.trained_after
     summary.format = summary.format or part.format
     for row in kept:
         summary.billed.append(row.billed)

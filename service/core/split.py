@@ -54,6 +54,25 @@ class SplitSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True, omit_d
         return self.validation_fraction is not None or self.validation_count is not None
 
 
+class SplitSide(msgspec.Struct):
+    """One side's file: its examples and their tokens."""
+
+    examples: int
+    billed_total: int
+    trained_total: int
+
+
+class SplitReport(msgspec.Struct, kw_only=True):
+    """What the split did, for the build report: the spec it followed and each side's share.
+    The report's token totals and cost are train's; validation's are here."""
+
+    validation_fraction: float | None
+    validation_count: int | None
+    seed: int
+    train: SplitSide
+    validation: SplitSide
+
+
 def split_score(seed: int, key: bytes) -> float:
     """A uniform score in [0, 1) from (seed, content key): the same on every machine and process.
 

@@ -781,6 +781,21 @@ def test_validate_equals_the_cli(client: Client, key: str, tmp_path: Path) -> No
     assert gz.json() == plain
 
 
+def test_validate_groups_repeated_problems(client: Client, key: str) -> None:
+    """One entry per code and action, with its count and first lines; each finding only with
+    per_example (as `tuneset validate --json` prints)."""
+    body = jsonl(*GOOD[:30])  # none has a system message
+    grouped = client.post("/v1/validate", content=body, headers=jsonl_headers(key)).json()
+    [system] = [g for g in grouped["problems"] if g["code"] == "no_system_message"]
+    assert (system["count"], system["action"]) == (30, "keep")
+    assert system["lines"] == list(range(1, 21))
+    assert len(system["samples"]) == 5
+    assert grouped["problems_detail"] is None
+    detail = client.post("/v1/validate?per_example=true", content=body, headers=jsonl_headers(key)).json()
+    lines = [p["line"] for p in detail["problems_detail"] if p["code"] == "no_system_message"]
+    assert lines == list(range(1, 31))
+
+
 def test_validate_problems(client: Client, key: str) -> None:
     body = jsonl(*GOOD[:2])
     assert_problem(client.post("/v1/validate?policy=nope=fix", content=body, headers=jsonl_headers(key)), 422)

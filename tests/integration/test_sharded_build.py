@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,12 @@ import msgspec
 from service.queue import BUILD_TASK, enqueue
 from service.run import stop
 from service.settings import Settings
-from service.store.blobs import LocalBlobStore
+from service.store.blobs import BlobStore, LocalBlobStore
 from service.store.state import State
 from tests.conftest import mtbench_conversations, sharegpt_conversations
 from tests.integration.test_build_worker import _dataset, _wait
 from tests.integration.test_worker_faults import _start_worker
+from workers.sharded import artifact_digests
 
 
 def _examples() -> list[dict[str, Any]]:
@@ -50,7 +52,21 @@ def _build(settings: Settings, dataset_id: str) -> dict[str, str]:
     while blobs.list(f"acme/jobs/{job['id']}/work"):
         assert time.monotonic() < deadline, "work files left behind"
         time.sleep(0.1)
-    return {a["name"]: a["sha256"] for a in done["result"]["artifacts"]}
+    return _digests(blobs, done)
+
+
+def _digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
+    """The artifacts' SHA-256 as recorded, checked; the reports' without the build they name
+    (its job id and creation date differ from build to build by design)."""
+    for a in job["result"]["artifacts"]:
+        assert hashlib.sha256(blobs.get(a["key"])).hexdigest() == a["sha256"]
+    report = msgspec.json.decode(blobs.get(f"acme/jobs/{job['id']}/report.json"))
+    assert report["build"]["job_id"] == job["id"]
+    digests = artifact_digests(blobs, job)
+    assert {k: v for k, v in digests.items() if not k.startswith("report.")} == {
+        a["name"]: a["sha256"] for a in job["result"]["artifacts"] if not a["name"].startswith("report.")
+    }
+    return digests
 
 
 def test_same_artifacts_with_one_and_two_workers_and_on_reruns(settings: Settings, tmp_path: Path) -> None:
@@ -132,7 +148,11 @@ def test_dedupe_and_split_across_shards(settings: Settings, worker: object) -> N
         assert report["examples_out"] == len(
             train
         )  # the report is the training file's: validation is not billed
-        hashes.append({a["name"]: a["sha256"] for a in result["artifacts"]})
+        assert (report["split"]["train"]["examples"], report["split"]["validation"]["examples"]) == (
+            len(train),
+            len(validation),
+        )
+        hashes.append(_digests(blobs, done))
     assert hashes[0] == hashes[1]
 
 

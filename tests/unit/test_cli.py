@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,9 @@ def test_validate_ok_exits_0_with_the_json_report(tmp_path: Path) -> None:
     expected_cost = report["tokens"]["billable_total"] * 8 * 3.0 / 1e6
     assert report["estimated_cost_usd"] == pytest.approx(expected_cost)
     assert [e["line"] for e in report["examples_detail"]] == list(range(1, 13))
-    problem = report["problems"][0]
+    group = report["problems"][0]
+    assert set(group) == {"code", "severity", "action", "count", "message", "lines", "samples"}
+    problem = report["problems_detail"][0]
     assert set(problem) >= {"line", "message_index", "code", "severity", "message"}
 
 
@@ -53,14 +56,16 @@ def test_validate_errors_exit_1_and_name_line_and_rule(tmp_path: Path) -> None:
     assert "13" in result.output  # the line
     as_json = json.loads(invoke("validate", _file(tmp_path, *GOOD, bad), "--json").output)
     weight = [p for p in as_json["problems"] if p["code"] == "invalid_weight"]
+    message = "message 1 has weight 2; it must be 0 or 1"
     assert weight == [
         {
             "code": "invalid_weight",
             "severity": "error",
-            "message": "message 1 has weight 2; it must be 0 or 1",
-            "line": 13,
-            "message_index": 1,
             "action": "fail",
+            "count": 1,
+            "message": message,
+            "lines": [13],
+            "samples": [{"line": 13, "message_index": 1, "message": message}],
         }
     ]
 
@@ -234,3 +239,77 @@ def test_convert_leaves_no_temporary_file_when_input_is_undecodable(tmp_path: Pa
     result = invoke("convert", str(bad), "--to", "openai", "-o", str(out))
     assert result.exit_code == 1
     assert list(out.parent.iterdir()) == []
+
+
+def _messy(tmp_path: Path) -> str:
+    """Examples that raise long codes (consecutive_same_role, trailing_non_assistant, ...)."""
+    same_role = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "user", "content": "again, with a message long enough to need the whole width"},
+            {"role": "assistant", "content": "yo"},
+        ]
+    }
+    trailing = {"messages": [*GOOD[0]["messages"], {"role": "user", "content": "and then?"}]}
+    spaced = {"messages": [{"role": "user", "content": " hi "}, {"role": "assistant", "content": "yo"}]}
+    return _file(tmp_path, *GOOD, same_role, trailing, spaced)
+
+
+@pytest.mark.parametrize("columns", ["80", "60", "40"])
+def test_problem_codes_are_never_wrapped_in_a_narrow_terminal(tmp_path: Path, columns: str) -> None:
+    """Codes are what `--policy` takes: each one appears whole on a line, whatever the width."""
+    f = _messy(tmp_path)
+    codes = [g["code"] for g in json.loads(invoke("validate", f, "--json").output)["problems"]]
+    assert {"consecutive_same_role", "trailing_non_assistant", "no_system_message"} <= set(codes)
+    result = invoke("validate", f, env={"COLUMNS": columns})
+    lines = result.output.splitlines()
+    assert max(len(line) for line in lines) <= int(columns)
+    for code in codes:
+        assert any(code in line for line in lines), (code, result.output)
+
+
+def test_validate_json_groups_repeated_problems(tmp_path: Path) -> None:
+    """One entry per code and action with its count and first lines; every finding only with
+    --per-example, `line` 1-based and `message_index` 0-based."""
+    same_role = {
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "user", "content": "again"},
+            {"role": "assistant", "content": "yo"},
+        ]
+    }
+    f = _file(tmp_path, *GOOD[:2], *[{**same_role, "n": i} for i in range(30)], name="many.jsonl")
+    report = json.loads(invoke("validate", f, "--json", "--policy", "unknown_key=fix").output)
+    assert report["problems_detail"] is None
+    groups = {g["code"]: g for g in report["problems"]}
+    assert len(report["problems"]) == len(groups)  # one action per code here: one entry per code
+    system = groups["no_system_message"]
+    assert (system["count"], system["severity"], system["action"]) == (32, "warning", "keep")
+    assert system["lines"] == list(range(1, 21))  # the first 20, 1-based
+    assert [s["line"] for s in system["samples"]] == [1, 2, 3, 4, 5]
+    same = groups["consecutive_same_role"]
+    assert same["count"] == 30 == report["problem_counts"]["consecutive_same_role"]
+    assert same["samples"][0] == {"line": 3, "message_index": 1, "message": same["message"]}
+    detail = json.loads(
+        invoke("validate", f, "--json", "--per-example", "--policy", "unknown_key=fix").output
+    )["problems_detail"]
+    assert [p["line"] for p in detail if p["code"] == "consecutive_same_role"] == list(range(3, 33))
+    assert {p["message_index"] for p in detail if p["code"] == "consecutive_same_role"} == {1}
+    assert len(detail) == sum(g["count"] for g in report["problems"])
+    help_text = " ".join(invoke("validate", "--help").output.split())
+    assert "`line` is 1-based" in help_text
+    assert "`message_index` 0-based" in help_text
+
+
+def test_inspect_labels_the_encoding_and_what_is_billed(tmp_path: Path) -> None:
+    f = _file(tmp_path, *GOOD[:1])
+    listed = {line.split()[0]: line.split()[1] for line in invoke("models").output.splitlines()}
+    for model in ("gpt-4o-mini-2024-07-18", "gpt-3.5-turbo-0125"):
+        out = invoke("inspect", f, "--model", model, env={"COLUMNS": "200"}).output
+        assert out.splitlines()[0] == f"line 1  model {model}  ({listed[model]})"
+        assert "billed tokens " in out
+    for template, encoding in (("harmony", "o200k_harmony"), ("chatml", "cl100k_im")):
+        out = invoke("inspect", f, "--template", template, env={"COLUMNS": "200"}).output
+        assert out.splitlines()[0] == f"line 1  template {template}  ({encoding})"
+        assert "billed" not in out
+        assert re.search(r"^tokens \d+ · trained tokens \d+$", out, re.MULTILINE), out

@@ -23,6 +23,7 @@ from service.core.lint import lint as check_structure
 from service.core.models import ModelTable, load_table
 from service.core.pipeline import OutputExample, PolicyError, Processor, Recipe, Report, run
 from service.core.problems import Action
+from tests.conftest import findings
 
 ACCOUNTANT = Accountant.for_model(load_table().resolve("gpt-4o-mini"))
 
@@ -82,7 +83,7 @@ class Fixed:
         return [d.trained_tokens for d in self.report.examples_detail if d.line == line]
 
     def action(self, code: str) -> list[str | None]:
-        return [p.action for p in self.report.problems if p.code == code]
+        return [p.action for p in findings(self.report) if p.code == code]
 
 
 def fix(bad: dict[str, Any], tmp_path: Path, *, max_tokens: int = 65536, **recipe: Any) -> Fixed:
@@ -111,7 +112,8 @@ def check_fixed(
     assert result.written == {1: [GOOD], 2: [after]}
     assert result.changes() == changes
     assert result.report.ok
-    assert result.report.trained_tokens_before_fixes == trained(GOOD) + trained(before)
+    fixed = result.report.fix_effect
+    assert (fixed.examples, fixed.trained_before, fixed.trained_after) == (1, trained(before), trained(after))
     assert result.report.tokens.trained_total == trained(GOOD) + trained(after)
     assert result.detail_trained(2) == [trained(after)]
 
@@ -342,7 +344,7 @@ def test_remove_unknown_keys(tmp_path: Path) -> None:
     assert all(d.startswith("removed the key") for d in details)
     assert r.report.ok
     # the unknown keys were never counted, so trained tokens are those of the cleaned example
-    assert r.report.trained_tokens_before_fixes == trained(GOOD) + trained(after)
+    assert r.report.fix_effect.trained_before == r.report.fix_effect.trained_after == trained(after)
     assert r.report.tokens.trained_total == trained(GOOD) + trained(after)
 
 
@@ -355,7 +357,7 @@ def test_change_indices_refer_to_the_input_when_fixes_combine(tmp_path: Path) ->
         policies={"empty_content": Action.FIX, "consecutive_same_role": Action.FIX},
     )
     assert r.written == {1: [GOOD], 2: [after]}
-    problems = [(p.code, p.message_index) for p in r.report.problems]
+    problems = [(p.code, p.message_index) for p in findings(r.report)]
     assert problems == [("empty_content", 1), ("consecutive_same_role", 2), ("consecutive_same_role", 3)]
     # message 1 (empty) is dropped; message 3 ("One word.") is merged into message 2
     assert r.changes() == [
@@ -378,10 +380,11 @@ def test_special_token_fix_reaches_the_preferred_output(tmp_path: Path) -> None:
     report = run(
         [json.dumps(v).encode() + b"\n" for v in (PREF, before)],
         Recipe(format="preference", policies={"special_token_text": Action.FIX}),
+        per_example=True,
         sink=written.append,
         table=table(tmp_path),
     )
-    [p] = report.problems
+    [p] = findings(report)
     assert (p.code, p.line, p.message_index, p.action) == ("special_token_text", 2, 2, "fix")
     assert [msgspec.to_builtins(o.example) for o in written] == [PREF, after]
     assert [(c.kind, c.line, c.message_index) for c in report.changes] == [("remove_special_tokens", 2, 2)]
@@ -476,7 +479,10 @@ def test_split_into_windows(limit: int, tmp_path: Path) -> None:
     assert r.action("over_token_limit") == ["fix"]
     assert report.ok
     assert report.examples_out == 1 + len(windows)
-    assert report.trained_tokens_before_fixes == trained(GOOD) + trained(LONG)
+    assert (report.fix_effect.trained_before, report.fix_effect.trained_after) == (
+        trained(LONG),
+        trained(LONG),
+    )
     assert report.tokens.trained_total == trained(GOOD) + trained(LONG)
     assert r.detail_trained(2) == [trained(w) for w in windows]
     assert report.examples_detail is not None
@@ -554,7 +560,7 @@ def test_fixed_examples_are_checked_again(tmp_path: Path) -> None:
     before = {"messages": [SYS, a("Hello!"), u("Bye")]}  # assistant first, then a trailing user turn
     r = fix(before, tmp_path, policies={"assistant_first": Action.FIX, "trailing_non_assistant": Action.FIX})
     assert 2 not in r.written
-    after = [p for p in r.report.problems if p.line == 2 and p.message.startswith("after fixes")]
+    after = [p for p in findings(r.report) if p.line == 2 and p.message.startswith("after fixes")]
     assert [(p.code, p.action) for p in after] == [("no_assistant_message", "fail")]
     assert not r.report.ok
 

@@ -29,6 +29,7 @@ from service.core.pipeline import (
     run,
 )
 from service.core.problems import CODES, Action, Problem, Severity
+from tests.conftest import findings
 
 MODEL = "tiny-test"
 
@@ -409,7 +410,7 @@ FIRST_CASE = {c.code: c for c in reversed(CASES)}
 
 
 def found(report: Report, code: str) -> list[Problem]:
-    return [p for p in report.problems if p.code == code]
+    return [p for p in findings(report) if p.code == code]
 
 
 def test_every_code_has_a_case() -> None:
@@ -430,15 +431,15 @@ def test_good_lines_alone_report_nothing(tmp_path: Path) -> None:
 def test_code_is_reported(case: Case, tmp_path: Path) -> None:
     report, _ = case.run(tmp_path)
     hits = found(report, case.code)
-    assert len(hits) == 1, report.problems
+    assert len(hits) == 1, report.problems_detail
     p = hits[0]
     assert (p.line, p.message_index, p.severity) == (case.line, case.index, case.severity)
     assert p.severity == CODES[case.code].severity
     for words in case.mentions:
         assert words in p.message
     # nothing else is wrong with the example (or the file) than what the case is about
-    assert {q.code for q in report.problems} == {case.code, *case.also}
-    assert all(q.line == case.line for q in report.problems)
+    assert {q.code for q in findings(report)} == {case.code, *case.also}
+    assert all(q.line == case.line for q in findings(report))
 
 
 def _tokens(enc: tiktoken.Encoding, m: dict[str, Any]) -> tuple[int, int]:
@@ -526,7 +527,7 @@ def test_error_code_fails_by_default(code: str, tmp_path: Path) -> None:
     [p] = found(report, code)
     assert p.action == "fail"
     # it is this code that fails the build, nothing else
-    assert {q.code for q in report.problems if q.action == "fail"} == {code}
+    assert {q.code for q in findings(report) if q.action == "fail"} == {code}
     if CODES[code].example_level:
         assert report.examples_failed == 1
         assert case.line not in written

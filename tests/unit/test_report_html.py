@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from service.cli import main
 from service.core import pipeline
-from service.core.pipeline import Histogram, Report, histogram
-from service.core.problems import Problem
+from service.core.pipeline import BuildInfo, Histogram, Recipe, Report, group_problems, histogram
+from service.core.problems import Action, Problem
 from service.core.report_html import bar_chart, render_html
 
 DATA = Path(__file__).parent.parent / "data" / "sharegpt_fastchat_dummy.json"
@@ -219,8 +219,14 @@ def test_every_string_from_the_data_is_escaped(tmp_path: Path) -> None:
     report = summary.report()
     assert any(SCRIPT in p.message for p in report.problems)
     assert any(SCRIPT in c.detail for c in report.changes)
-    report.problems.append(
-        Problem("invalid_json", "error", f"a message with {SCRIPT} & <b>", 9, None, "fail")
+    report.problems += group_problems(
+        [Problem("invalid_json", "error", f"a message with {SCRIPT} & <b>", 9, None, "fail")]
+    )
+    report.build = BuildInfo(
+        job_id=f"job{SCRIPT}",
+        dataset_id=f"ds{SCRIPT}",
+        created_at=SCRIPT,
+        recipe=Recipe(system_prompt=SCRIPT, policies={SCRIPT: Action.FIX}),
     )
     report.notes.append(f"note {SCRIPT}")
     report = msgspec.structs.replace(report, model=f"m{SCRIPT}", format=f"f{SCRIPT}")
@@ -238,7 +244,8 @@ def test_every_string_from_the_data_is_escaped(tmp_path: Path) -> None:
     assert "a message with &lt;script&gt;alert(1)&lt;/script&gt; &amp; &lt;b&gt;" in page
     doc = parse(page)
     assert doc.tags["script"] == 0
-    assert doc.tags["b"] == 3
+    # the header's input, job, dataset, created, model and format tags; none come from the data
+    assert doc.tags["b"] == 6
 
 
 def test_the_page_is_deterministic() -> None:

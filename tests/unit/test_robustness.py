@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from service.core.formats import FORMATS, parse_format
 from service.core.pipeline import Recipe, run
 from service.core.problems import CODES
+from tests.conftest import findings
 
 scalars = st.one_of(
     st.none(),
@@ -86,7 +87,7 @@ def test_any_json_is_reported_never_raised(values: list[Any], fmt: str | None) -
     # a file of one line holding an array is a JSON array file: its items are the examples
     one_array = len(values) == 1 and isinstance(values[0], list)
     assert report.examples == (len(values[0]) if one_array else len(values))
-    for p in report.problems:
+    for p in findings(report):
         assert p.code in CODES
         assert p.message
     assert report.examples_out <= report.examples or any(c.kind == "split_windows" for c in report.changes)
@@ -107,16 +108,18 @@ def test_json_array_files_are_reported_never_raised(items: list[Any]) -> None:
 @given(raw=st.lists(st.binary(max_size=40), min_size=1, max_size=4))
 def test_arbitrary_bytes_are_reported_never_raised(raw: list[bytes]) -> None:
     lines = [b.replace(b"\n", b" ") + b"\n" for b in raw]
-    report = run(lines, Recipe())
+    report = run(lines, Recipe(), per_example=True)
     assert report.examples <= len(lines)
-    assert all(p.code in CODES for p in report.problems)
+    assert all(p.code in CODES for p in findings(report))
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_malformed_json_after_a_shape_error_is_invalid_json(fmt: str) -> None:
     """msgspec's typed decode can fail on the shape before it sees the bad JSON: still invalid_json."""
-    report = run([b'{"messages": Infinity, "input": Infinity}\n'], Recipe(format=parse_format(fmt)))
-    assert [p.code for p in report.problems if p.line == 1] == ["invalid_json"]
+    report = run(
+        [b'{"messages": Infinity, "input": Infinity}\n'], Recipe(format=parse_format(fmt)), per_example=True
+    )
+    assert [p.code for p in findings(report) if p.line == 1] == ["invalid_json"]
 
 
 @pytest.mark.parametrize("fmt", [None, *FORMATS])
@@ -124,21 +127,21 @@ def test_invalid_utf8_and_deep_nesting_are_invalid_json(fmt: str | None) -> None
     good = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n'
     bad_utf8 = b'{"messages": [{"role": "user", "content": "\xff"}, {"role": "assistant", "content": "y"}]}\n'
     deep = b'{"messages": ' + b"[" * 5000 + b"]" * 5000 + b"}\n"
-    report = run([good, bad_utf8, deep], Recipe(format=parse_format(fmt)))
-    assert [(p.line, p.code) for p in report.problems if p.line in (2, 3)] == [
+    report = run([good, bad_utf8, deep], Recipe(format=parse_format(fmt)), per_example=True)
+    assert [(p.line, p.code) for p in findings(report) if p.line in (2, 3)] == [
         (2, "invalid_json"),
         (3, "invalid_json"),
     ]
-    messages = [p.message for p in report.problems if p.line in (2, 3)]
+    messages = [p.message for p in findings(report) if p.line in (2, 3)]
     assert "UTF-8" in messages[0]
     assert "deeply" in messages[1]
 
 
 def test_a_json_array_with_invalid_utf8_or_deep_nesting_is_reported() -> None:
-    bad = run([b'[{"prompt": "\xff", "completion": "b"}]'], Recipe())
-    assert [p.code for p in bad.problems if p.line] == ["invalid_json"]
+    bad = run([b'[{"prompt": "\xff", "completion": "b"}]'], Recipe(), per_example=True)
+    assert [p.code for p in findings(bad) if p.line] == ["invalid_json"]
     deep = b"[" + b"[" * 5000 + b"]" * 5000 + b"]"
-    assert [p.code for p in run([deep], Recipe()).problems if p.line] == ["invalid_json"]
+    assert [p.code for p in findings(run([deep], Recipe(), per_example=True)) if p.line] == ["invalid_json"]
 
 
 def test_a_byte_order_mark_is_ignored(data_dir: Path) -> None:
@@ -162,9 +165,9 @@ def test_the_format_is_detected_from_the_first_line_that_decodes() -> None:
             for i in range(3)
         ],
     ]
-    report = run(lines, Recipe())
+    report = run(lines, Recipe(), per_example=True)
     assert report.format == "sharegpt"
-    assert [(p.line, p.code) for p in report.problems if p.severity == "error" and p.line] == [
+    assert [(p.line, p.code) for p in findings(report) if p.severity == "error" and p.line] == [
         (1, "invalid_json")
     ]
 
@@ -201,6 +204,8 @@ def test_special_token_text_in_tool_calls_is_flagged() -> None:
         }
     ).encode()
     found = [
-        (p.code, p.message_index) for p in run([line], Recipe()).problems if p.severity == "error" and p.line
+        (p.code, p.message_index)
+        for p in findings(run([line], Recipe(), per_example=True))
+        if p.severity == "error" and p.line
     ]
     assert found == [("special_token_text", 1)]

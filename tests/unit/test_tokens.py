@@ -9,6 +9,7 @@ import pytest
 from service.core.encodings import get_encoding
 from service.core.pipeline import Recipe, run
 from service.core.tokens import CHUNK_CHARS, encode_text, special_tokens_in
+from tests.conftest import findings
 
 
 @pytest.mark.parametrize("char", ["a", " ", "^", "\n", "é", "7"])
@@ -40,8 +41,8 @@ def test_special_token_text_is_flagged() -> None:
             ]
         }
     )
-    report = run([line.encode()], Recipe(model="gpt-4o-mini"))
-    assert [p.code for p in report.problems if p.severity == "error" and p.line == 1] == [
+    report = run([line.encode()], Recipe(model="gpt-4o-mini"), per_example=True)
+    assert [p.code for p in findings(report) if p.severity == "error" and p.line == 1] == [
         "special_token_text"
     ]
     assert not report.ok

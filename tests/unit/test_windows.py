@@ -132,7 +132,7 @@ def test_split_in_the_pipeline_reports_trained_tokens_before_and_after(tmp_path:
         table=load_table(table_file),
     )
     assert report.fixes == {"split_windows": 1}
-    assert report.trained_tokens_before_fixes == original
+    assert report.fix_effect.trained_before == report.fix_effect.trained_after == original
     assert report.tokens.trained_total == original  # every trained turn, exactly once
     texts = [
         m.content for o in outputs for m in o.example.messages if m.role == "assistant" and m.weight != 0
