@@ -6,6 +6,7 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
+PORT ?= 8000
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -28,8 +29,8 @@ test: lint chromium  ## Everything CI runs: lint, types, tests, and the benchmar
 chromium:  ## Headless Chromium for the report screenshot test (Debian's package)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-dev: install  ## Run everything on this machine: redis-server, a worker and the API on :8000
-	$(UV) run --locked tuneset dev
+dev: install  ## Run everything on this machine: redis-server, a worker and the API on :PORT (8000)
+	$(UV) run --locked tuneset dev --port $(PORT)
 
 bench: install  ## The benchmarks at full size (prints figures; takes several minutes)
 	$(UV) run --locked python -m bench.validate_throughput
