@@ -22,9 +22,9 @@ from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import Provider, ProviderCreate, ProviderList
 from service.core.models import ModelError, extend
 from service.queue import FINE_TUNE_POLL_TASK, enqueue
+from service.ssrf import Allowlist, UrlRefused, check_url
 from service.store.providers import ProviderStore
 from service.store.secrets import MissingSecretKey, SecretBox
-from service.webhooks.ssrf import Allowlist, UrlRefused, check_url
 
 log = logging.getLogger("tuneset.api")
 

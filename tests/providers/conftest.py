@@ -18,8 +18,11 @@ import pytest
 
 from service.providers.client import ProviderProfile, make_client
 from service.providers.fake import FakeProvider, run_fake_provider
+from service.ssrf import Allowlist
 
 API_KEY = "sk-test-0123456789"
+LOOPBACK = Allowlist(hosts=frozenset({"127.0.0.1"}))
+"""The fake provider listens on loopback: allowlisted, as `tuneset dev` and operators do it."""
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"fake-provider-webhook-secret-32b").decode()
 DEFAULTS: dict[str, Any] = {
     "api_key": None,
@@ -55,7 +58,7 @@ def profile(fake: FakeProvider) -> ProviderProfile:
 
 @pytest.fixture
 def client(profile: ProviderProfile) -> Iterator[openai.OpenAI]:
-    c = make_client(profile, max_retries=2, timeout=10)
+    c = make_client(profile, allow=LOOPBACK, max_retries=2, timeout=10)
     yield c
     c.close()
 
