@@ -64,9 +64,10 @@ def internal() -> Iterator[Listener]:
     listener.close()
 
 
-def _wait(http: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
+def _wait(http: httpx.Client, job_id: str, internal: Listener, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
+        assert internal.accepted == 0, "the worker connected to the internal address"
         job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
         if job["status"] in TERMINAL:
             return job
@@ -110,7 +111,7 @@ def test_a_provider_name_rebound_to_an_internal_address_fails_the_upload_unsent(
             uploads[name] = r.json()["upload_job_id"]
 
         for name, (host, target, rule) in REBINDS.items():
-            job = _wait(http, uploads[name])
+            job = _wait(http, uploads[name], internal)
             assert job["status"] == "failed", (name, job)
             assert job["error"]["code"] == "url_refused", (name, job["error"])
             message = job["error"]["message"]
