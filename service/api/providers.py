@@ -1,10 +1,11 @@
 """Provider profiles (`/v1/providers`) and the receiver of providers' signed fine-tuning webhooks.
 
-A profile's `base_url` passes the same SSRF guard as callback URLs when it is registered, since
-workers call it. The receiver, `POST /v1/providers/{provider_id}/webhooks`, carries no bearer key:
-the provider cannot have one. The Standard Webhooks signature, checked with the SDK's
-`webhooks.unwrap` against the profile's `webhook_secret`, is its authentication, and the profile's
-globally unique id (not its per-tenant name) is in the path so the tenant is known.
+A profile's `base_url` passes the same SSRF guard as callback URLs when it is registered, and
+again at every request the workers send it (a name may rebind after registration). The receiver,
+`POST /v1/providers/{provider_id}/webhooks`, carries no bearer key: the provider cannot have one.
+The Standard Webhooks signature, checked with the SDK's `webhooks.unwrap` against the profile's
+`webhook_secret`, is its authentication, and the profile's globally unique id (not its per-tenant
+name) is in the path so the tenant is known.
 """
 
 from __future__ import annotations
