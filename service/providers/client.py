@@ -25,7 +25,7 @@ import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
 import openai
@@ -38,6 +38,9 @@ from openai.types.fine_tuning import (
 )
 
 from service.ssrf import Allowlist, HostUnresolved, Resolver, UrlRefused, guarded_client, system_resolve
+
+if TYPE_CHECKING:
+    import httpx2  # the SDK's own HTTP library, named only in a cast
 
 SINGLE_FILE_LIMIT = 512 * 2**20
 PART_SIZE = 64 * 2**20
@@ -144,7 +147,9 @@ def make_client(
     goes through the SSRF guard with the operator's `allow` list (no env proxies, no redirects)."""
     if profile.kind == "azure" and not profile.api_version:
         raise ValueError(f"provider {profile.name!r}: Azure needs an api_version")
-    http = guarded_client(allow, resolve, timeout=timeout)
+    # The SDK types `http_client` as an httpx2 client, and takes an httpx one too (it checks for
+    # either at run time); the guard, shared with webhook deliveries, is built on httpx.
+    http = cast("httpx2.Client", guarded_client(allow, resolve, timeout=timeout))
     if profile.kind == "azure":
         return openai.AzureOpenAI(
             api_key=profile.api_key,
