@@ -29,13 +29,13 @@ from kombu.exceptions import OperationalError
 
 from service.queue import DELIVER_TASK, FINE_TUNE_TASK, UPLOAD_TASK, enqueue
 from service.settings import Settings, get_settings
+from service.ssrf import Allowlist, guarded_client
 from service.store.secrets import MissingSecretKey, SecretBox
 from service.store.state import TERMINAL, State
 from service.store.webhooks import WebhookStore
 from service.webhooks.schedule import next_delay
 from service.webhooks.send import send_once
 from service.webhooks.signing import sign
-from service.webhooks.ssrf import Allowlist, guarded_client
 
 log = logging.getLogger("tuneset.notify")
 _rng = random.SystemRandom()

@@ -10,7 +10,8 @@ Each step is safe to run again after a crash or a redelivery:
   and ends the tuneset job when the provider's job ends; otherwise polls again with backoff.
 Transient provider trouble (connection errors, timeouts, 429, 5xx beyond the SDK's own retries)
 raises `Transient`, and the task retries later; anything else fails the job with the provider's
-message and code.
+message and code. A base URL whose host now resolves to an address the SSRF guard refuses fails
+the job with `url_refused` before anything is sent (the client checks every request).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from service.providers.client import (
 )
 from service.queue import FINE_TUNE_POLL_TASK, enqueue
 from service.settings import Settings, get_settings
+from service.ssrf import Allowlist, UrlRefused
 from service.store.blobs import BlobStore, blob_store_from_settings
 from service.store.providers import ProviderStore
 from service.store.secrets import MissingSecretKey, SecretBox
@@ -87,7 +89,8 @@ class _Step:
             kind="azure" if creds.kind == "azure" else "openai",
             api_version=creds.api_version,
         )
-        return make_client(profile, max_retries=2, timeout=120.0)
+        allow = Allowlist.from_settings(self.settings)
+        return make_client(profile, allow=allow, max_retries=2, timeout=120.0)
 
     def fail(self, code: str, message: str) -> None:
         self.state.transition(
@@ -106,6 +109,12 @@ class _Step:
             self.fail(e.code, e.message)
         except ProviderFileRejected as e:
             self.fail(e.code, f"the provider rejected file {e.file_id}: {e.message}")
+        except UrlRefused as e:
+            if is_transient(e):  # the host did not resolve: DNS may answer later
+                raise Transient(e.reason) from e
+            # Its host now resolves somewhere the guard refuses (DNS rebinding, a changed record):
+            # nothing was sent. The reason names host and address, never the key.
+            self.fail("url_refused", f"the provider's base_url is refused by the SSRF guard: {e.reason}")
         except openai.APIStatusError as e:
             if is_transient(e):
                 raise Transient(f"HTTP {e.status_code}") from e

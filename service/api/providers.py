@@ -1,12 +1,13 @@
 """Provider profiles (`/v1/providers`) and the receiver of providers' signed fine-tuning webhooks.
 
-A profile's `base_url` passes the same SSRF guard as callback URLs when it is registered, since
-workers call it. The receiver, `POST /v1/providers/{provider_id}/webhooks`, carries no bearer key:
-the provider cannot have one. The Standard Webhooks signature, checked with the SDK's
-`webhooks.unwrap` against the profile's `webhook_secret`, is its authentication, and the profile's
-globally unique id (not its per-tenant name) is in the path so the tenant is known. Since anyone
-can post there, the profile is looked up before the body is read, and the body is capped
-(TUNESET_WEBHOOK_MAX_BODY_BYTES) before reading: an unknown id costs no memory.
+A profile's `base_url` passes the same SSRF guard as callback URLs when it is registered, and
+again at every request the workers send it (a name may rebind after registration). The receiver,
+`POST /v1/providers/{provider_id}/webhooks`, carries no bearer key: the provider cannot have one.
+The Standard Webhooks signature, checked with the SDK's `webhooks.unwrap` against the profile's
+`webhook_secret`, is its authentication, and the profile's globally unique id (not its per-tenant
+name) is in the path so the tenant is known. Since anyone can post there, the profile is looked
+up before the body is read, and the body is capped (TUNESET_WEBHOOK_MAX_BODY_BYTES) before
+reading: an unknown id costs no memory.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import Provider, ProviderCreate, ProviderList
 from service.core.models import ModelError, extend
 from service.queue import FINE_TUNE_POLL_TASK, enqueue
+from service.ssrf import Allowlist, UrlRefused, check_url
 from service.store.providers import ProviderStore
 from service.store.secrets import MissingSecretKey, SecretBox
-from service.webhooks.ssrf import Allowlist, UrlRefused, check_url
 
 log = logging.getLogger("tuneset.api")
 

@@ -8,6 +8,12 @@ Not idempotent on the provider's side: the SDK sends no Idempotency-Key to OpenA
 whose response was lost and that the SDK retried can create a second file or job. `find_file`
 and `find_job` let a caller look before it creates again.
 
+The SDK connects only through the SSRF guard (`service.ssrf.guarded_client`): every request
+resolves the base URL's host again, refuses a private or metadata address unless the operator
+allowlisted it, and connects to the checked address, so a provider hostname that rebinds after
+registration never receives the training files or the key. A refusal raises `UrlRefused`, which
+the SDK neither retries nor wraps; `is_transient` says no to it, except to a failed lookup.
+
 The API key lives in the client and in `ProviderProfile`, whose repr masks it; nothing here logs
 it or puts it into an exception.
 """
@@ -19,7 +25,7 @@ import hashlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import msgspec
 import openai
@@ -30,6 +36,11 @@ from openai.types.fine_tuning import (
     SupervisedHyperparametersParam,
     job_create_params,
 )
+
+from service.ssrf import Allowlist, HostUnresolved, Resolver, UrlRefused, guarded_client, system_resolve
+
+if TYPE_CHECKING:
+    import httpx2  # the SDK's own HTTP library, named only in a cast
 
 SINGLE_FILE_LIMIT = 512 * 2**20
 PART_SIZE = 64 * 2**20
@@ -124,20 +135,36 @@ class JobSnapshot(msgspec.Struct, frozen=True):
         return self.status in TERMINAL_STATUSES
 
 
-def make_client(profile: ProviderProfile, *, max_retries: int = 2, timeout: float = 600.0) -> openai.OpenAI:
-    """An SDK client for the profile (`AzureOpenAI` is a subclass of `OpenAI`)."""
+def make_client(
+    profile: ProviderProfile,
+    *,
+    allow: Allowlist,
+    resolve: Resolver = system_resolve,
+    max_retries: int = 2,
+    timeout: float = 600.0,
+) -> openai.OpenAI:
+    """An SDK client for the profile (`AzureOpenAI` is a subclass of `OpenAI`) whose every request
+    goes through the SSRF guard with the operator's `allow` list (no env proxies, no redirects)."""
+    if profile.kind == "azure" and not profile.api_version:
+        raise ValueError(f"provider {profile.name!r}: Azure needs an api_version")
+    # The SDK types `http_client` as an httpx2 client, and takes an httpx one too (it checks for
+    # either at run time); the guard, shared with webhook deliveries, is built on httpx.
+    http = cast("httpx2.Client", guarded_client(allow, resolve, timeout=timeout))
     if profile.kind == "azure":
-        if not profile.api_version:
-            raise ValueError(f"provider {profile.name!r}: Azure needs an api_version")
         return openai.AzureOpenAI(
             api_key=profile.api_key,
             azure_endpoint=profile.base_url,
             api_version=profile.api_version,
             max_retries=max_retries,
             timeout=timeout,
+            http_client=http,
         )
     return openai.OpenAI(
-        api_key=profile.api_key, base_url=profile.base_url, max_retries=max_retries, timeout=timeout
+        api_key=profile.api_key,
+        base_url=profile.base_url,
+        max_retries=max_retries,
+        timeout=timeout,
+        http_client=http,
     )
 
 
@@ -190,7 +217,7 @@ def _md5(path: Path) -> str:
 
 
 def _cancel_quietly(client: openai.OpenAI, upload_id: str) -> None:
-    with contextlib.suppress(openai.OpenAIError):  # it expires an hour after creation anyway
+    with contextlib.suppress(openai.OpenAIError, UrlRefused):  # it expires an hour after creation anyway
         client.uploads.cancel(upload_id)
 
 
@@ -301,8 +328,9 @@ def find_job(client: openai.OpenAI, key: str, value: str) -> FineTuningJob | Non
 def is_transient(exc: BaseException) -> bool:
     """Worth retrying later: the provider was unreachable, slow, rate-limiting or failing
     (connection errors, timeouts, 408, 409, 429, >= 500). Not: the request itself was wrong
-    (400, 401, 403, 404, 422, a rejected file)."""
-    if isinstance(exc, openai.APIConnectionError | TimeoutError | ConnectionError):
+    (400, 401, 403, 404, 422, a rejected file, a base URL the SSRF guard refuses). A host that
+    does not resolve now is transient, as it was when the SDK resolved it itself."""
+    if isinstance(exc, openai.APIConnectionError | TimeoutError | ConnectionError | HostUnresolved):
         return True
     if isinstance(exc, openai.APIStatusError):
         return exc.status_code in (408, 409, 429) or exc.status_code >= 500

@@ -7,7 +7,7 @@ import time
 import httpx
 import msgspec
 
-from service.webhooks.ssrf import UrlRefused
+from service.ssrf import UrlRefused
 
 
 class Attempt(msgspec.Struct, kw_only=True):

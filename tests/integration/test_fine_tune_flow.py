@@ -298,7 +298,8 @@ def test_a_file_the_provider_rejects_fails_the_job_with_its_message(loop: Loop, 
     assert fine_tune["status"] == "failed"
     assert fine_tune["error"]["code"] == "upload_failed"
     deadline = time.monotonic() + 20
-    while {p["type"] for p in loop.receiver.verified(receiver_sub["secret"])} < {
+    # until both have arrived (`<` stopped as soon as build.succeeded came, which is no subset)
+    while not {p["type"] for p in loop.receiver.verified(receiver_sub["secret"])} >= {
         "upload.failed",
         "fine_tune.failed",
     }:

@@ -32,13 +32,14 @@ def distinct_sharegpt(copies: int) -> list[dict[str, Any]]:
 
 
 def _start_worker(
-    settings: Settings, log: Path, env: dict[str, str] | None = None
+    settings: Settings, log: Path, env: dict[str, str] | None = None, command: list[str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """A real worker process (its own process group), ready to consume; `env` defaults to the settings'."""
+    """A real worker process (its own process group), ready to consume; `env` defaults to the
+    settings', `command` to `worker_command(settings)`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            worker_command(settings),
+            command or worker_command(settings),
             env=env or settings_env(settings),
             cwd=ROOT,
             stdout=out,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import socket
 import threading
 from collections import deque
 from collections.abc import Iterator
@@ -18,8 +19,11 @@ import pytest
 
 from service.providers.client import ProviderProfile, make_client
 from service.providers.fake import FakeProvider, run_fake_provider
+from service.ssrf import Allowlist
 
 API_KEY = "sk-test-0123456789"
+LOOPBACK = Allowlist(hosts=frozenset({"127.0.0.1"}))
+"""The fake provider listens on loopback: allowlisted, as `tuneset dev` and operators do it."""
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"fake-provider-webhook-secret-32b").decode()
 DEFAULTS: dict[str, Any] = {
     "api_key": None,
@@ -55,7 +59,7 @@ def profile(fake: FakeProvider) -> ProviderProfile:
 
 @pytest.fixture
 def client(profile: ProviderProfile) -> Iterator[openai.OpenAI]:
-    c = make_client(profile, max_retries=2, timeout=10)
+    c = make_client(profile, allow=LOOPBACK, max_retries=2, timeout=10)
     yield c
     c.close()
 
@@ -144,3 +148,29 @@ def receiver() -> Iterator[Receiver]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+class Listener:
+    """A TCP socket that counts the connections it accepts (and closes them at once): stands in
+    for an internal service that must never be reached."""
+
+    def __init__(self, host: str, port: int = 0) -> None:
+        self.sock = socket.create_server((host, port))
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
+        self.sock.close()
+        self.thread.join(5)

@@ -19,7 +19,7 @@ from service.providers.client import (
     wait_processed,
 )
 from service.providers.fake import FakeProvider
-from tests.providers.conftest import API_KEY, chat_examples, write_jsonl
+from tests.providers.conftest import API_KEY, LOOPBACK, chat_examples, write_jsonl
 
 
 def test_a_profile_never_shows_its_key() -> None:
@@ -37,7 +37,7 @@ def test_an_azure_profile_makes_an_azure_client_that_the_fake_serves(
     profile = ProviderProfile(
         name="azure", base_url=fake.url, api_key=API_KEY, kind="azure", api_version="2024-10-21"
     )
-    with make_client(profile, max_retries=0) as client:
+    with make_client(profile, allow=LOOPBACK, max_retries=0) as client:
         assert isinstance(client, openai.AzureOpenAI)
         file_id = upload_file(client, write_jsonl(tmp_path / "t.jsonl", chat_examples(10)), "t.jsonl")
         wait_processed(client, file_id, timeout_s=5, poll_s=0.02)
@@ -45,11 +45,13 @@ def test_an_azure_profile_makes_an_azure_client_that_the_fake_serves(
         assert job.training_file == file_id
     assert {r["path"] for r in fake.state()["requests"]} >= {"/v1/files", "/v1/fine_tuning/jobs"}
     with pytest.raises(ValueError, match="api_version"):
-        make_client(ProviderProfile(name="azure", base_url=fake.url, api_key=API_KEY, kind="azure"))
+        make_client(
+            ProviderProfile(name="azure", base_url=fake.url, api_key=API_KEY, kind="azure"), allow=LOOPBACK
+        )
 
 
 def test_an_openai_profile_makes_a_plain_client(profile: ProviderProfile) -> None:
-    with make_client(profile, max_retries=5, timeout=3) as client:
+    with make_client(profile, allow=LOOPBACK, max_retries=5, timeout=3) as client:
         assert type(client) is openai.OpenAI
         assert client.max_retries == 5
         assert str(client.base_url).rstrip("/") == profile.base_url

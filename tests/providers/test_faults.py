@@ -19,7 +19,7 @@ from service.providers.client import (
     wait_processed,
 )
 from service.providers.fake import FakeProvider
-from tests.providers.conftest import API_KEY, chat_examples, write_jsonl
+from tests.providers.conftest import API_KEY, LOOPBACK, chat_examples, write_jsonl
 
 
 def requests_to(fake: FakeProvider, path: str) -> list[int | None]:
@@ -60,7 +60,10 @@ def test_500s_are_retried_then_surface_as_transient(
 
 def test_rate_limit_errors_surface_when_retries_run_out(fake: FakeProvider, profile: ProviderProfile) -> None:
     fake.add_fault("GET /v1/fine_tuning/jobs/*", status=429, retry_after=0.01, times=None)
-    with make_client(profile, max_retries=1) as client, pytest.raises(openai.RateLimitError) as e:
+    with (
+        make_client(profile, allow=LOOPBACK, max_retries=1) as client,
+        pytest.raises(openai.RateLimitError) as e,
+    ):
         client.fine_tuning.jobs.retrieve("ftjob-x")
     assert e.value.code == "rate_limit_exceeded"
     assert is_transient(e.value)
@@ -71,14 +74,14 @@ def test_a_dropped_connection_is_a_connection_error_without_retries(
 ) -> None:
     path = write_jsonl(tmp_path / "t.jsonl", chat_examples(12))
     fake.add_fault("POST /v1/files", drop=True)
-    with make_client(profile, max_retries=0) as client:
+    with make_client(profile, allow=LOOPBACK, max_retries=0) as client:
         with pytest.raises(openai.APIConnectionError) as e:
             upload_file(client, path, "t.jsonl")
         assert not isinstance(e.value, openai.APITimeoutError)
         assert is_transient(e.value)
         assert fake.state()["files"] == []  # dropped before the provider saw it
         fake.add_fault("POST /v1/files", drop=True)
-    with make_client(profile, max_retries=1) as client:
+    with make_client(profile, allow=LOOPBACK, max_retries=1) as client:
         upload_file(client, path, "t.jsonl")  # the SDK reconnects and retries
     assert len(fake.state()["files"]) == 1
 
@@ -88,7 +91,7 @@ def test_a_response_lost_after_the_provider_stored_the_file_can_be_found(
 ) -> None:
     path = write_jsonl(tmp_path / "t.jsonl", chat_examples(12))
     fake.add_fault("POST /v1/files", drop=True, phase="after")
-    with make_client(profile, max_retries=0) as client:
+    with make_client(profile, allow=LOOPBACK, max_retries=0) as client:
         with pytest.raises(openai.APIConnectionError):
             upload_file(client, path, "build-7.jsonl")
         [stored] = fake.state()["files"]  # the provider has it though the caller never heard
@@ -116,13 +119,15 @@ def test_a_slow_response_hits_a_short_timeout(
 def test_a_wrong_key_is_refused_and_not_transient(fake: FakeProvider, tmp_path: Path) -> None:
     fake.configure(api_key=API_KEY)
     wrong = ProviderProfile(name="fake", base_url=fake.base_url, api_key="sk-wrong-secret-key")
-    with make_client(wrong) as client, pytest.raises(openai.AuthenticationError) as e:
+    with make_client(wrong, allow=LOOPBACK) as client, pytest.raises(openai.AuthenticationError) as e:
         client.files.list()
     assert e.value.code == "invalid_api_key"
     assert not is_transient(e.value)
     assert "sk-wrong-secret-key" not in str(e.value)
     assert requests_to(fake, "/v1/files") == [401]  # 401 is not retried
-    with make_client(ProviderProfile(name="fake", base_url=fake.base_url, api_key=API_KEY)) as client:
+    with make_client(
+        ProviderProfile(name="fake", base_url=fake.base_url, api_key=API_KEY), allow=LOOPBACK
+    ) as client:
         assert list(client.files.list()) == []
 
 

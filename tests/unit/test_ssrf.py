@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from service.settings import Settings
+from service.ssrf import Allowlist, Resolver, UrlRefused, check_url, guarded_client, refusal
 from service.webhooks.send import send_once
-from service.webhooks.ssrf import Allowlist, Resolver, UrlRefused, check_url, guarded_client, refusal
 
 NOTHING = Allowlist()
 LOCAL = Allowlist(hosts=frozenset({"127.0.0.1"}))

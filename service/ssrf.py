@@ -1,10 +1,13 @@
-"""The SSRF guard: callbacks never reach loopback, private, link-local or cloud-metadata addresses.
+"""The SSRF guard: callers' URLs never reach loopback, private, link-local or cloud-metadata addresses.
 
-A callback URL is caller input that our workers fetch from inside the operator's network, so every
-address its host resolves to must be public unless the operator allowlisted the host or network.
-The check runs again at send time and the connection goes to the checked address itself (DNS can
-change between registration and delivery, or between our lookup and the socket's own), and
-redirects are never followed (a public URL may 302 to an internal one).
+Callback URLs and provider base URLs are caller input that our workers fetch from inside the
+operator's network (a provider receives the tenant's training files and API key), so every address
+their host resolves to must be public unless the operator allowlisted the host or network. The
+check runs at registration and again for every request, and the connection goes to the checked
+address itself (DNS can change between registration and use, between two requests of a long
+upload, or between our lookup and the socket's own), and redirects are never followed (a public
+URL may 302 to an internal one). `guarded_client` is the one client that does this, for webhook
+deliveries and for the provider SDK alike.
 
 URLs are parsed by httpx, the same parser that sends them, so the checked host is the connected host.
 Numeric hosts are read the way browsers and libc's inet_aton read them (`127.1`, `0x7f.1`,
@@ -35,6 +38,10 @@ class UrlRefused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class HostUnresolved(UrlRefused):
+    """The resolver failed (no answer, a DNS outage): refused now, but asking again later may work."""
 
 
 class Target(msgspec.Struct, frozen=True, kw_only=True):
@@ -219,7 +226,9 @@ def _addresses(host: str, port: int, resolve: Resolver) -> tuple[list[IP], bool]
         return [numeric], False
     try:
         found = resolve(host, port)
-    except (OSError, UnicodeError) as exc:
+    except OSError as exc:
+        raise HostUnresolved(f"cannot resolve {host}: {exc}") from exc
+    except UnicodeError as exc:
         raise UrlRefused(f"cannot resolve {host}: {exc}") from exc
     ips: list[IP] = []
     for text in found:
@@ -239,11 +248,11 @@ def check_url(url: str | httpx.URL, allow: Allowlist, resolve: Resolver = system
     except (httpx.InvalidURL, TypeError) as exc:
         raise UrlRefused(f"not a valid URL: {exc}") from exc
     if parsed.scheme not in ("http", "https"):
-        raise UrlRefused(f"only http and https callback URLs are accepted, not {parsed.scheme or 'none'}:")
+        raise UrlRefused(f"only http and https URLs are accepted, not {parsed.scheme or 'none'}:")
     if not parsed.raw_host:
         raise UrlRefused("the URL has no host")
     if parsed.userinfo:
-        raise UrlRefused("credentials in the URL are not accepted (the webhook signature authenticates us)")
+        raise UrlRefused("credentials in the URL are not accepted")
     host = parsed.raw_host.decode("ascii")
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     ips, resolved = _addresses(host, port, resolve)
