@@ -165,3 +165,26 @@ def test_readme_walkthrough_runs_as_written(workdir: Path) -> None:
         assert '"code":"invalid_json"' in out.split("--- bad batch")[1].replace(" ", "")
     finally:
         _stop(proc)
+
+
+def _printed(*args: str, columns: int = 100) -> list[str]:
+    done = subprocess.run(
+        [f"{BIN}/tuneset", *args],
+        check=False,
+        cwd=ROOT,
+        env={**env(), "COLUMNS": str(columns)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return [line.rstrip() for line in done.stdout.splitlines()]
+
+
+def test_the_readme_shows_what_validate_and_inspect_print() -> None:
+    shown = README.split("FastChat's sample prints", 1)[1].split("```\n", 2)[1]
+    assert shown.splitlines() == _printed("validate", "tests/data/sharegpt_fastchat_dummy.json")
+    rows = README.split("or is not trained:\n\n```\n", 1)[1].split("```", 1)[0].splitlines()
+    printed = _printed("inspect", "examples/chats.jsonl", "--line", "1")
+    assert len(rows) == 4
+    for row in rows:
+        assert row in printed, row
