@@ -34,6 +34,7 @@ from service.core.models import ModelInfo, ModelTable, load_table
 from service.core.problems import CODES, Action, Change, Problem, problem
 from service.core.repair import (
     Fixed,
+    cut_at_role_marker,
     drop_empty,
     drop_leading_assistant,
     drop_trailing,
@@ -118,6 +119,7 @@ FixStep = Callable[[ChatExample, int | None], Fixed]
 # The order fixes run in: in-place rewrites first, then the ones that drop, merge or move messages.
 _CHAT_FIXES: list[tuple[str, FixStep]] = [
     ("weight_on_non_assistant", remove_weight_on_non_assistant),
+    ("role_marker_in_content", cut_at_role_marker),  # before the text fixes: what it cuts needs none
     ("special_token_text", remove_special_tokens),
     ("unnormalized_text", normalize_text),
     ("empty_content", drop_empty),
@@ -127,6 +129,7 @@ _CHAT_FIXES: list[tuple[str, FixStep]] = [
     ("trailing_non_assistant", drop_trailing),
 ]
 _REPLY_FIXES: dict[str, FixStep] = {
+    "role_marker_in_content": cut_at_role_marker,
     "special_token_text": remove_special_tokens,
     "unnormalized_text": normalize_text,
 }
