@@ -295,8 +295,6 @@ def codes_markdown() -> str:
                 acts = ", ".join(a.value for a in c.actions)
                 fix = c.fix or "—"
                 summary = c.summary.replace("|", "\\|")  # a pipe, even in a code span, ends a cell
-                out.append(
-                    f"| `{c.code}` | {c.severity} | {c.default.value} | {acts} | {summary} | {fix} |"
-                )
+                out.append(f"| `{c.code}` | {c.severity} | {c.default.value} | {acts} | {summary} | {fix} |")
         out.append("")
     return "\n".join(out)
