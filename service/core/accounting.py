@@ -61,6 +61,7 @@ SYSTEM_CACHE_SIZE = 256
 # every text of a role, plus the separators' fixed count, which is exact and cheaper than a call
 # per message on short messages. Other encodings' patterns are not analysed: a call per text.
 JOIN = " \n"
+_NO_SPECIAL: frozenset[str] = frozenset()
 _JOINABLE_PATTERNS = (O200K_PATTERN, CL100K_PATTERN)
 
 
@@ -77,6 +78,9 @@ class Accountant:
         self._small: dict[str, int] = {}
         self._system: dict[str, int] = {}
         self._core_encode = self.enc._core_bpe.encode_ordinary
+        # The same ids as encode_ordinary when no special token is allowed, in a buffer of uint32
+        # rather than a list of Python ints: on a few hundred tokens, a tenth cheaper.
+        self._core_buffer = self.enc._core_bpe.encode_to_tiktoken_buffer
         self._join_tokens = (
             len(self.enc.encode_ordinary(JOIN)) if self.enc._pat_str in _JOINABLE_PATTERNS else None
         )
@@ -150,10 +154,10 @@ class Accountant:
         if len(texts) == 1:
             return self._plain(texts[0])
         try:
-            n = len(self._core_encode(JOIN.join(texts)))
+            ids = memoryview(self._core_buffer(JOIN.join(texts), _NO_SPECIAL))
         except UnicodeEncodeError:
             return sum(map(self._plain, texts))
-        return n - (len(texts) - 1) * (self._join_tokens or 0)
+        return ids.nbytes // ids.itemsize - (len(texts) - 1) * (self._join_tokens or 0)
 
     def tools(self, tools: list[Tool] | None, functions: Any = None) -> int:
         """The cookbook's `num_tokens_for_tools`, tolerant of missing descriptions and types."""

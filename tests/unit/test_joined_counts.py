@@ -18,7 +18,20 @@ from tests.conftest import mtbench_conversations, sharegpt_conversations
 PIECES = [
     *"aZ9 '\t\r\n/.,!?-_()[]<>|\\\"#@$%^&*+=~`:;",
     *("é", "e\u0301", "\u0301", "中", "文", "😀", "\u00a0", "\u2028", "\u3000", "ß", "İ", "ǅ", "٣"),
-    *("\x1c", "\x85", "'s", "'LL", " \n", "\r\n", "123", "4567", "  ", "\n\n"),
+    *(
+        "\x1c",
+        "\x85",
+        "'s",
+        "'LL",
+        " \n",
+        "\r\n",
+        "123",
+        "4567",
+        "  ",
+        "\n\n",
+        "<|endoftext|>",
+        "<|im_start|>",
+    ),
 ]
 ENCODINGS = ["o200k_base", "cl100k_base"]
 
