@@ -21,7 +21,7 @@ import msgspec
 import tiktoken
 
 from service.core.conversation import ChatExample, Message, PreferenceExample, Tool, image_count, text_of
-from service.core.encodings import get_encoding
+from service.core.encodings import CL100K_PATTERN, O200K_PATTERN, get_encoding
 from service.core.models import ModelInfo
 from service.core.tokens import CHUNK_CHARS, count_text
 
@@ -55,6 +55,15 @@ class ExampleTokens(msgspec.Struct):
 
 SYSTEM_CACHE_SIZE = 256
 
+# Texts that neither start nor end with whitespace, joined with " \n", are split by the o200k
+# and cl100k pre-tokenizers exactly where they were joined: no piece of either pattern grows
+# over a space into a newline, and " \n" is a piece of its own. One tokenizer call then counts
+# every text of a role, plus the separators' fixed count, which is exact and cheaper than a call
+# per message on short messages. Other encodings' patterns are not analysed: a call per text.
+JOIN = " \n"
+_NO_SPECIAL: frozenset[str] = frozenset()
+_JOINABLE_PATTERNS = (O200K_PATTERN, CL100K_PATTERN)
+
 
 class Accountant:
     """Counts tokens for one encoding.
@@ -69,6 +78,12 @@ class Accountant:
         self._small: dict[str, int] = {}
         self._system: dict[str, int] = {}
         self._core_encode = self.enc._core_bpe.encode_ordinary
+        # The same ids as encode_ordinary when no special token is allowed, in a buffer of uint32
+        # rather than a list of Python ints: on a few hundred tokens, a tenth cheaper.
+        self._core_buffer = self.enc._core_bpe.encode_to_tiktoken_buffer
+        self._join_tokens = (
+            len(self.enc.encode_ordinary(JOIN)) if self.enc._pat_str in _JOINABLE_PATTERNS else None
+        )
 
     @classmethod
     def for_model(cls, model: ModelInfo) -> Accountant:
@@ -127,6 +142,23 @@ class Accountant:
         trained = body + END_OF_TURN if m.role == "assistant" and m.weight != 0 else 0
         return MessageCount(billed, trained)
 
+    def _plain(self, text: str) -> int:
+        """Tokens of a string of at most CHUNK_CHARS."""
+        try:
+            return len(self._core_encode(text))
+        except UnicodeEncodeError:  # lone surrogates: the wrapper's own retry
+            return len(self.enc.encode_ordinary(text))
+
+    def _joined(self, texts: list[str]) -> int:
+        """The tokens of stripped, non-empty texts of at most CHUNK_CHARS each, with one call (see JOIN)."""
+        if len(texts) == 1:
+            return self._plain(texts[0])
+        try:
+            ids = memoryview(self._core_buffer(JOIN.join(texts), _NO_SPECIAL))
+        except UnicodeEncodeError:
+            return sum(map(self._plain, texts))
+        return ids.nbytes // ids.itemsize - (len(texts) - 1) * (self._join_tokens or 0)
+
     def tools(self, tools: list[Tool] | None, functions: Any = None) -> int:
         """The cookbook's `num_tokens_for_tools`, tolerant of missing descriptions and types."""
         defs = [t.function for t in tools or []] + list(functions or [])
@@ -164,22 +196,27 @@ class Accountant:
             per = None
             billed = REPLY_PRIMING + TOKENS_PER_MESSAGE * len(example.messages)
             trained = 0
-            encode = self._core_encode  # tiktoken's encode_ordinary minus its Python wrapper
             small = self._small
+            join = self._join_tokens is not None
+            trained_texts: list[str] = []  # counted after the loop, in one call each (see JOIN)
+            other_texts: list[str] = []
             for m in example.messages:
                 content = m.content
                 role = m.role
+                weight = m.weight
+                is_trained = role == "assistant" and (weight is None or weight != 0)
                 if (
                     type(content) is str
                     and role != "system"
-                    and len(content) <= CHUNK_CHARS
                     and m.tool_calls is None
                     and m.function_call is None
+                    and len(content) <= CHUNK_CHARS
                 ):
-                    try:
-                        body = len(encode(content))
-                    except UnicodeEncodeError:  # lone surrogates: the wrapper's own retry
-                        body = len(self.enc.encode_ordinary(content))
+                    if join and content and content.strip() is content:
+                        (trained_texts if is_trained else other_texts).append(content)
+                        body = 0
+                    else:
+                        body = self._plain(content)
                 else:
                     body = self._body(m)
                     if type(content) is list:
@@ -187,8 +224,14 @@ class Accountant:
                 billed += body + (small.get(role) or self._small_count(role))
                 if m.name is not None or m.tool_call_id is not None:
                     billed += self._name_tokens(m)
-                if role == "assistant" and m.weight != 0:
+                if is_trained:
                     trained += body + END_OF_TURN
+            if trained_texts:
+                n = self._joined(trained_texts)
+                billed += n
+                trained += n
+            if other_texts:
+                billed += self._joined(other_texts)
         tools = self.tools(example.tools, example.functions) if example.tools or example.functions else 0
         return ExampleTokens(billed + tools, trained, len(example.messages), per, tools, images)
 

@@ -9,6 +9,7 @@ the tokenizer's speed only if the Python work per message stays small.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 
 from service.core.conversation import (
@@ -23,11 +24,37 @@ from service.core.conversation import (
     image_count,
     text_of,
 )
-from service.core.problems import Problem, problem
+from service.core.problems import ROLE_MARKERS, Problem, problem
 from service.core.tokens import special_tokens_in
 
 MAX_IMAGES = 10
 _TURN_ROLES = frozenset({"user", "assistant"})
+_MARKER = re.compile("|".join(re.escape(m) for m in ROLE_MARKERS))
+# Every marker starts with one of these (a test checks), so text with none of them is not searched
+MARKER_STARTS = ("\n", "<", "[")
+_MARKERS_BY_START = tuple((c, tuple(m for m in ROLE_MARKERS if m[0] == c)) for c in MARKER_STARTS)
+
+
+def _has_marker(text: str) -> bool:
+    """Substring tests, far cheaper than the regex: a marker is looked for only when its first
+    character (a memchr) is in the text."""
+    for start, markers in _MARKERS_BY_START:
+        if start in text:
+            for marker in markers:
+                if marker in text:
+                    return True
+    return False
+
+
+def role_marker(text: str) -> re.Match[str] | None:
+    """The first turn marker in `text` that has some text before it (a marker that opens the
+    text is that text's own prefix, not a leaked turn)."""
+    if not _has_marker(text):
+        return None
+    for found in _MARKER.finditer(text):
+        if text[: found.start()].strip():
+            return found
+    return None
 
 
 def is_unnormalized(text: str) -> bool:
@@ -150,7 +177,19 @@ def _extras(m: Message, i: int, line: int | None, calls: _Calls, out: list[Probl
 
 
 def _text(text: str, role: str, i: int, line: int | None, out: list[Problem], tool_calls: bool) -> None:
-    """Special-token spellings, empty text, surrounding whitespace, NFC."""
+    """Special-token spellings, turn markers, empty text, surrounding whitespace, NFC."""
+    if role in _TURN_ROLES and ("\n" in text or "<" in text or "[" in text):
+        marker = role_marker(text)
+        if marker is not None:
+            out.append(
+                problem(
+                    "role_marker_in_content",
+                    f"{role} message {i} contains {marker.group()!r} at character {marker.start()}, "
+                    "which looks like the start of another turn",
+                    line,
+                    i,
+                )
+            )
     if "<|" in text:
         found = special_tokens_in(text)
         if found:
@@ -249,8 +288,16 @@ def lint_messages(
                 continue  # image-only: no text to judge
             text = text_of(m)
         # the common case, decided without a call: ASCII (an O(1) flag), nothing to strip (strip()
-        # returns the very same object then), no `<|`
-        if text and text.isascii() and text.strip() is text and "<|" not in text:
+        # returns the very same object then), none of `\n`, `<` or `[` (what special tokens and
+        # turn markers start with)
+        if (
+            text
+            and text.isascii()
+            and text.strip() is text
+            and "<" not in text
+            and "\n" not in text
+            and "[" not in text
+        ):
             continue
         _text(text, role, i, line, out, bool(m.tool_calls))
 

@@ -54,6 +54,19 @@ class CodeInfo:
         return Action.KEEP if self.severity == "warning" else Action.FAIL
 
 
+# Turn markers of common chat transcripts and templates. Found inside a user or assistant
+# message after some text, one means a conversion leaked the next turn into this one (the
+# `role_marker_in_content` check; its fix cuts the message there). Kept short on purpose: each
+# is unlikely in ordinary prose. "\nHuman:" also covers HH's "\n\nHuman:".
+ROLE_MARKERS: tuple[str, ...] = (
+    "\nHuman:",  # Anthropic HH transcripts
+    "\nAssistant:",
+    "<|im_start|>",  # ChatML
+    "[INST]",  # Llama 2, Mistral
+    "<|start_header_id|>",  # Llama 3
+    "<start_of_turn>",  # Gemma
+)
+
 _CODES = [
     # -- schema: what the provider's own file validation rejects
     CodeInfo("invalid_json", "schema", "error", "The line is not valid JSON."),
@@ -191,6 +204,15 @@ _CODES = [
         fix="normalize to NFC and strip",
     ),
     CodeInfo(
+        "role_marker_in_content",
+        "structure",
+        "warning",
+        "A user or assistant message has another turn's marker after some of its text ("
+        + ", ".join(f"`{m.encode('unicode_escape').decode()}`" for m in ROLE_MARKERS)
+        + "): a transcript conversion probably leaked the next turn into it.",
+        fix="cut the message at the marker",
+    ),
+    CodeInfo(
         "unmatched_tool_call_id",
         "structure",
         "error",
@@ -223,7 +245,7 @@ _CODES = [
 CODES: dict[str, CodeInfo] = {c.code: c for c in _CODES}
 
 
-class Problem(msgspec.Struct, omit_defaults=False):
+class Problem(msgspec.Struct, omit_defaults=False, gc=False):
     """One finding about one example (or about the file, when `line` is None)."""
 
     code: str
@@ -234,7 +256,7 @@ class Problem(msgspec.Struct, omit_defaults=False):
     action: str | None = None  # what the policy did: keep | fix | drop | fail
 
 
-class Change(msgspec.Struct):
+class Change(msgspec.Struct, gc=False):
     """One change a fix made to one example: what, where (line, message index), why (the code)."""
 
     kind: str
@@ -272,8 +294,7 @@ def codes_markdown() -> str:
             if c.layer == layer:
                 acts = ", ".join(a.value for a in c.actions)
                 fix = c.fix or "—"
-                out.append(
-                    f"| `{c.code}` | {c.severity} | {c.default.value} | {acts} | {c.summary} | {fix} |"
-                )
+                summary = c.summary.replace("|", "\\|")  # a pipe, even in a code span, ends a cell
+                out.append(f"| `{c.code}` | {c.severity} | {c.default.value} | {acts} | {summary} | {fix} |")
         out.append("")
     return "\n".join(out)

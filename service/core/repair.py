@@ -16,7 +16,7 @@ from itertools import accumulate
 import msgspec
 
 from service.core.conversation import ChatExample, ContentPart, Message, RefusalPart, TextPart, text_of
-from service.core.lint import is_unnormalized
+from service.core.lint import is_unnormalized, role_marker
 from service.core.problems import Change
 from service.core.tokens import special_pattern, special_tokens_in
 
@@ -103,6 +103,42 @@ def remove_special_tokens(example: ChatExample, line: int | None) -> Fixed:
         return fixed, f"removed {', '.join(found)}"
 
     return _map_messages(example, line, "remove_special_tokens", "special_token_text", fix)
+
+
+def cut_at_role_marker(example: ChatExample, line: int | None) -> Fixed:
+    """Cut a user or assistant message at the first turn marker that follows some of its text
+    (`lint.role_marker`): what comes after is another turn a conversion leaked into this one."""
+
+    def fix(i: int, m: Message) -> tuple[Message, str] | None:
+        if m.role not in ("user", "assistant") or m.content is None:
+            return None
+        if isinstance(m.content, str):
+            found = role_marker(m.content)
+            if found is None:
+                return None
+            kept = m.content[: found.start()].rstrip()
+            removed = len(m.content) - len(kept)
+            return replace(m, content=kept), f"cut at {found.group()!r}, removing {removed} characters"
+        # content parts: the marker is looked for in the text so far; later parts go with the cut
+        parts: list[ContentPart] = []
+        before = ""
+        for j, p in enumerate(m.content):
+            text = p.text if type(p) is TextPart else p.refusal if type(p) is RefusalPart else None
+            found = None if text is None else role_marker(before + text)
+            if text is None or found is None:
+                parts.append(p)
+                before += text or ""
+                continue
+            kept = (before + text)[: found.start()][len(before) :].rstrip()
+            parts.append(TextPart(kept) if type(p) is TextPart else RefusalPart(kept))
+            dropped = len(m.content) - j - 1
+            detail = f"cut at {found.group()!r}, removing {len(text) - len(kept)} characters"
+            if dropped:
+                detail += f" and the {dropped} content part(s) after it"
+            return replace(m, content=parts), detail
+        return None
+
+    return _map_messages(example, line, "cut_at_role_marker", "role_marker_in_content", fix)
 
 
 def normalize_text(example: ChatExample, line: int | None) -> Fixed:

@@ -40,6 +40,17 @@ def test_quick_benchmark_prints_every_figure(tmp_path: Path, capsys: pytest.Capt
     figure(out, rf"\(c\)/\(b\) = {NUMBER}")
     assert "(agree)" in out  # tuneset's billed tokens equal the cookbook's on the same file
 
+    # both corpora, each with all of its figures; the short one has short messages
+    corpora = re.findall(r"^data: (long|short) messages: .*? median message ([0-9.]+) characters", out, re.M)
+    assert [name for name, _ in corpora] == ["long", "short"], out
+    assert 60 <= float(corpora[1][1]) <= 200
+    for label in ("(a)", "(b)", "(c)"):
+        assert len(re.findall(rf"^{re.escape(label)} .*? {NUMBER} MB/s", out, re.M)) == 2
+    assert out.count("(agree)") == 2
+    for name in ("long messages", "short messages"):
+        figure(out, rf"^    {name} +\(c\)/\(a\) = {NUMBER}   \(c\)/\(b\) = [0-9.]+$")
+        figure(out, rf"^    {name} +\(c\)/\(a\) = [0-9.]+   \(c\)/\(b\) = {NUMBER}$")
+
     figure(out, rf"80 turns {NUMBER} ms")
     figure(out, rf"160 turns {NUMBER} ms")
     figure(out, rf"160/80 = {NUMBER}")

@@ -350,6 +350,14 @@ CASES = [
         id="unnormalized_text-nfc",
     ),
     Case(
+        "role_marker_in_content",
+        [GOOD, {"messages": [SYS, u("Capital of France?"), a("Paris.\n\nHuman: And of Spain?")]}],
+        2,
+        2,
+        "warning",
+        ("assistant message 2", "Human:", "another turn"),
+    ),
+    Case(
         "unmatched_tool_call_id",
         [
             GOOD,
