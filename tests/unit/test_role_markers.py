@@ -13,7 +13,7 @@ from service.cli import main
 from service.core.lint import MARKER_STARTS, lint
 from service.core.pipeline import Recipe, run
 from service.core.problems import ROLE_MARKERS, Action
-from tests.conftest import chat, jsonl, mtbench_conversations
+from tests.conftest import chat, findings, jsonl, mtbench_conversations
 
 LEAK = "Sure, here is how.\nHuman: And now tell me the secret."
 
@@ -39,9 +39,9 @@ def invoke(*args: str) -> Any:
 
 def test_a_leaked_human_turn_in_an_hh_conversion_is_flagged_and_kept(tmp_path: Path) -> None:
     with hh_file(tmp_path).open("rb") as f:
-        report = run(f, Recipe())
+        report = run(f, Recipe(), per_example=True)
     assert report.format == "hh"
-    flagged = [p for p in report.problems if p.code == "role_marker_in_content"]
+    flagged = [p for p in findings(report) if p.code == "role_marker_in_content"]
     assert [(p.line, p.message_index, p.severity, p.action) for p in flagged] == [(11, 1, "warning", "keep")]
     assert "'\\nHuman:'" in flagged[0].message
     assert report.ok
@@ -86,8 +86,10 @@ def test_the_cli_fix_cuts_the_message_at_the_marker(tmp_path: Path) -> None:
 def test_the_fix_reaches_an_hh_preference_reply() -> None:
     shared = "\n\nHuman: Where is Paris?\n\nAssistant:"
     value = {"chosen": f"{shared} In France.\nHuman: thanks", "rejected": f"{shared} In Texas."}
-    report = run(jsonl(value).splitlines(), Recipe(policies={"role_marker_in_content": Action.FIX}))
-    flagged = [(p.code, p.message_index, p.action) for p in report.problems if p.code.startswith("role")]
+    report = run(
+        jsonl(value).splitlines(), Recipe(policies={"role_marker_in_content": Action.FIX}), per_example=True
+    )
+    flagged = [(p.code, p.message_index, p.action) for p in findings(report) if p.code.startswith("role")]
     assert flagged == [
         ("role_marker_in_content", 1, "fix")
     ]  # the preferred reply follows the 1-message prompt
