@@ -44,8 +44,10 @@ def chromium() -> str:
     pytest.fail(f"headless Chromium is needed to test the HTML report; install it with: {INSTALL}")
 
 
-def run_chromium(tmp_path: Path, page: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    profile = tmp_path / f"profile-{page.stem}-{len(list(tmp_path.glob('profile-*')))}"
+def run_chromium(tmp_path: Path, page: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium on a file or a loopback URL, in a new empty profile."""
+    stem = page.stem if isinstance(page, Path) else "url"
+    profile = tmp_path / f"profile-{stem}-{len(list(tmp_path.glob('profile-*')))}"
     cmd = [
         chromium(),
         "--headless",
@@ -59,7 +61,7 @@ def run_chromium(tmp_path: Path, page: Path, *args: str) -> subprocess.Completed
         f"--user-data-dir={profile}",
         f"--window-size={WIDTH},{HEIGHT}",
         *args,
-        page.resolve().as_uri(),
+        page.resolve().as_uri() if isinstance(page, Path) else page,
     ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
 
