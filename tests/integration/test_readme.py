@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -57,6 +58,18 @@ def env() -> dict[str, str]:
     return {**out, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TUNESET_DATA_DIR": ".tuneset"}
 
 
+def bash(script: str, cwd: Path, *, timeout: float, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", script],
+        check=False,
+        cwd=cwd,
+        env={**env(), **extra_env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def test_examples_are_what_make_examples_writes() -> None:
     for name, rows in make_examples.examples().items():
         assert (ROOT / "examples" / name).read_text(encoding="utf-8") == make_examples.render(rows), name
@@ -73,15 +86,7 @@ def test_the_readme_names_only_shipped_files() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("command", cli_commands())
 def test_readme_cli_command_runs_as_written(command: str, workdir: Path) -> None:
-    done = subprocess.run(
-        ["bash", "-c", command],
-        check=False,
-        cwd=workdir,
-        env=env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = bash(command, workdir, timeout=120)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
@@ -144,15 +149,7 @@ def test_readme_walkthrough_runs_as_written(workdir: Path) -> None:
                 filled(bad_batch),
             ]
         )
-        done = subprocess.run(
-            ["bash", "-c", script],
-            check=False,
-            cwd=workdir,
-            env=env(),
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        done = bash(script, workdir, timeout=300)
         out = done.stdout
         assert done.returncode == 0, out[-4000:] + done.stderr[-4000:]
         # what the README says the answers hold
@@ -168,15 +165,7 @@ def test_readme_walkthrough_runs_as_written(workdir: Path) -> None:
 
 
 def _printed(*args: str, columns: int = 100) -> list[str]:
-    done = subprocess.run(
-        [f"{BIN}/tuneset", *args],
-        check=False,
-        cwd=ROOT,
-        env={**env(), "COLUMNS": str(columns)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = bash(shlex.join(["tuneset", *args]), ROOT, timeout=120, COLUMNS=str(columns))
     return [line.rstrip() for line in done.stdout.splitlines()]
 
 
