@@ -86,13 +86,14 @@ class DatasetController(Controller):
         if state.get_dataset(tenant, dataset_id) is None:
             raise not_found("dataset", dataset_id)
         for job_id in state.delete_dataset(tenant, dataset_id):
+            # the files go even when the job's record has already expired (job retention)
+            services.blobs.delete_prefix(job_prefix(tenant, job_id))
             job = state.tenant_job(tenant, job_id)
             if job is None:
                 continue
             if job["status"] not in TERMINAL:
                 state.request_cancel(job_id)
                 state.transition(job_id, {"queued"}, "cancelled")
-            services.blobs.delete_prefix(job_prefix(tenant, job_id))
             state.forget_artifacts(job_id)
         # ids have a fixed length, so no other dataset's keys share this prefix
         services.blobs.delete_prefix(f"{tenant}/{dataset_id}/")

@@ -22,7 +22,7 @@ from service.api.batches import request_fingerprint
 from service.cli import main as cli
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
-from service.store.state import State
+from service.store.state import State, job_key
 from tests.conftest import DATA, jsonl, mtbench_conversations
 
 Client = TestClient[Litestar]
@@ -699,6 +699,21 @@ def test_artifacts_list_and_streamed_download(
     assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/nope.json", headers=auth(key)), 404)
     # an artifact whose key is outside the tenant's space is not served
     assert_problem(client.get(f"/v1/jobs/{job_id}/artifacts/elsewhere.json", headers=auth(key)), 404)
+
+
+def test_deleting_a_dataset_deletes_the_files_of_builds_whose_records_expired(
+    client: Client, key: str, state: State, settings: Settings
+) -> None:
+    """Job records expire (retention) long before their files may: the delete still finds them."""
+    dataset_id = client.post("/v1/datasets", json={"name": "d", "kind": "chat"}, headers=auth(key)).json()[
+        "id"
+    ]
+    job_id = state.create_job("acme", "build", {"dataset_id": dataset_id})["id"]
+    blobs = LocalBlobStore(settings.blob_root)
+    blobs.put(f"acme/jobs/{job_id}/train.jsonl", jsonl(*GOOD))
+    state.r.delete(job_key(job_id))  # as its retention ran out
+    assert client.delete(f"/v1/datasets/{dataset_id}", headers=auth(key)).status_code == 204
+    assert blobs.list(f"acme/jobs/{job_id}/") == []
 
 
 # -- synchronous tools ------------------------------------------------------------------------
