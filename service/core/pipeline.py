@@ -428,19 +428,48 @@ class ProblemGroup(msgspec.Struct):
     samples: list[ProblemSample]  # the first MAX_PROBLEM_MESSAGES findings, each with its message
 
 
-def group_problems(problems: Iterable[Problem]) -> list[ProblemGroup]:
-    """Findings grouped by (code, action): errors first, then by code."""
-    groups: dict[tuple[str, str | None], ProblemGroup] = {}
-    for p in problems:
-        g = groups.get((p.code, p.action))
+class ProblemGroups:
+    """Findings folded into their groups as they arrive, so what a run keeps of them is bounded
+    by the number of codes, not of examples (every finding is kept only for `problems_detail`)."""
+
+    def __init__(self) -> None:
+        self._by: dict[tuple[str, str | None], ProblemGroup] = {}
+
+    def add(self, p: Problem) -> None:
+        g = self._by.get((p.code, p.action))
         if g is None:
-            g = groups[(p.code, p.action)] = ProblemGroup(p.code, p.severity, p.action, 0, p.message, [], [])
+            g = self._by[(p.code, p.action)] = ProblemGroup(
+                p.code, p.severity, p.action, 0, p.message, [], []
+            )
         g.count += 1
         if p.line is not None and len(g.lines) < MAX_PROBLEM_SAMPLES and p.line not in g.lines[-1:]:
             g.lines.append(p.line)
         if len(g.samples) < MAX_PROBLEM_MESSAGES:
             g.samples.append(ProblemSample(p.line, p.message_index, p.message))
-    return sorted(groups.values(), key=lambda g: (g.severity != "error", g.code, g.action or ""))
+
+    def failing(self) -> bool:
+        """Some finding's policy is fail."""
+        return any(action == "fail" for _code, action in self._by)
+
+    def sorted(self, extra: Iterable[Problem] = ()) -> list[ProblemGroup]:
+        """The groups with `extra` folded in, errors first, then by code; copies, so these groups
+        go on folding unchanged."""
+        out = ProblemGroups()
+        out._by = {
+            k: msgspec.structs.replace(g, lines=list(g.lines), samples=list(g.samples))
+            for k, g in self._by.items()
+        }
+        for p in extra:
+            out.add(p)
+        return sorted(out._by.values(), key=lambda g: (g.severity != "error", g.code, g.action or ""))
+
+
+def group_problems(problems: Iterable[Problem]) -> list[ProblemGroup]:
+    """Findings grouped by (code, action): errors first, then by code."""
+    groups = ProblemGroups()
+    for p in problems:
+        groups.add(p)
+    return groups.sorted()
 
 
 class FixEffect(msgspec.Struct):
@@ -498,7 +527,8 @@ class Summary:
         self.processor = processor
         self.per_example = per_example
         self.n = self.n_ok = self.n_dropped = self.n_failed = 0
-        self.problems: list[Problem] = []
+        self.groups = ProblemGroups()
+        self.problems: list[Problem] = []  # every finding, kept only with per_example
         self.counts: Counter[str] = Counter()
         self.changes: list[Change] = []
         self.fixes: Counter[str] = Counter()
@@ -519,8 +549,7 @@ class Summary:
         else:
             self.n_failed += 1
         if outcome.problems:
-            self.problems.extend(outcome.problems)
-            self.counts.update(p.code for p in outcome.problems)
+            self.add_problems(outcome.problems)
         if outcome.changes:
             self.changes.extend(outcome.changes)
             self.fixes.update(c.kind for c in outcome.changes)
@@ -537,6 +566,13 @@ class Summary:
         if self.per_example and not outcome.outputs:
             self.detail.append(ExampleDetail(outcome.line, None, outcome.status, 0, 0))
 
+    def add_problems(self, problems: list[Problem]) -> None:
+        self.counts.update(p.code for p in problems)
+        for p in problems:
+            self.groups.add(p)
+        if self.per_example:
+            self.problems.extend(problems)
+
     def histograms(self, bins: int = 30) -> dict[str, Histogram]:
         """Histograms of billed and trained tokens per output example, for the report's plots."""
         return {"billed": histogram(self.billed, bins), "trained": histogram(self.trained, bins)}
@@ -544,7 +580,7 @@ class Summary:
     def report(self, *, split: SplitReport | None = None, build: BuildInfo | None = None) -> Report:
         model = self.processor.model
         n_out = len(self.billed)
-        problems = list(self.problems)
+        file_problems: list[Problem] = []  # about the file as a whole, found only now
         if n_out < model.min_examples:
             p = problem(
                 "too_few_examples",
@@ -552,7 +588,7 @@ class Summary:
                 f"{model.min_examples}",
             )
             p.action = self.processor.action("too_few_examples").value
-            problems.append(p)
+            file_problems.append(p)
             self.counts["too_few_examples"] += 1
         epochs = default_epochs(n_out)
         billable = billable_tokens(self.billed, model.max_tokens)
@@ -560,7 +596,7 @@ class Summary:
         if self.images:
             notes.append(f"{self.images} image(s): image tokens are not counted (they depend on pixel sizes)")
         return Report(
-            ok=not any(p.action == "fail" for p in problems),
+            ok=not (self.groups.failing() or any(p.action == "fail" for p in file_problems)),
             format=self.format,
             model=model.name,
             examples=self.n,
@@ -568,7 +604,7 @@ class Summary:
             examples_ok=self.n_ok,
             examples_dropped=self.n_dropped,
             examples_failed=self.n_failed,
-            problems=group_problems(problems),
+            problems=self.groups.sorted(file_problems),
             problem_counts=dict(sorted(self.counts.items())),
             tokens=TokenTotals(
                 billed_total=sum(self.billed),
@@ -586,7 +622,7 @@ class Summary:
             fix_effect=msgspec.structs.replace(self.fixed),
             notes=notes,
             examples_detail=self.detail if self.per_example else None,
-            problems_detail=problems if self.per_example else None,
+            problems_detail=[*self.problems, *file_problems] if self.per_example else None,
             split=split,
             build=build,
         )

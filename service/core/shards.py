@@ -64,8 +64,7 @@ def merge(summary: Summary, part: ShardSummary, kept: list[Row]) -> None:
     summary.n_ok += part.n_ok
     summary.n_dropped += part.n_dropped
     summary.n_failed += part.n_failed
-    summary.problems.extend(part.problems)
-    summary.counts.update(p.code for p in part.problems)
+    summary.add_problems(part.problems)
     summary.changes.extend(part.changes)
     summary.fixes.update(c.kind for c in part.changes)
     summary.images += part.images
