@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import itertools
 import json
 import re
 import unicodedata
@@ -376,6 +377,16 @@ class TiktokenTokenizer:
         self._specials = specials
         self._by_id = {i: n for n, i in specials.items()}
         self._control = frozenset(n for n in specials if n not in preset.not_control)
+        # per id: characters its bytes start, and whether its first byte continues a character
+        # (the offsets rule of the module docstring, precomputed so encoding does no per-token decoding)
+        size = max(top, *specials.values()) + 1
+        self._leads = [0] * size
+        self._starts_inside = [0] * size
+        for piece, i in ranks.items():
+            self._leads[i] = len(piece.translate(None, _CONTINUATION))
+            self._starts_inside[i] = 1 if piece and piece[0] in _CONTINUATION else 0
+        for name, i in specials.items():
+            self._leads[i] = len(name)
         ordered = sorted(specials, key=len, reverse=True)
         self._special_re = re.compile("|".join(re.escape(s) for s in ordered))
 
@@ -398,15 +409,10 @@ class TiktokenTokenizer:
             pos = m.end()
         if pos < len(text):
             ids.extend(encode_text(self._enc, text[pos:]))
-        pieces = self._enc.decode_tokens_bytes(ids)
-        if text.isascii():
-            offsets: Offsets = []
-            at = 0
-            for p in pieces:
-                offsets.append((at, at + len(p)))
-                at += len(p)
-            return ids, offsets
-        return ids, byte_char_offsets(pieces)
+        ends = list(itertools.accumulate([self._leads[i] for i in ids]))
+        cont = self._starts_inside
+        starts = [p - cont[i] for p, i in zip(itertools.chain((0,), ends), ids)]  # noqa: B905
+        return ids, list(zip(starts, ends, strict=True))
 
     def token_to_id(self, token: str) -> int | None:
         if token in self._specials:
