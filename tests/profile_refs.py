@@ -482,15 +482,18 @@ def reference_tokenizer(fam: Family) -> Any:
 
 
 def _decoded_arguments(arguments: str) -> Any:
+    """HF templates expect `arguments` as a mapping: JSON objects are decoded, anything else stays text."""
     try:
-        return json.loads(arguments)
+        value = json.loads(arguments)
     except ValueError:
         return arguments
+    return value if isinstance(value, dict) else arguments
 
 
 def template_messages(example: ChatExample) -> list[dict[str, Any]]:
-    """Messages as transformers receives them (the profiles interface): role, content text (None stays
-    None; apply_chat_template drops None keys), tool_calls with JSON arguments decoded, tool_call_id, name.
+    """Messages as a TRL user hands OpenAI-format data to transformers (the profiles interface): role,
+    content text (None stays None, and apply_chat_template drops None-valued keys), tool_calls
+    `{id, type, function: {name, arguments}}` with JSON-object arguments decoded, tool_call_id, name.
     `weight` is never passed to the template."""
     out: list[dict[str, Any]] = []
     for m in example.messages:
@@ -498,6 +501,7 @@ def template_messages(example: ChatExample) -> list[dict[str, Any]]:
         if m.tool_calls:
             d["tool_calls"] = [
                 {
+                    "id": c.id,
                     "type": "function",
                     "function": {
                         "name": c.function.name,
@@ -574,13 +578,19 @@ def reference_mask(fam: Family, example: ChatExample) -> ReferenceMask:
     return ReferenceMask(texts[0], ids, mask, [(a, b) for a, b in indices[0]], list(enc.offsets))
 
 
-def reference_error(fam: Family, example: ChatExample, **kwargs: Any) -> str | None:
-    """The message of what transformers raises rendering `example`, or None when it renders."""
+def reference_exception(fam: Family, example: ChatExample, **kwargs: Any) -> Exception | None:
+    """What transformers raises rendering `example` (None when it renders)."""
     try:
         reference_text(fam, example, **kwargs)
     except Exception as e:  # TemplateError, TypeError, UndefinedError: whatever the template does
-        return str(e)
+        return e
     return None
+
+
+def reference_error(fam: Family, example: ChatExample, **kwargs: Any) -> str | None:
+    """The message of what transformers raises rendering `example`, or None when it renders."""
+    e = reference_exception(fam, example, **kwargs)
+    return None if e is None else str(e)
 
 
 def tuneset_profile(fam: Family, **rules: Any) -> ModelProfile:
