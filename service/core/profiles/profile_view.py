@@ -117,6 +117,29 @@ def generation_prompt(profile: ModelProfile) -> str | None:
     return result
 
 
+def generation_prompts(profile: ModelProfile) -> list[str]:
+    """The generation prompt and, for templates whose prompt opens what a training render does not
+    (DeepSeek's `<｜Assistant｜><think>\n` before a reply whose reasoning it strips), its prefixes that
+    end after a special token, longest first."""
+
+    def compute() -> list[str]:
+        prompt = generation_prompt(profile)
+        if not prompt:
+            return []
+        out = [prompt]
+        if prompt.rstrip() != prompt and prompt.rstrip():
+            out.append(prompt.rstrip())
+        tok = profile.tokenizer
+        ids, offsets = tok.encode(prompt)
+        added = {tok.token_to_id(t) for t in getattr(tok, "added_tokens", tok.control_tokens)}
+        ends = sorted({e for i, (_, e) in zip(ids, offsets, strict=True) if i in added}, reverse=True)
+        out += [prompt[:e] for e in ends if prompt[:e] not in out]
+        return out
+
+    result: list[str] = _probe(profile, "generation_prompts", compute)
+    return result
+
+
 def _probe_conversations() -> list[tuple[list[dict[str, Any]], Any]]:
     think = {"role": "assistant", "content": "<think>\nProbe reasoning.\n</think>\n\nProbe answer."}
     call = {
@@ -559,7 +582,7 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
     elif profile.bos_token and text.startswith(profile.bos_token):
         prelude_end = len(profile.bos_token)
     names = structural_names(example, msgs)
-    located = locate(text, example, msgs, ctl, generation_prompt(profile), prelude_end)
+    located = locate(text, example, msgs, ctl, generation_prompts(profile), prelude_end)
     if located:
         first = min(
             (
