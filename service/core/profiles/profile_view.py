@@ -158,6 +158,16 @@ def _probe_conversations() -> list[tuple[list[dict[str, Any]], Any]]:
     ]
 
 
+def _only_epilogue_differs(profile: ModelProfile, part: str, whole: str) -> bool:
+    """The prefix render ends with an eos the template writes after the last message (Phi-3.5), after a
+    turn already closed by its own end-of-turn token; gpt-oss's `<|return|>` in place of `<|end|>` is not."""
+    eos = profile.eos_token
+    if not eos or not part.endswith(eos) or not whole.startswith(part[: -len(eos)]):
+        return False
+    closed = part[: -len(eos)].rstrip()
+    return any(closed.endswith(t) for t in profile.tokenizer.control_tokens)
+
+
 def may_rewrite_history(profile: ModelProfile) -> bool:
     """False when, on every probe, each prefix ending at an assistant turn renders as a prefix of the
     whole: then no per-example prefix renders are needed (one render per example)."""
@@ -174,7 +184,7 @@ def may_rewrite_history(profile: ModelProfile) -> bool:
                 part = _try_render(profile, msgs[: k + 1], tools)
                 if part is not None:
                     checked += 1
-                    if not whole.startswith(part):
+                    if not whole.startswith(part) and not _only_epilogue_differs(profile, part, whole):
                         return True
         return checked == 0
 
@@ -499,6 +509,10 @@ def _rewrites(
         part = _try_render(profile, msgs[: k + 1], tools)
         if part is None or rendered.startswith(part):
             continue
+        loc = located[k]
+        turn_end = loc.eot[1] if loc.eot is not None else loc.end
+        if part.startswith(rendered[:turn_end]):
+            continue  # only what the template writes after the last message differs (Phi-3.5's eos)
         d = 0
         limit = min(len(part), len(rendered))
         while d < limit and part[d] == rendered[d]:
