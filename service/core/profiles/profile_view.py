@@ -498,7 +498,9 @@ def _rejection(
     for k in range(1, len(msgs) + 1):
         try:
             render_dicts(profile, msgs[:k], tools)
-        except TemplateRaised:
+        except TemplateRaised as e:
+            if e.message != error.message and k < len(msgs):
+                continue  # a prefix refused for another reason (Qwen3: "No user query found")
             role = msgs[k - 1].get("role")
             return Finding(
                 "template_rejects_conversation",
