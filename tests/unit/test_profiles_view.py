@@ -212,3 +212,13 @@ def test_rejection_names_the_message_that_breaks_the_rule() -> None:
     assert finding.message_index == 3
     assert finding.message.startswith("the template refuses the conversation at message 3 (tool): ")
     assert "Conversation roles must alternate" in finding.message
+
+
+def test_notes_say_when_generation_blocks_are_missing_and_when_the_date_is_rendered() -> None:
+    view = profile_view(profile("llama3_1").with_rules(mask_source="generation"), _ex(U, A)).view
+    assert view is not None
+    assert any("no {% generation %} blocks" in n for n in view.notes)
+    assert _trained_text(view) == ["hello there<|eot_id|>"]
+    view = profile_view(profile("gptoss"), _ex(U, A)).view
+    assert view is not None
+    assert any("strftime_now" in n for n in view.notes)

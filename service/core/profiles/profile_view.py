@@ -719,5 +719,20 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
         billed_tokens=total,
         trained_tokens=sum(mask),
         total_tokens=total,
+        notes=_notes(profile),
     )
     return ProfileResult(view, findings, text)
+
+
+def _notes(profile: ModelProfile) -> list[str]:
+    notes: list[str] = []
+    if profile.rules.mask_source == "generation" and not has_generation_blocks(profile):
+        notes.append(
+            "mask_source generation: this template has no {% generation %} blocks, so the span rule decides"
+        )
+    if "strftime_now" in profile.chat_template:
+        notes.append(
+            "the template writes today's date (strftime_now), as transformers renders it: the rendered "
+            "text, and so the tokens, change from one day to the next"
+        )
+    return notes
