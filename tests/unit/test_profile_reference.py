@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from service.core.profiles import ModelProfile, TemplateRaised, TrainingRules, profile_view, render_messages
 
 from service.core.conversation import ChatExample, text_of
+from service.core.profiles import ModelProfile, TemplateRaised, TrainingRules, profile_view, render_messages
 from service.core.view import TrainingView
 from tests.profile_refs import (
     FAMILY_KEYS,
@@ -413,16 +413,16 @@ def check_masks(f: Family, p: ModelProfile, example: ChatExample) -> str:
                 documented.append(t.span)  # weight 0 / train_on: the message is not trained
             else:
                 documented += [(t.span[0], core[0]), (core[1], t.span[1])]
-        for i, (want, theirs) in enumerate(zip(expected, ref.mask, strict=True)):
-            if want != theirs:  # every difference is one the rules explain, and only there
+        for i, (ours, theirs) in enumerate(zip(expected, ref.mask, strict=True)):
+            if ours != theirs:  # every difference is one the rules explain, and only there
                 assert theirs == 1, f"token {i} trained by tuneset's rule, not by the training template"
                 assert _inside(ref.offsets[i], documented), (
                     f"token {i} {ref.text[slice(*ref.offsets[i])]!r}: undocumented difference"
                 )
-        got = view.labels_mask()
-        wrong = [i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b]
+        mask = view.labels_mask()
+        wrong = [i for i, (a, b) in enumerate(zip(mask, expected, strict=True)) if a != b]
         assert not wrong, [
-            (i, ref.text[slice(*ref.offsets[i])], "tuneset trains" if got[i] else "tuneset skips")
+            (i, ref.text[slice(*ref.offsets[i])], "tuneset trains" if mask[i] else "tuneset skips")
             for i in wrong
         ]
         return "by position"
