@@ -17,12 +17,23 @@ import importlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.core.conversation import ChatExample, text_of
-from service.core.profiles import ModelProfile, TemplateRaised, TrainingRules, profile_view, render_messages
+from service.core.profiles import (
+    CHECK_CASES,
+    ModelProfile,
+    TemplateRaised,
+    TrainingRules,
+    check_profile,
+    expand_per_turn,
+    load_hf_dir,
+    profile_view,
+    render_messages,
+)
 from service.core.view import TrainingView
 from tests.profile_refs import (
     FAMILY_KEYS,
@@ -46,6 +57,9 @@ from tests.profile_refs import (
 )
 
 IRREGULAR = irregular_conversations()
+SAMPLE_EVERY = (
+    20  # the fast tests take all of MT-Bench and every 20th ShareGPT conversation; the slow one the rest
+)
 
 
 def fam(key: str) -> Family:
@@ -170,8 +184,8 @@ def test_tools_are_rendered_like_transformers_even_without_tool_calls(key: str) 
 def test_real_conversations_render_and_tokenize_like_transformers(key: str) -> None:
     """MT-Bench and a sample of ShareGPT, with and without a system prompt."""
     f, p = fam(key), profile(key)
-    for name, example in data_sample(10).items():
-        for variant in (example, with_system(example)):
+    for name, example in data_sample(SAMPLE_EVERY).items():
+        for variant in (example, with_system(example)) if name.startswith("mtbench") else (example,):
             try:
                 check_against_reference(f, p, variant)
             except AssertionError as e:
@@ -182,7 +196,7 @@ def test_real_conversations_render_and_tokenize_like_transformers(key: str) -> N
 @pytest.mark.parametrize("key", FAMILY_KEYS)
 def test_every_real_conversation_renders_and_tokenizes_like_transformers(key: str) -> None:
     f, p = fam(key), profile(key)
-    sampled = data_sample(10)
+    sampled = data_sample(SAMPLE_EVERY)
     for name, example in data_conversations().items():
         if name in sampled:
             continue
@@ -245,7 +259,7 @@ def test_gptoss_tokens_equal_openai_harmony(case: str) -> None:
 
 
 def test_gptoss_real_conversations_equal_openai_harmony() -> None:
-    for name, example in data_sample(10).items():
+    for name, example in data_sample(SAMPLE_EVERY).items():
         view = profile_view(profile("gptoss"), example).view
         assert view is not None
         assert view.token_ids() == _harmony_tokens(example, developer_suffix=""), name
@@ -386,8 +400,9 @@ def _original_turns_have_think(original: str) -> list[bool]:
     return [m.group(1) is not None for m in re.finditer(r"<\|im_start\|>assistant\n(<think>)?", original)]
 
 
-def check_masks(f: Family, p: ModelProfile, example: ChatExample) -> str:
-    """tuneset's trained tokens against the training template's assistant_masks; returns how compared.
+def check_masks(f: Family, p: ModelProfile, example: ChatExample) -> list[int] | None:
+    """tuneset's trained tokens against the training template's assistant_masks; returns the expected
+    mask when compared by position, None when compared turn by turn.
 
     Each span is cut to its core by the family's MaskRule; under the profile's rules the cores of the
     trained messages (weight not 0, train_on) minus, with train_eot=False, their end-of-turn token, are
@@ -425,7 +440,7 @@ def check_masks(f: Family, p: ModelProfile, example: ChatExample) -> str:
             (i, ref.text[slice(*ref.offsets[i])], "tuneset trains" if mask[i] else "tuneset skips")
             for i in wrong
         ]
-        return "by position"
+        return expected
     # Different texts (Llama 3.1 vs llama3_training; Qwen3's history): compare turn by turn.
     think = _original_turns_have_think(original) if f.key == "qwen3" else []
     by_message = _trained_by_message(view)
@@ -444,7 +459,7 @@ def check_masks(f: Family, p: ModelProfile, example: ChatExample) -> str:
             f"the training template {p.tokenizer.decode(want)!r}"
         )
     assert set(by_message) <= set(trained), f"messages {set(by_message) - set(trained)} trained"
-    return "turn by turn"
+    return None
 
 
 @pytest.mark.parametrize("case", sorted(IRREGULAR))
@@ -459,8 +474,8 @@ def test_trained_tokens_equal_the_training_templates_masks(key: str, case: str) 
 @pytest.mark.parametrize("key", FAMILY_KEYS)
 def test_trained_tokens_of_real_conversations_equal_the_training_templates_masks(key: str) -> None:
     f, p = fam(key), profile(key)
-    for name, example in data_sample(10).items():
-        for variant in (example, with_system(example)):
+    for name, example in data_sample(SAMPLE_EVERY).items():
+        for variant in (example, with_system(example)) if name.startswith("mtbench") else (example,):
             try:
                 check_masks(f, p, variant)
             except AssertionError as e:
@@ -632,3 +647,95 @@ def test_untrained_end_of_turn_is_reported(key: str) -> None:
     assert not _findings(key, example, "eot_not_trained")
     p = profile(key).with_rules(train_eot=False)
     assert {x.code for x in profile_view(p, example).findings} >= {"eot_not_trained"}
+
+
+# ---------------------------------------------------------------- per-turn expansion, templates check, HF folders
+
+
+PER_TURN_CASES = [
+    "multi_turn",
+    "consecutive_assistant_last",
+    "weight_zero_turn",
+    "assistant_first",
+    "tool_calls",
+]
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_expand_per_turn_trains_each_turn_as_inference_renders_it(key: str) -> None:
+    """Each expanded example renders and tokenizes as transformers renders that prefix, trains its last
+    turn exactly as the training template does, and nothing in it is rewritten any more."""
+    f, p = fam(key), profile(key)
+    for case in PER_TURN_CASES:
+        example = IRREGULAR[case]
+        if reference_error(f, example) is not None:
+            continue
+        expanded = expand_per_turn(example)
+        trained = [i for i, m in enumerate(example.messages) if m.role == "assistant" and m.weight != 0]
+        assert [len(e.messages) - 1 for e in expanded] == trained, case
+        for e in expanded:
+            check_against_reference(f, p, e)
+            check_masks(f, p, e)
+            assert not _findings(key, e, "template_rewrites_history"), case
+
+
+def _runs(text: str, offsets: list[tuple[int, int]], mask: list[int]) -> list[str]:
+    runs: list[str] = []
+    current: list[str] = []
+    for (a, b), m in zip(offsets, mask, strict=True):
+        if m:
+            current.append(text[a:b])
+        elif current:
+            runs.append("".join(current))
+            current = []
+    if current:
+        runs.append("".join(current))
+    return runs
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_templates_check_answers_what_transformers_does(key: str) -> None:
+    """`tuneset templates check`'s rows: rejected exactly where transformers raises, rewritten exactly
+    where it renders a turn differently as the last one, and the trained text the training template's
+    masks give (cut by MASK_RULES)."""
+    f, p = fam(key), profile(key)
+    rows = {row.case: row for row in check_profile(p)}
+    assert set(rows) == set(CHECK_CASES)
+    for case, example in CHECK_CASES.items():
+        row = rows[case]
+        if reference_error(f, example) is not None:
+            assert row.outcome == "rejected", case
+            continue
+        assert row.outcome == ("rewritten" if rewritten_by_reference(f, example) else "rendered"), case
+        expected = check_masks(f, p, example)
+        if expected is not None:
+            ref = reference_mask(f, example)
+            runs = _runs(ref.text, ref.offsets, expected)
+            assert row.trained == (" | ".join(repr(r) for r in runs) or "(nothing)"), case
+
+
+def _hf_folder(f: Family, root: Path, *, template_file: bool) -> Path:
+    """A model folder as a self-hosting team has it: tokenizer.json, tokenizer_config.json with bos/eos
+    and the chat template (or the template in chat_template.jinja)."""
+    folder = root / f.key / ("jinja" if template_file else "config")
+    folder.mkdir(parents=True)
+    (folder / "tokenizer.json").write_bytes(f.tokenizer_bytes())
+    config = json.loads(f.tokenizer_config())
+    if template_file:
+        (folder / "chat_template.jinja").write_text(f.template)
+    else:
+        config["chat_template"] = f.template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("template_file", [False, True], ids=["config", "jinja"])
+@pytest.mark.parametrize("key", [k for k in FAMILY_KEYS if fam(k).kind == "hf"])
+def test_hf_model_folder_gives_the_same_profile(key: str, template_file: bool, tmp_path: Path) -> None:
+    f = fam(key)
+    p = load_hf_dir(_hf_folder(f, tmp_path, template_file=template_file), name=key)
+    assert p.tokenizer_sha256 == profile(key).tokenizer_sha256
+    assert p.template_sha256 == profile(key).template_sha256
+    assert (p.bos_token, p.eos_token) == (f.bos_token, f.eos_token)
+    for case in ("plain", "multi_turn", "other_family_markers", "trailing_user"):
+        check_against_reference(f, p, IRREGULAR[case])
