@@ -276,7 +276,7 @@ def families() -> dict[str, Family]:
             "<|im_end|>",
             QWEN_TIKTOKEN,
             "qwen.tiktoken",
-            "qwen2",
+            "qwen3",
             (
                 "<|im_start|>",
                 "<|im_end|>",
