@@ -276,7 +276,7 @@ def families() -> dict[str, Family]:
             "<|im_end|>",
             QWEN_TIKTOKEN,
             "qwen.tiktoken",
-            "qwen2",
+            "qwen3",
             (
                 "<|im_start|>",
                 "<|im_end|>",
@@ -418,8 +418,6 @@ def _reference_tokenizer(key: str) -> Any:
         return transformers.PreTrainedTokenizerFast(
             tokenizer_file=str(fam.tokenizer_path), bos_token=fam.bos_token, eos_token=fam.eos_token
         )
-    from tokenizers import AddedToken, Tokenizer, normalizers
-
     if key == "llama3_1":
         pattern, specials = LLAMA3_PATTERN, llama3_special_tokens()
     elif key == "gptoss":
@@ -428,34 +426,36 @@ def _reference_tokenizer(key: str) -> Any:
         pattern, specials = O200K_PATTERN, harmony_special_tokens()
     else:
         pattern, specials = QWEN2_PATTERN, [c for c, _ in fam.added_tokens]
-    backend = Tokenizer.from_str(_converted_ranks(str(fam.tokenizer_path), pattern))
-    first = backend.get_vocab_size()  # special tokens take the ids right after the ranks, in order
-    backend.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in specials])
-    assert [backend.token_to_id(s) for s in specials] == list(range(first, first + len(specials)))
-    if key in ("qwen2_5", "qwen3"):
-        backend.normalizer = normalizers.NFC()  # as Qwen2's tokenizer.json has
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=fam.bos_token, eos_token=fam.eos_token
+    path = _converted_file(str(fam.tokenizer_path), pattern, tuple(specials), key in ("qwen2_5", "qwen3"))
+    tok = transformers.PreTrainedTokenizerFast(
+        tokenizer_file=str(path), bos_token=fam.bos_token, eos_token=fam.eos_token
     )
+    first = tok.backend_tokenizer.token_to_id(specials[0])  # special tokens follow the ranks, in order
+    assert [tok.backend_tokenizer.token_to_id(s) for s in specials] == list(
+        range(first, first + len(specials))
+    )
+    return tok
 
 
-@functools.cache
-def _converted_ranks(path: str, pattern: str) -> str:
-    """transformers' TikTokenConverter on a rank file, as tokenizer.json text.
+def _converted_file(path: str, pattern: str, specials: tuple[str, ...], nfc: bool) -> Path:
+    """transformers' TikTokenConverter on a rank file, with the special tokens after the ranks (and
+    Qwen2's NFC normalizer), saved as a tokenizer.json.
 
-    Converting takes seconds (merges are rebuilt in Python), so the result is kept in the system temp
-    directory, keyed by the rank file's SHA-256, the pattern and the transformers/tokenizers versions.
+    Converting takes seconds (merges are rebuilt in Python), so the file is kept in the system temp
+    directory, keyed by the rank file's SHA-256, the pattern, the special tokens and the
+    transformers/tokenizers versions.
     """
     import tokenizers
+    from tokenizers import AddedToken, normalizers
 
     transformers: Any = importlib.import_module("transformers")
-    converter: Any = importlib.import_module("transformers.convert_slow_tokenizer")
-
     key = hashlib.sha256(
         b"\0".join(
             [
                 Path(path).read_bytes(),
                 pattern.encode(),
+                "\n".join(specials).encode(),
+                str(nfc).encode(),
                 transformers.__version__.encode(),
                 tokenizers.__version__.encode(),
             ]
@@ -463,13 +463,19 @@ def _converted_ranks(path: str, pattern: str) -> str:
     ).hexdigest()[:24]
     cached = Path(tempfile.gettempdir()) / "tuneset-tiktoken-converted" / f"{key}.json"
     if cached.exists():
-        return cached.read_text()
-    converted: str = converter.TikTokenConverter(vocab_file=path, pattern=pattern).converted().to_str()
+        return cached
+    converter: Any = importlib.import_module("transformers.convert_slow_tokenizer")
+    backend = converter.TikTokenConverter(vocab_file=path, pattern=pattern).converted()
+    first = backend.get_vocab_size()
+    backend.add_special_tokens([AddedToken(s, normalized=False, special=True) for s in specials])
+    assert [backend.token_to_id(s) for s in specials] == list(range(first, first + len(specials)))
+    if nfc:
+        backend.normalizer = normalizers.NFC()  # as Qwen2's tokenizer.json has
     cached.parent.mkdir(exist_ok=True)
     partial = cached.with_suffix(f".{os.getpid()}.tmp")
-    partial.write_text(converted)
+    backend.save(str(partial))
     partial.replace(cached)
-    return converted
+    return cached
 
 
 def reference_tokenizer(fam: Family) -> Any:
