@@ -637,7 +637,7 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
 
     for i, (m, loc) in enumerate(zip(example.messages, located, strict=True)):
         body = text_of(m)
-        if body and loc.content is None:
+        if body and loc.content is None and not loc.moved:
             findings.append(
                 Finding(
                     "template_drops_content",
