@@ -243,7 +243,28 @@ def load_profile(files: ProfileFiles, rules: TrainingRules) -> ModelProfile | No
             rules=rules,
         )
     except ProfileError as e:
-        _usage(f"model profile: {e.message} ({e.code})")
+        culprit = _culprit(files, e.code)
+        where = f"{culprit}: " if culprit is not None and culprit.name not in e.message else ""
+        _usage(f"model profile: {where}{e.message} ({e.code})")
+
+
+def _culprit(files: ProfileFiles, code: str) -> Path | None:
+    """The file a ProfileError is about, for a message that does not name it."""
+    root = Path(files.hf_dir) if files.hf_dir is not None else None
+    if code == "template_syntax":
+        if files.chat_template is not None:
+            return Path(files.chat_template)
+        if root is not None:
+            jinja = root / "chat_template.jinja"
+            return jinja if jinja.is_file() else root / "tokenizer_config.json"
+        return Path(files.tokenizer_config) if files.tokenizer_config else None
+    if code in ("tokenizer_unloadable", "special_token_missing"):
+        if files.tokenizer is not None:
+            return Path(files.tokenizer)
+        if root is not None:
+            found = [root / "tokenizer.json", root / "tokenizer.model", *sorted(root.glob("*.tiktoken"))]
+            return next((f for f in found if f.is_file()), None)
+    return None
 
 
 def _rules(train_eot: bool | None, train_on: str) -> TrainingRules:
@@ -894,20 +915,18 @@ def check_template(template: ChatTemplate, train_on: str) -> list[CheckRow]:
 
 
 def trained_text(view: TrainingView) -> str:
-    """What a view trains, as text: each trained run quoted, with its token count."""
+    """What a view trains, as `check_profile` says it: each run of trained text quoted."""
     runs: list[str] = []
     current = ""
-    count = 0
     for seg in view.segments:
         if seg.trained:
             current += seg.text
-            count += len(seg.token_ids)
         elif current:
-            runs.append(f"{current!r} ({count})")
-            current, count = "", 0
+            runs.append(repr(current))
+            current = ""
     if current:
-        runs.append(f"{current!r} ({count})")
-    return " + ".join(runs) if runs else "nothing"
+        runs.append(repr(current))
+    return " | ".join(runs) or "(nothing)"
 
 
 def _check_row(row: CheckRow) -> dict[str, Any]:

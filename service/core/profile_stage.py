@@ -19,28 +19,11 @@ from service.core.problems import Problem, problem
 from service.core.profiles import Finding, ModelProfile
 from service.core.view import TrainingView
 
-# Spellings of control tokens in chat templates: `<|im_end|>`, `<｜Assistant｜>`, `<start_of_turn>`,
-# `</s>`, `[INST]`. Only those the profile's tokenizer knows as one token are kept.
-_CANDIDATE = re.compile(r"<\|[^|<>\s]{1,48}\|>|<｜[^｜<>]{1,48}｜>|</?[a-z_]{1,32}>|\[/?[A-Z_]{2,16}\]")
-# Tags some models write inside their own replies (reasoning, tool calls): added tokens, but part
-# of the content a model is trained to produce, never a turn boundary.
-_CONTENT_TAGS = re.compile(r"</?(think|thinking|tool_call|tool_response|tool_calls|answer|reasoning)>")
-
-
 @lru_cache(maxsize=64)
 def special_strings(profile: ModelProfile) -> tuple[str, ...]:
-    """The control-token strings of a profile: what its template writes (and its bos/eos) that the
-    tokenizer encodes as a single token, longest first, reasoning/tool-call tags left out."""
-    found = set(_CANDIDATE.findall(profile.chat_template))
-    found.update(t for t in (profile.bos_token, profile.eos_token) if t)
-    out = []
-    for s in found:
-        if _CONTENT_TAGS.fullmatch(s) or profile.tokenizer.token_to_id(s) is None:
-            continue
-        ids, _ = profile.tokenizer.encode(s)
-        if len(ids) == 1:
-            out.append(s)
-    return tuple(sorted(out, key=lambda s: (-len(s), s)))
+    """The profile's control-token strings (the tokenizer's special added tokens, such as
+    `<|im_end|>`; not markup it writes as text, such as `<think>`), longest first."""
+    return tuple(sorted(profile.tokenizer.control_tokens, key=lambda s: (-len(s), s)))
 
 
 @lru_cache(maxsize=64)
@@ -58,11 +41,14 @@ def special_in_content(
     pattern = special_pattern(specials)
     if pattern is None:
         return []
+    starts = {t[0] for t in specials}
     out = []
     for i, m in enumerate(messages):
         if m.role not in ("user", "assistant") or i in reported:
             continue
         text = text_of(m)
+        if not any(c in text for c in starts):  # substring tests first: the regex is long
+            continue
         found = pattern.search(text)
         if found is not None:
             out.append(
@@ -85,17 +71,19 @@ def tokens_of(view: TrainingView, chat: ChatExample) -> ExampleTokens:
     """The profile's token counts of one rendered example: every token of the sequence counts
     (billed == total), per message by the segments' message index; tokens of no message (a
     BOS, injected text, a generation prompt) are the fixed cost every window pays."""
-    per = [MessageCount(0, 0) for _ in chat.messages]
+    billed = [0] * len(chat.messages)
+    trained = [0] * len(chat.messages)
     fixed = 0
     for seg in view.segments:
         n = len(seg.token_ids)
-        if seg.message_index is None or not 0 <= seg.message_index < len(per):
+        i = seg.message_index
+        if i is None or not 0 <= i < len(billed):
             fixed += n
             continue
-        c = per[seg.message_index]
-        c.billed += n
+        billed[i] += n
         if seg.trained:
-            c.trained += n
+            trained[i] += n
+    per = [MessageCount(b, t) for b, t in zip(billed, trained, strict=True)]
     images = sum(image_count(m) for m in chat.messages)
     return ExampleTokens(view.total_tokens, view.trained_tokens, len(chat.messages), per, fixed, images)
 
