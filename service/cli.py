@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 
 import click
 import msgspec
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -848,18 +849,25 @@ def templates() -> None:
 def templates_list(as_json: bool) -> None:
     """The built-in templates (`--template NAME`, `templates check NAME`). A model's own template
     comes with its tokenizer: --hf-dir DIR, or --tokenizer FILE --chat-template FILE."""
-    rows = [
-        {"name": t.name, "encoding": t.encoding, "train_eot": t.train_end, "description": t.description}
-        for t in sorted(BUILTIN_TEMPLATES.values(), key=lambda t: t.name)
-    ]
+    builtins = sorted(BUILTIN_TEMPLATES.values(), key=lambda t: t.name)
     if as_json:
-        _out(rows)
+        _out(
+            [
+                {
+                    "name": t.name,
+                    "encoding": t.encoding,
+                    "train_eot": t.train_end,
+                    "description": t.description,
+                }
+                for t in builtins
+            ]
+        )
         return
     table = Table(box=None, pad_edge=False, header_style="bold")
     for head in ("name", "encoding", "end-of-turn trained", "description"):
         table.add_column(head, no_wrap=head != "description")
-    for row in rows:
-        table.add_row(row["name"], row["encoding"], "yes" if row["train_eot"] else "no", row["description"])
+    for t in builtins:
+        table.add_row(t.name, t.encoding, "yes" if t.train_end else "no", t.description)
     Console(highlight=False).print(table)
 
 
@@ -942,17 +950,24 @@ _OUTCOME_STYLE = {"rendered": "green", "rejected": "bold red", "rewritten": "yel
 
 
 def print_check(rows: list[CheckRow], title: str, console: Console) -> None:
-    table = Table(title=title, title_justify="left", header_style="bold")
+    """One line per case (codes only, so the table stays narrow), then each code's first message
+    in full: a rejection in the template's own words."""
+    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("case", no_wrap=True)
     table.add_column("outcome", no_wrap=True)
-    table.add_column("trained", overflow="fold")
-    table.add_column("findings", overflow="fold")
+    table.add_column("trained", overflow="fold", ratio=3)
+    table.add_column("findings", overflow="fold", ratio=1)
+    first: dict[str, tuple[str, str]] = {}
     for row in rows:
-        found = "\n".join(f"{f.code}: {f.message}" for f in row.findings)
-        table.add_row(
-            row.case, Text(row.outcome, style=_OUTCOME_STYLE.get(row.outcome, "")), row.trained, found
-        )
+        codes = list(dict.fromkeys(f.code for f in row.findings))
+        for f in row.findings:
+            first.setdefault(f.code, (row.case, f.message))
+        style = _OUTCOME_STYLE.get(row.outcome, "")
+        table.add_row(row.case, Text(row.outcome, style=style), row.trained or "—", ", ".join(codes))
     console.print(table)
+    for code, (case, message) in first.items():
+        style = "red" if CODES[code].severity == "error" else "yellow"
+        console.print(Text.assemble((code, style), f" ({case}): ", message))
 
 
 @main.command(name="models")

@@ -19,6 +19,7 @@ from service.core.problems import Problem, problem
 from service.core.profiles import Finding, ModelProfile
 from service.core.view import TrainingView
 
+
 @lru_cache(maxsize=64)
 def special_strings(profile: ModelProfile) -> tuple[str, ...]:
     """The profile's control-token strings (the tokenizer's special added tokens, such as

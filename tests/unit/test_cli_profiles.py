@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner
 
 from service.cli import main
+from service.core.profiles import CHECK_CASES
 from tests.conftest import jsonl
 
 SITE = Path(__file__).parents[2] / ".venv" / "lib" / "python3.11" / "site-packages"
@@ -39,10 +40,11 @@ def reference_render(name: str, messages: list[dict[str, Any]], **special: str) 
         warnings.simplefilter("ignore")
         from transformers.utils.chat_template_utils import render_jinja_template
 
-    out, _ = render_jinja_template(
+    render: Any = render_jinja_template
+    texts, _ = render(
         conversations=[messages], chat_template=(TEMPLATES / f"{name}.jinja").read_text(), **special
     )
-    return str(out[0])
+    return str(texts[0])
 
 
 def write(tmp_path: Path, *values: Any, name: str = "data.jsonl") -> str:
@@ -78,7 +80,9 @@ def gemma_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tokenizers import AddedToken, Tokenizer
 
     tok = Tokenizer.from_file(str(DEEPSEEK / "tokenizer.json"))
-    tok.add_special_tokens([AddedToken(t, special=True) for t in ("<bos>", "<start_of_turn>", "<end_of_turn>")])
+    tok.add_special_tokens(
+        [AddedToken(t, special=True) for t in ("<bos>", "<start_of_turn>", "<end_of_turn>")]
+    )
     path = tmp_path_factory.mktemp("gemma") / "tokenizer.json"
     tok.save(str(path))
     config = path.parent / "tokenizer_config.json"
@@ -114,7 +118,7 @@ def test_gemma3_rejects_consecutive_assistant_turns_with_its_own_message(
     report = json.loads(result.stdout)
     [p] = problems(report, "template_rejects_conversation")
     assert p["line"] == 2
-    assert p["severity"] == "error" and p["action"] == "fail"
+    assert (p["severity"], p["action"]) == ("error", "fail")
     assert str(raised.value) in p["message"]  # the template's own words
     assert report["examples_failed"] == 1
     assert report["profile"].startswith("gemma3@")
@@ -124,10 +128,13 @@ def test_gemma3_fix_merges_and_the_template_then_renders_it(tmp_path: Path, gemm
     data = write(tmp_path, {"messages": REGULAR}, {"messages": IRREGULAR})
     out = tmp_path / "out.jsonl"
     fix = ["--policy", "template_rejects_conversation=fix"]
-    result = invoke("convert", data, "--to", "openai", "-o", str(out), *gemma_args(gemma_tokenizer), *fix, "--json")
+    result = invoke(
+        "convert", data, "--to", "openai", "-o", str(out), *gemma_args(gemma_tokenizer), *fix, "--json"
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert report["ok"] and report["examples_out"] == 2
+    assert report["ok"]
+    assert report["examples_out"] == 2
     assert report["fixes"] == {"drop_trailing": 1, "merge_consecutive": 1}
     assert {c["code"] for c in report["changes"]} == {"template_rejects_conversation"}
     [_, fixed] = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
@@ -146,11 +153,18 @@ def test_gemma3_fix_fails_when_no_fix_makes_it_renderable(tmp_path: Path, gemma_
     """A conversation the fixes cannot reorder (a system prompt in the middle, which Gemma 3 reads
     as a turn) still fails, with the template's message after the fixes: nothing claims success."""
     odd = [u("Hi"), a("Hello."), s("Now be formal."), u("Bye"), a("Goodbye.")]
-    with pytest.raises(Exception) as raised:
+    from jinja2.exceptions import TemplateError
+
+    with pytest.raises(TemplateError) as raised:
         reference_render("gemma3", odd, bos_token="<bos>")
     data = write(tmp_path, {"messages": odd})
     result = invoke(
-        "validate", data, *gemma_args(gemma_tokenizer), "--policy", "template_rejects_conversation=fix", "--json",
+        "validate",
+        data,
+        *gemma_args(gemma_tokenizer),
+        "--policy",
+        "template_rejects_conversation=fix",
+        "--json",
         "--per-example",
     )
     assert result.exit_code == 1, result.output
@@ -166,7 +180,14 @@ def test_gemma3_fix_fails_when_no_fix_makes_it_renderable(tmp_path: Path, gemma_
 
 
 def qwen_args(name: str = "qwen3") -> list[str]:
-    return ["--tokenizer", str(QWEN_TIKTOKEN), "--tiktoken-preset", "qwen2", "--chat-template", template(name)]
+    return [
+        "--tokenizer",
+        str(QWEN_TIKTOKEN),
+        "--tiktoken-preset",
+        "qwen2",
+        "--chat-template",
+        template(name),
+    ]
 
 
 REASONING = [
@@ -184,7 +205,7 @@ def test_qwen3_rewrites_history_and_expand_per_turn_gives_one_example_per_turn(t
     data = write(tmp_path, {"messages": REASONING})
     report = json.loads(invoke("validate", data, *qwen_args(), "--json", "--per-example").stdout)
     [p] = problems(report, "template_rewrites_history")
-    assert p["line"] == 1 and p["action"] == "keep"
+    assert (p["line"], p["action"]) == (1, "keep")
     assert report["examples_out"] == 1
 
     out = tmp_path / "out.jsonl"
@@ -195,7 +216,10 @@ def test_qwen3_rewrites_history_and_expand_per_turn_gives_one_example_per_turn(t
     assert (report["examples"], report["examples_ok"], report["examples_out"]) == (1, 1, 2)
     assert report["fixes"] == {"expand_per_turn": 1}
     lines = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [ex["messages"] for ex in lines] == [REASONING[:2], [*REASONING[:1], {**REASONING[1], "weight": 0}, *REASONING[2:]]]
+    assert [ex["messages"] for ex in lines] == [
+        REASONING[:2],
+        [*REASONING[:1], {**REASONING[1], "weight": 0}, *REASONING[2:]],
+    ]
     # each written example, rendered as inference would see it, trains its own turn's reasoning
     written = tmp_path / "written.jsonl"
     written.write_text(out.read_text())
@@ -225,7 +249,14 @@ def test_expanded_outputs_are_counted_per_example(tmp_path: Path) -> None:
 
 
 def llama_args() -> list[str]:
-    return ["--tokenizer", str(LLAMA_MODEL), "--tiktoken-preset", "llama3", "--chat-template", template("llama3_1")]
+    return [
+        "--tokenizer",
+        str(LLAMA_MODEL),
+        "--tiktoken-preset",
+        "llama3",
+        "--chat-template",
+        template("llama3_1"),
+    ]
 
 
 def test_llama3_1_injects_its_date_header(tmp_path: Path) -> None:
@@ -235,7 +266,8 @@ def test_llama3_1_injects_its_date_header(tmp_path: Path) -> None:
     report = json.loads(invoke("validate", data, *llama_args(), "--json", "--per-example").stdout)
     [p] = problems(report, "template_injects_text")
     assert "Cutting Knowledge Date: December 2023" in p["message"]
-    assert p["action"] == "keep" and report["ok"]
+    assert p["action"] == "keep"
+    assert report["ok"]
     dropped = json.loads(
         invoke("validate", data, *llama_args(), "--policy", "template_injects_text=drop", "--json").stdout
     )
@@ -244,14 +276,26 @@ def test_llama3_1_injects_its_date_header(tmp_path: Path) -> None:
 
 def test_profile_control_tokens_in_content_are_role_markers(tmp_path: Path) -> None:
     """Content that spells `<|eot_id|>` is read by Llama's tokenizer as the end of the turn."""
-    leaked = [s("Be brief."), u("Say hi."), a("Hi!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nMore?")]
+    leaked = [
+        s("Be brief."),
+        u("Say hi."),
+        a("Hi!<|eot_id|><|start_header_id|>user<|end_header_id|>\n\nMore?"),
+    ]
     data = write(tmp_path, {"messages": leaked})
     report = json.loads(invoke("validate", data, *llama_args(), "--json", "--per-example").stdout)
     [p] = problems(report, "role_marker_in_content")
     assert "<|eot_id|>" in p["message"] or "<|start_header_id|>" in p["message"]
     out = tmp_path / "out.jsonl"
     result = invoke(
-        "convert", data, "--to", "openai", "-o", str(out), *llama_args(), "--policy", "role_marker_in_content=fix"
+        "convert",
+        data,
+        "--to",
+        "openai",
+        "-o",
+        str(out),
+        *llama_args(),
+        "--policy",
+        "role_marker_in_content=fix",
     )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["messages"][-1] == a("Hi!")
@@ -283,8 +327,11 @@ def test_validate_a_shared_data_file_with_an_hf_dir(tmp_path: Path, deepseek_dir
         warnings.simplefilter("ignore")
         from transformers import PreTrainedTokenizerFast
 
-    ref = PreTrainedTokenizerFast(
-        tokenizer_file=str(deepseek_dir / "tokenizer.json"), bos_token="<｜begin▁of▁sentence｜>", eos_token="<｜end▁of▁sentence｜>"
+    fast: Any = PreTrainedTokenizerFast
+    ref = fast(
+        tokenizer_file=str(deepseek_dir / "tokenizer.json"),
+        bos_token="<｜begin▁of▁sentence｜>",
+        eos_token="<｜end▁of▁sentence｜>",
     )
     chat_template = (deepseek_dir / "chat_template.jinja").read_text()
     roles = {"human": "user", "gpt": "assistant"}
@@ -321,14 +368,16 @@ def test_templates_check_gemma3_rejects_and_qwen3_rewrites(gemma_tokenizer: Path
     assert any(f["code"] == "template_rejects_conversation" for f in row["findings"])
     table = invoke("templates", "check", *gemma_args(gemma_tokenizer))
     assert table.exit_code == 0
-    assert "consecutive_assistant" in table.output and "rejected" in table.output
+    assert "consecutive_assistant" in table.output
+    assert "rejected" in table.output
 
 
 def test_templates_check_a_builtin_template() -> None:
     result = invoke("templates", "check", "chatml", "--json")
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)["cases"]
-    assert rows and all(r["outcome"] == "rendered" for r in rows)
+    assert [r["case"] for r in rows] == list(CHECK_CASES)
+    assert all(r["outcome"] == "rendered" for r in rows)
 
 
 @pytest.mark.parametrize(
@@ -351,16 +400,21 @@ def test_bad_profile_files_are_usage_errors_naming_the_file(
     for args in (["validate", data], ["inspect", data], ["templates", "check"]):
         result = CliRunner().invoke(main, [*args, "--hf-dir", str(folder)])
         assert result.exit_code == 2, result.output
-        assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+        assert isinstance(result.exception, SystemExit)  # a usage error, not a traceback
         for word in words:
             assert word in result.output
 
 
 def test_missing_files_and_conflicting_options_are_usage_errors(tmp_path: Path) -> None:
     data = write(tmp_path, {"messages": REGULAR})
-    missing = CliRunner().invoke(main, ["validate", data, "--tokenizer", str(tmp_path / "nope.json"), "--chat-template", template("qwen3")])
-    assert missing.exit_code == 2 and "nope.json" in missing.output
+    missing = CliRunner().invoke(
+        main,
+        ["validate", data, "--tokenizer", str(tmp_path / "nope.json"), "--chat-template", template("qwen3")],
+    )
+    assert missing.exit_code == 2
+    assert "nope.json" in missing.output
     both = CliRunner().invoke(main, ["validate", data, "--hf-dir", str(tmp_path), "--tokenizer", "x"])
-    assert both.exit_code == 2 and "exclusive" in both.output
+    assert both.exit_code == 2
+    assert "exclusive" in both.output
     no_profile = CliRunner().invoke(main, ["validate", data, "--no-train-eot"])
     assert no_profile.exit_code == 2
