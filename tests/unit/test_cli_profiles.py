@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from service.cli import main
 from service.core.profiles import CHECK_CASES
+from service.core.templates import BUILTIN_TEMPLATES
 from tests.conftest import jsonl
 
 SITE = Path(__file__).parents[2] / ".venv" / "lib" / "python3.11" / "site-packages"
@@ -211,6 +212,12 @@ def test_qwen3_rewrites_history_and_expand_per_turn_gives_one_example_per_turn(t
     [dropped] = problems(report, "template_drops_content")
     assert dropped["message_index"] == 1
     assert "17 * 3 = 51." in dropped["message"]
+    # `<think>` is markup Qwen writes as text, not a control token: no role marker is found
+    assert {g["code"] for g in report["problems"]} == {
+        "no_system_message",
+        "template_drops_content",
+        "template_rewrites_history",
+    }
     assert report["examples_out"] == 1
 
     out = tmp_path / "out.jsonl"
@@ -277,6 +284,15 @@ def test_llama3_1_injects_its_date_header(tmp_path: Path) -> None:
         invoke("validate", data, *llama_args(), "--policy", "template_injects_text=drop", "--json").stdout
     )
     assert (dropped["examples_dropped"], dropped["examples_out"]) == (1, 0)
+
+
+def test_inspect_with_a_profile_draws_the_models_tokens(tmp_path: Path) -> None:
+    data = write(tmp_path, {"messages": REGULAR})
+    result = invoke("inspect", data, *llama_args())
+    assert result.exit_code == 0, result.output
+    assert "profile llama3_1" in result.output
+    assert "<|eot_id|>" in result.output
+    assert "template_injects_text" in result.output  # the findings follow the view
 
 
 def test_profile_control_tokens_in_content_are_role_markers(tmp_path: Path) -> None:
@@ -438,7 +454,9 @@ def test_templates_list_names_the_builtins() -> None:
     result = invoke("templates", "list", "--json")
     assert result.exit_code == 0
     names = [t["name"] for t in json.loads(result.stdout)]
-    assert {"harmony", "chatml"} <= set(names)
+    assert names == sorted(BUILTIN_TEMPLATES)
+    table = invoke("templates", "list")
+    assert all(name in table.output for name in names)
 
 
 def test_templates_check_gemma3_rejects_and_qwen3_rewrites(gemma_tokenizer: Path) -> None:
