@@ -446,6 +446,56 @@ def test_validate_a_shared_data_file_with_an_hf_dir(tmp_path: Path, deepseek_dir
     assert "estimated cost" not in human.output
 
 
+def test_token_limits_and_windows_count_the_profiles_tokens(tmp_path: Path, deepseek_dir: Path) -> None:
+    """over_token_limit compares the profile's own token count with the limit, and its windows
+    are cut and re-rendered so that each written example fits in the profile's tokens."""
+    models = tmp_path / "models.toml"
+    models.write_text('[models."tiny"]\nencoding = "o200k_base"\nmax_tokens = 60\nmin_examples = 1\n')
+    long = [s("Answer in one sentence.")]
+    for q, reply in [
+        ("What is the capital of France?", "The capital of France is Paris, on the Seine."),
+        ("And of Italy?", "The capital of Italy is Rome, on the Tiber river."),
+        ("And of Spain?", "The capital of Spain is Madrid, in the centre of the country."),
+        ("And of Portugal?", "The capital of Portugal is Lisbon, on the Atlantic coast."),
+    ]:
+        long += [u(q), a(reply)]
+    data = write(tmp_path, {"messages": long})
+    args = ["--hf-dir", str(deepseek_dir), "--model", "tiny", "--models", str(models)]
+    report = json.loads(invoke("validate", data, *args, "--json", "--per-example").stdout)
+    [p] = problems(report, "over_token_limit")
+    whole = reference_ids(deepseek_dir, long)
+    assert f"has {len(whole)} tokens" in p["message"]
+    out = tmp_path / "out.jsonl"
+    fix = ["--policy", "over_token_limit=fix"]
+    result = invoke("convert", data, "--to", "openai", "-o", str(out), *args, *fix)
+    assert result.exit_code == 0, result.output
+    report = json.loads(invoke("validate", data, *args, *fix, "--json", "--per-example").stdout)
+    windows = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
+    assert len(windows) > 1
+    counts = [len(reference_ids(deepseek_dir, w)) for w in windows]
+    assert [d["billed_tokens"] for d in report["examples_detail"]] == counts
+    assert all(n <= 60 for n in counts)
+    # every assistant turn is trained in exactly one window
+    trained = [m["content"] for w in windows for m in w if m["role"] == "assistant" and m.get("weight") != 0]
+    assert trained == [m["content"] for m in long if m["role"] == "assistant"]
+
+
+def reference_ids(folder: Path, messages: list[dict[str, Any]]) -> list[int]:
+    """transformers' apply_chat_template(tokenize=True) with the folder's tokenizer and template."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import PreTrainedTokenizerFast
+
+    fast: Any = PreTrainedTokenizerFast
+    ref = fast(tokenizer_file=str(folder / "tokenizer.json"), bos_token=BOS, eos_token=EOS)
+    plain = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    chat_template = (folder / "chat_template.jinja").read_text()
+    ids: list[int] = ref.apply_chat_template(
+        plain, chat_template=chat_template, tokenize=True, return_dict=True
+    )["input_ids"]
+    return ids
+
+
 # ---------------------------------------------------------------------------------------------
 # templates list / check, and bad files
 
