@@ -18,7 +18,7 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import xxhash
@@ -75,13 +75,9 @@ class PolicyError(ValueError):
 
 
 if TYPE_CHECKING:
-    RecipeProfile = ModelProfile
-else:
-
-    class RecipeProfile:
-        """What msgspec (and the API's schema) sees of `Recipe.profile`: an opaque type. A profile
-        is files and a tokenizer, not wire data: it is never decoded, and `BuildInfo` keeps only
-        its name and content hash. (ModelProfile itself is a dataclass msgspec would look into.)"""
+    OptionalProfile = ModelProfile | None
+else:  # msgspec (and the OpenAPI schemas built from it) cannot describe a profile: Any at run time
+    OptionalProfile = Any
 
 
 class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -95,10 +91,7 @@ class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The model's own chat template and tokenizer, resolved by the CLI or the API (never decoded
     # from JSON): every chat example is rendered with it (see the module docstring). Not wire
     # data: a BuildInfo keeps only its name and content hash.
-    profile: Annotated[
-        RecipeProfile | None,
-        msgspec.Meta(description="always null here: a build names its profile in `BuildInfo.profile`"),
-    ] = None
+    profile: OptionalProfile = None
 
 
 def parse_policies(items: Iterable[str]) -> dict[str, Action]:
