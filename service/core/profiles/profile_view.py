@@ -369,22 +369,29 @@ def _apply_generation(spans: list[CharSpan], gen: list[tuple[int, int]], trained
 
 
 def _token_labels(spans: list[CharSpan], offsets: list[tuple[int, int]], n: int) -> list[int]:
-    """Per token, the index of the span that labels it (see the module docstring)."""
-    starts = [s.start for s in spans]
+    """Per token, the index of the span that labels it (see the module docstring). Spans tile the text
+    in order and token starts never decrease, so one forward walk does it."""
     labels: list[int] = []
+    j = 0
+    last = len(spans) - 1
     for start, end in offsets:
-        e = max(end, start + 1)
-        s = min(start, n - 1)
-        j = max(bisect_right(starts, s) - 1, 0)
-        first = j
-        chosen = first
-        while j < len(spans) and spans[j].start < e:
-            if spans[j].trained:
-                chosen = j
-                break
+        while j < last and spans[j].end <= start:
             j += 1
+        chosen = j
+        if not spans[j].trained:
+            k = j + 1
+            stop = end if end > start else start + 1
+            while k <= last and spans[k].start < stop:
+                if spans[k].trained:
+                    chosen = k
+                    break
+                k += 1
         labels.append(chosen)
     return labels
+
+
+def _span_at(spans: list[CharSpan], starts: list[int], p: int) -> CharSpan:
+    return spans[max(bisect_right(starts, p) - 1, 0)]
 
 
 def _segments(
@@ -392,26 +399,27 @@ def _segments(
 ) -> list[Segment]:
     segments: list[Segment] = []
     bounds: list[int] = []
+    label_prev = -1
     key_prev: tuple[Any, ...] | None = None
+    current: list[int] = []
     for t, (token, label) in enumerate(zip(ids, labels, strict=True)):
-        sp = spans[label]
-        key = (sp.message_index, sp.part, sp.trained, sp.reason)
-        if key != key_prev:
-            start = offsets[t][0] if t else 0
-            if bounds:
-                start = max(start, bounds[-1])
-            bounds.append(start)
-            segments.append(Segment("", [], sp.message_index, sp.role, sp.trained, sp.reason))
-            key_prev = key
-        segments[-1].token_ids.append(token)
+        if label != label_prev:
+            sp = spans[label]
+            key = (sp.message_index, sp.part, sp.trained, sp.reason)
+            label_prev = label
+            if key != key_prev:
+                start = offsets[t][0] if t else 0
+                if bounds:
+                    start = max(start, bounds[-1])
+                bounds.append(start)
+                current = []
+                segments.append(Segment("", current, sp.message_index, sp.role, sp.trained, sp.reason))
+                key_prev = key
+        current.append(token)
     bounds.append(len(rendered))
     for k, seg in enumerate(segments):
         seg.text = rendered[bounds[k] : bounds[k + 1]]
     return segments
-
-
-def _mask(spans: list[CharSpan], offsets: list[tuple[int, int]], n: int) -> list[bool]:
-    return [spans[i].trained for i in _token_labels(spans, offsets, n)]
 
 
 _SENTINEL = "\ue000"
@@ -603,27 +611,26 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
                 )
             )
 
-    gen_spans = rendered.generation_spans
-    uses_generation = has_generation_blocks(profile)
-    spans_mask = _mask(spans, offsets, n)
-    final_spans = spans
-    if uses_generation:
-        gen_char_spans = _apply_generation(spans, gen_spans, trained)
-        gen_mask = _mask(gen_char_spans, offsets, n)
-        labels = _token_labels(spans, offsets, n)
-        findings += _disagreements(spans_mask, gen_mask, offsets, labels, spans, text)
+    labels = _token_labels(spans, offsets, n)
+    final_spans, final_labels = spans, labels
+    if has_generation_blocks(profile):
+        gen_char_spans = _apply_generation(spans, rendered.generation_spans, trained)
+        gen_labels = _token_labels(gen_char_spans, offsets, n)
+        findings += _disagreements(
+            [spans[i].trained for i in labels],
+            [gen_char_spans[i].trained for i in gen_labels],
+            offsets,
+            labels,
+            spans,
+            text,
+        )
         if profile.rules.mask_source == "generation":
-            final_spans = gen_char_spans
-    labels = _token_labels(final_spans, offsets, n)
-    mask = [final_spans[i].trained for i in labels]
+            final_spans, final_labels = gen_char_spans, gen_labels
+    mask = [final_spans[i].trained for i in final_labels]
 
+    starts = [sp.start for sp in final_spans]
     for i in sorted(trained):
         loc = located[i]
-        eot_tokens = [
-            t
-            for t, lab in enumerate(labels)
-            if final_spans[lab].message_index == i and final_spans[lab].part == PART_EOT
-        ]
         if loc.eot is None:
             findings.append(
                 Finding(
@@ -633,7 +640,7 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
                     i,
                 )
             )
-        elif not eot_tokens or not any(mask[t] for t in eot_tokens):
+        elif not _span_at(final_spans, starts, loc.eot[0]).trained:
             findings.append(
                 Finding(
                     "eot_not_trained",
@@ -647,7 +654,7 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
     if may_rewrite_history(profile):
         findings += _rewrites(profile, msgs, tools, text, trained, located, ctl)
 
-    segments = _segments(text, ids, offsets, final_spans, labels)
+    segments = _segments(text, ids, offsets, final_spans, final_labels)
     total = len(ids)
     view = TrainingView(
         target=profile.name,
