@@ -151,6 +151,17 @@ def test_gemma3_fix_merges_and_the_template_then_renders_it(tmp_path: Path, gemm
     assert trained.startswith("4.\n\nFour, in words.")
 
 
+def test_inspect_a_conversation_gemma3_refuses(tmp_path: Path, gemma_tokenizer: Path) -> None:
+    data = write(tmp_path, {"messages": IRREGULAR})
+    result = invoke("inspect", data, *gemma_args(gemma_tokenizer))
+    assert result.exit_code == 1
+    assert "template_rejects_conversation" in result.output
+    assert "Conversation roles must alternate" in " ".join(result.output.split())
+    as_json = json.loads(invoke("inspect", data, *gemma_args(gemma_tokenizer), "--json").stdout)
+    assert as_json["rejected"] is True
+    assert [f["code"] for f in as_json["findings"]] == ["template_rejects_conversation"]
+
+
 def test_gemma3_fix_fails_when_no_fix_makes_it_renderable(tmp_path: Path, gemma_tokenizer: Path) -> None:
     """A conversation the fixes cannot reorder (a system prompt in the middle, which Gemma 3 reads
     as a turn) still fails, with the template's message after the fixes: nothing claims success."""
@@ -320,6 +331,26 @@ def test_profile_control_tokens_in_content_are_role_markers(tmp_path: Path) -> N
     )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["messages"][-1] == a("Hi!")
+
+
+def test_a_control_token_that_opens_a_message_is_removed_by_the_fix(tmp_path: Path) -> None:
+    """Not a leaked turn (nothing comes before it), but still read as a control token: the
+    fix removes it, and what is written renders as plain text in the reference."""
+    opened = [s("Be brief."), u("<|begin_of_text|>Say hi."), a("Hi!")]
+    data = write(tmp_path, {"messages": opened})
+    report = json.loads(invoke("validate", data, *llama_args(), "--json", "--per-example").stdout)
+    [p] = problems(report, "role_marker_in_content")
+    assert (p["message_index"], p["action"]) == (1, "keep")
+    out = tmp_path / "out.jsonl"
+    fix = ["--policy", "role_marker_in_content=fix"]
+    result = invoke("convert", data, "--to", "openai", "-o", str(out), *llama_args(), *fix, "--json")
+    assert result.exit_code == 0, result.output
+    [change] = json.loads(result.stdout)["changes"]
+    assert "<|begin_of_text|>" in change["detail"]
+    written = json.loads(out.read_text())["messages"]
+    assert written[1] == u("Say hi.")
+    rendered = reference_render("llama3_1", written, bos_token="<|begin_of_text|>")
+    assert rendered.count("<|begin_of_text|>") == 1  # only the template's own
 
 
 # ---------------------------------------------------------------------------------------------
