@@ -32,6 +32,7 @@ from service.core.problems import CODES, codes_markdown
 from service.core.profile_stage import special_strings
 from service.core.profiles import (
     CHECK_CASES,
+    TIKTOKEN_PRESETS,
     CheckRow,
     ModelProfile,
     ProfileError,
@@ -191,8 +192,8 @@ def _profile_options(f: Any) -> Any:
         ),
         click.option(
             "--tiktoken-preset",
-            metavar="NAME",
-            help="Pattern and special tokens for a tiktoken rank file: llama3 or qwen2.",
+            type=click.Choice(sorted(TIKTOKEN_PRESETS)),
+            help="Pattern and special tokens for a tiktoken rank file (tokenizer.model, *.tiktoken).",
         ),
     ]
     for option in reversed(options):

@@ -192,14 +192,15 @@ def test_gemma3_fix_fails_when_no_fix_makes_it_renderable(tmp_path: Path, gemma_
 # Qwen 3: reasoning stripped from earlier turns
 
 
-def qwen_args(name: str = "qwen3") -> list[str]:
+def qwen_args() -> list[str]:
+    """Qwen 3's template on Qwen's rank file with Qwen 3's added tokens (`<think>` among them)."""
     return [
         "--tokenizer",
         str(QWEN_TIKTOKEN),
         "--tiktoken-preset",
-        "qwen2",
+        "qwen3",
         "--chat-template",
-        template(name),
+        template("qwen3"),
     ]
 
 
