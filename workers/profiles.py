@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from service.core.profiles import ModelProfile
+
 from service.settings import get_settings
 from service.store.blobs import blob_store_from_settings
 from service.store.profiles import ProfileStore
@@ -24,7 +25,9 @@ def profile_store() -> ProfileStore:
     with _lock:
         if not _store:
             settings = get_settings()
-            _store.append(ProfileStore(State.from_url(settings.redis_url).r, blob_store_from_settings(settings)))
+            _store.append(
+                ProfileStore(State.from_url(settings.redis_url).r, blob_store_from_settings(settings))
+            )
         return _store[0]
 
 

@@ -216,7 +216,10 @@ async def _multipart(request: Request[Any, Any, Any]) -> ProfileCreate:
     if tokenizer is None:
         message = "the tokenizer file is missing: send it as the multipart part 'tokenizer'"
         raise ApiProblem(
-            422, "invalid-profile", message, errors=[ProblemItem(None, None, "profile_files_missing", message)]
+            422,
+            "invalid-profile",
+            message,
+            errors=[ProblemItem(None, None, "profile_files_missing", message)],
         )
     if isinstance(tokenizer, UploadFile) and "tokenizer_filename" not in values:
         values["tokenizer_filename"] = tokenizer.filename.rsplit("/", 1)[-1]

@@ -137,7 +137,9 @@ def validate_examples(
     model: Annotated[
         str | None,
         QueryParameter(
-            min_length=1, max_length=IDENT_MAX, description=f"target provider model ({pipeline.DEFAULT_MODEL})"
+            min_length=1,
+            max_length=IDENT_MAX,
+            description=f"target provider model ({pipeline.DEFAULT_MODEL})",
         ),
     ] = None,
     profile: Annotated[

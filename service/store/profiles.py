@@ -26,6 +26,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -123,7 +124,7 @@ def classify(files: dict[str, bytes]) -> ProfileFiles:
     )
 
 
-def ProfileError_(code: str, message: str) -> ProfileError:  # noqa: N802 - reads as the class
+def ProfileError_(code: str, message: str) -> ProfileError:
     """A ProfileError with this code and message, whatever the class's constructor takes."""
     error = ProfileError(message)
     error.code = code
@@ -165,26 +166,33 @@ class ProfileCache:
         self._loading: dict[tuple[Any, ...], threading.Lock] = {}
         self.loads = 0  # profiles parsed (not served from the cache), for tests and metrics
 
-    def get_or_load(self, key: tuple[Any, ...], load: Any) -> ModelProfile:
+    def get_or_load(self, key: tuple[Any, ...], load: Callable[[], ModelProfile]) -> ModelProfile:
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:
-            with self._lock:
-                if key in self._items:
-                    self._items.move_to_end(key)
-                    return self._items[key]
-            profile: ModelProfile = load()
-            with self._lock:
-                self.loads += 1
-                self._items[key] = profile
-                self._items.move_to_end(key)
-                while len(self._items) > self.size:
-                    self._items.popitem(last=False)
-                self._loading.pop(key, None)
-            return profile
+            try:
+                with self._lock:
+                    if key in self._items:
+                        self._items.move_to_end(key)
+                        return self._items[key]
+                profile = load()
+                self.add(key, profile)
+                with self._lock:
+                    self.loads += 1
+                return profile
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+
+    def add(self, key: tuple[Any, ...], profile: ModelProfile) -> None:
+        with self._lock:
+            self._items[key] = profile
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
 
     def clear(self) -> None:
         with self._lock:
@@ -204,6 +212,11 @@ def _retired(tenant: str) -> str:
 
 def _prefix(tenant: str, content_hash: str) -> str:
     return f"profiles/{tenant}/{content_hash}/"
+
+
+def _cache_key(record: ProfileRecord) -> tuple[Any, ...]:
+    """A loaded profile carries its name and rules besides the files the content hash covers."""
+    return (record.content_hash, record.name, record.tiktoken_preset, record.rules)
 
 
 _decode_record = msgspec.json.Decoder(ProfileRecord).decode
@@ -271,6 +284,7 @@ class ProfileStore:
             if raced is not None and raced.content_hash == record.content_hash and raced.rules == rules:
                 return raced, False
             raise ProfileExists(name)
+        self.cache.add(_cache_key(record), profile)  # parsed already: the first load is free
         self._sweep(tenant)
         return record, True
 
@@ -308,8 +322,7 @@ class ProfileStore:
         return self.load_record(tenant, record)
 
     def load_record(self, tenant: str, record: ProfileRecord) -> ModelProfile:
-        key = (record.content_hash, record.name, record.tiktoken_preset, record.rules)
-        return self.cache.get_or_load(key, lambda: self._parse(tenant, record))
+        return self.cache.get_or_load(_cache_key(record), lambda: self._parse(tenant, record))
 
     def _parse(self, tenant: str, record: ProfileRecord) -> ModelProfile:
         prefix = _prefix(tenant, record.content_hash)
