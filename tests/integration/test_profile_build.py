@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def test_register_a_profile_build_packed_and_tokenized_download_and_check_agains
     documents = 0
     for row in packed:
         bounds = row["cu_seqlens"]
-        for start, end in zip(bounds, bounds[1:], strict=False):
+        for start, end in pairwise(bounds):
             _check_document(row["input_ids"][start:end], row["labels"][start:end], reference, refs)
             assert row["position_ids"][start:end] == list(range(end - start))
             documents += 1
