@@ -35,6 +35,7 @@ from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import (
     PROFILE_BODY_MAX,
     PROFILE_CONFIG_MAX,
+    PROFILE_NAME_PATTERN,
     PROFILE_TEMPLATE_MAX,
     PROFILE_TOKENIZER_MAX,
     CheckRowOut,
@@ -139,7 +140,7 @@ class ProfileUploadBody(Operation):
             file = Schema(type=OpenAPIType.STRING, format="binary" if binary else None)  # type: ignore[arg-type]
             text = Schema(type=OpenAPIType.STRING)
             return {
-                "name": Schema(type=OpenAPIType.STRING, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"),
+                "name": Schema(type=OpenAPIType.STRING, pattern=PROFILE_NAME_PATTERN),
                 "tokenizer": file
                 if binary
                 else Schema(type=OpenAPIType.STRING, content_encoding="base64", description="base64"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 import service.api.builds
+import service.store.profiles
 from service.api.app import create_app
 from service.api.schemas import PROFILE_TEMPLATE_MAX
 from service.core.templates import BUILTIN_TEMPLATES
@@ -445,7 +447,7 @@ def test_a_build_naming_an_unknown_profile_is_422_at_submit(
 
 
 def test_a_deleted_profile_still_loads_for_running_builds_until_its_grace_ends(
-    settings: Settings, state: State
+    settings: Settings, state: State, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     blobs = LocalBlobStore(settings.blob_root)
     store = ProfileStore(state.r, blobs, retire_grace_s=3600)
@@ -461,8 +463,11 @@ def test_a_deleted_profile_still_loads_for_running_builds_until_its_grace_ends(
     prefix = f"profiles/acme/{record.content_hash}/"
     assert blobs.list(prefix)
     expired = ProfileStore(state.r, blobs, retire_grace_s=-1)
-    expired.put("acme", "other", files)  # the same files under another name: they stay
+    expired.put("acme", "other", files)  # the same files under another name, deleted at once:
     expired.delete("acme", "other")
+    assert blobs.list(prefix)  # they stay, "strict" is still within its grace
+    later = time.time() + 7200
+    monkeypatch.setattr(service.store.profiles.time, "time", lambda: later)
     expired.put("acme", "third", {"tokenizer.json": deepseek_files()["tokenizer"], "a.jinja": b"{{ 1 }}"})
     assert blobs.list(prefix) == []  # both past their grace, nothing needs them: removed
     CACHE.clear()
