@@ -279,7 +279,7 @@ class ProfileStore:
             },
             created_at=now(),
         )
-        if not self.r.hsetnx(_index(tenant), name, msgspec.json.encode(record)):
+        if not self.r.hsetnx(_index(tenant), name, msgspec.json.encode(record).decode()):
             raced = self.get(tenant, name)  # another request created it in between
             if raced is not None and raced.content_hash == record.content_hash and raced.rules == rules:
                 return raced, False
@@ -289,7 +289,7 @@ class ProfileStore:
         return record, True
 
     def get(self, tenant: str, name: str) -> ProfileRecord | None:
-        raw = self.r.hget(_index(tenant), name)
+        raw: str | None = self.r.hget(_index(tenant), name)  # type: ignore[assignment]
         return _decode_record(raw) if raw else None
 
     def list(self, tenant: str) -> list[ProfileRecord]:
@@ -298,12 +298,12 @@ class ProfileStore:
 
     def delete(self, tenant: str, name: str) -> bool:
         """Forget the name at once; its files stay loadable by running builds for the grace period."""
-        raw = self.r.hget(_index(tenant), name)
+        raw: str | None = self.r.hget(_index(tenant), name)  # type: ignore[assignment]
         if not raw:
             return False
         retired = _Retired(record=_decode_record(raw), until=time.time() + self.retire_grace_s)
         pipe = self.r.pipeline()
-        pipe.hset(_retired(tenant), name, msgspec.json.encode(retired))
+        pipe.hset(_retired(tenant), name, msgspec.json.encode(retired).decode())
         pipe.hdel(_index(tenant), name)
         pipe.execute()
         self._sweep(tenant)
@@ -315,7 +315,7 @@ class ProfileStore:
         period still loads."""
         record = self.get(tenant, name)
         if record is None and retired_ok:
-            raw = self.r.hget(_retired(tenant), name)
+            raw: str | None = self.r.hget(_retired(tenant), name)  # type: ignore[assignment]
             record = _decode_retired(raw).record if raw else None
         if record is None:
             raise ProfileNotFound(name)

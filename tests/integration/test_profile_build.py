@@ -46,14 +46,14 @@ def _reference() -> tuple[Any, dict[tuple[int, ...], dict[str, Any]]]:
     from transformers import PreTrainedTokenizerFast
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(TOKENIZER))  # type: ignore[no-untyped-call]
     template = TEMPLATE.read_text()
     out: dict[tuple[int, ...], dict[str, Any]] = {}
     for convo in _conversations():
-        rendered, _ = render_jinja_template(
+        rendered: Any = render_jinja_template(
             conversations=[convo["messages"]], chat_template=template, bos_token=BOS, eos_token=EOS
         )
-        out[tuple(tokenizer.encode(rendered[0], add_special_tokens=False))] = convo
+        out[tuple(tokenizer.encode(rendered[0][0], add_special_tokens=False))] = convo
     return tokenizer, out
 
 
@@ -90,7 +90,7 @@ def _check_document(
 def test_register_a_profile_build_packed_and_tokenized_download_and_check_against_the_reference(
     settings: Settings, worker: subprocess.Popen[bytes], tmp_path: Path
 ) -> None:
-    import datasets
+    import datasets  # type: ignore[import-untyped]
 
     state = State.from_url(settings.redis_url)
     auth = _auth(state.create_key("alice"))
