@@ -11,7 +11,6 @@ from __future__ import annotations
 import threading
 
 from service.core.profiles import ModelProfile
-
 from service.settings import get_settings
 from service.store.blobs import blob_store_from_settings
 from service.store.profiles import ProfileStore

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import anyio.to_thread
 import msgspec
@@ -49,6 +49,7 @@ from service.api.schemas import (
     ProfileRules,
     TemplateEntry,
     TemplateList,
+    TiktokenPreset,
 )
 from service.core.profiles import ModelProfile, ProfileError, TrainingRules, check_profile
 from service.core.templates import BUILTIN_TEMPLATES
@@ -147,7 +148,7 @@ class ProfileUploadBody(Operation):
                 "tokenizer_filename": text,
                 "chat_template": file if binary else text,
                 "tokenizer_config": file if binary else text,
-                "tiktoken_preset": Schema(type=OpenAPIType.STRING, enum=["llama3", "qwen2"]),
+                "tiktoken_preset": Schema(type=OpenAPIType.STRING, enum=list(get_args(TiktokenPreset))),
                 "train_eot": Schema(type=OpenAPIType.BOOLEAN),
                 "train_on": Schema(type=OpenAPIType.STRING, enum=["all", "last"]),
                 "mask_source": Schema(type=OpenAPIType.STRING, enum=["spans", "generation"]),

@@ -18,6 +18,7 @@ from msgspec import Meta
 from service.core.dedupe import DedupeSpec
 from service.core.formats import Format
 from service.core.outputs import Outputs
+from service.core.profiles import PROFILE_FILE_MAX, TEMPLATE_MAX
 from service.core.split import SplitSpec
 from service.core.view import Segment
 
@@ -59,8 +60,8 @@ METADATA_KEY_MAX = 64  # a metadata key (the provider's limit)
 METADATA_VALUE_MAX = 512  # and value
 LINE_MAX = 2**31 - 1  # the line number inspect reports
 PROFILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a model profile's name (e.g. qwen2.5-7b)
-PROFILE_TOKENIZER_MAX = 32 * 1024 * 1024  # bytes of a tokenizer file (tokenizer.json, *.model, *.tiktoken)
-PROFILE_TEMPLATE_MAX = 256 * 1024  # bytes of a chat template
+PROFILE_TOKENIZER_MAX = PROFILE_FILE_MAX  # bytes of a tokenizer file (tokenizer.json, *.model, *.tiktoken)
+PROFILE_TEMPLATE_MAX = TEMPLATE_MAX  # bytes of a chat template
 PROFILE_CONFIG_MAX = 4 * 1024 * 1024  # bytes of a tokenizer_config.json
 PROFILE_BODY_MAX = 48 * 1024 * 1024  # a whole profile upload (the tokenizer's base64 in JSON is 4/3 larger)
 TOKENIZER_FILENAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.(json|model|tiktoken)$"
@@ -399,7 +400,8 @@ class InspectView(msgspec.Struct):
 
 # -- model profiles and templates ------------------------------------------------------------
 
-TiktokenPreset = Literal["llama3", "qwen2"]  # pattern + special tokens of a tiktoken-format rank file
+# the pattern and special tokens of a tiktoken-format rank file (service.core.profiles.TIKTOKEN_PRESETS)
+TiktokenPreset = Literal["llama3", "qwen2", "qwen3_5", "o200k_harmony"]
 TrainOn = Literal["all", "last"]
 MaskSource = Literal["spans", "generation"]
 

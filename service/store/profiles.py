@@ -115,7 +115,7 @@ def classify(files: dict[str, bytes]) -> ProfileFiles:
     try:
         template = files[templates[0]].decode() if templates else None
     except UnicodeDecodeError as e:
-        raise ProfileError_("template_syntax", f"{templates[0]} is not UTF-8 text (byte {e.start})") from None
+        raise ProfileError("template_syntax", f"{templates[0]} is not UTF-8 text (byte {e.start})") from None
     return ProfileFiles(
         tokenizer=files[tokenizer[0]],
         tokenizer_filename=tokenizer[0],
@@ -124,16 +124,8 @@ def classify(files: dict[str, bytes]) -> ProfileFiles:
     )
 
 
-def ProfileError_(code: str, message: str) -> ProfileError:
-    """A ProfileError with this code and message, whatever the class's constructor takes."""
-    error = ProfileError(message)
-    error.code = code
-    error.message = message
-    return error
-
-
 def _files_error(message: str) -> ProfileError:
-    return ProfileError_("profile_files_missing", message)
+    return ProfileError("profile_files_missing", message)
 
 
 def build_profile(
