@@ -81,12 +81,10 @@ def profile_store(services: Services) -> ProfileStore:
     return ProfileStore(services.state.r, services.blobs)
 
 
-def unknown_profile(name: str) -> ApiProblem:
+def unknown_profile(name: str, slug: str = "invalid-request") -> ApiProblem:
     """422 `unknown_profile`: what inspect, validate and builds answer for a name the tenant lacks."""
     message = f"no model profile {name!r}; create it at /v1/model-profiles"
-    return ApiProblem(
-        422, "invalid-request", message, errors=[ProblemItem(None, None, "unknown_profile", message)]
-    )
+    return ApiProblem(422, slug, message, errors=[ProblemItem(None, None, "unknown_profile", message)])
 
 
 def load_profile(services: Services, tenant: str, name: str) -> ModelProfile:

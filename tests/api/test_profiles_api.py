@@ -490,3 +490,12 @@ def test_the_lru_parses_a_profile_once_and_stays_bounded(settings: Settings, sta
     store.load("acme", "p2")  # p0 falls out
     store.load("acme", "p0")
     assert cache.loads == 4
+
+
+def test_the_wire_names_every_tiktoken_preset_of_the_core() -> None:
+    from typing import get_args
+
+    from service.api.schemas import TiktokenPreset
+    from service.core.profiles import TIKTOKEN_PRESETS
+
+    assert set(get_args(TiktokenPreset)) == set(TIKTOKEN_PRESETS)
