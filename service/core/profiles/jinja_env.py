@@ -57,7 +57,9 @@ class _Budget:
             )
 
 
-_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar("profile_render_budget", default=None)
+_budget: contextvars.ContextVar[_Budget | None] = contextvars.ContextVar(
+    "profile_render_budget", default=None
+)
 
 
 def _check_size(value: Any) -> Any:
@@ -70,7 +72,9 @@ def _check_size(value: Any) -> Any:
 
 def _check_count(count: int) -> None:
     if count > VALUE_MAX_ITEMS:
-        raise TemplateRaised(f"the template built a value of {count:,} items (tuneset's limit is {VALUE_MAX_ITEMS:,})")
+        raise TemplateRaised(
+            f"the template built a value of {count:,} items (tuneset's limit is {VALUE_MAX_ITEMS:,})"
+        )
 
 
 def _raise_exception(message: Any) -> None:
@@ -84,9 +88,9 @@ def _tojson(
         raise TemplateRaised(f"tojson indent {indent} is outside tuneset's limit (0..64)")
     if isinstance(indent, str) and len(indent) > 64:
         raise TemplateRaised("tojson indent string is longer than tuneset's limit (64)")
-    return _check_size(
-        json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-    )  # type: ignore[no-any-return]
+    text = json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+    _check_size(text)
+    return text
 
 
 def _strftime_now(format: str) -> str:
@@ -140,7 +144,7 @@ class _GenerationBlock(jinja2.ext.Extension):
     """`{% generation %}...{% endgeneration %}`: the span of what the block renders, in characters of the
     rendered text emitted before it (how transformers' AssistantTracker measures it)."""
 
-    tags = frozenset({"generation"})
+    tags = {"generation"}  # noqa: RUF012 - the attribute Jinja reads
 
     def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
         lineno = next(parser.stream).lineno
@@ -180,12 +184,17 @@ class _GuardedEnvironment(ImmutableSandboxedEnvironment):
             budget.tick()
         return super().getitem(obj, argument)
 
-    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: jinja2.runtime.Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         budget = _budget.get()
         if budget is not None:
             budget.tick()
         name = getattr(__obj, "__name__", "")
-        if isinstance(getattr(__obj, "__self__", None), str) and name in {"center", "ljust", "rjust", "zfill"}:
+        if isinstance(getattr(__obj, "__self__", None), str) and name in {
+            "center",
+            "ljust",
+            "rjust",
+            "zfill",
+        }:
             for a in args:
                 if isinstance(a, int):
                     _check_count(a)
@@ -246,7 +255,9 @@ def template_literals(text: str) -> list[str]:
     return out
 
 
-def render_template(template: jinja2.Template, variables: dict[str, Any]) -> tuple[str, list[tuple[int, int]]]:
+def render_template(
+    template: jinja2.Template, variables: dict[str, Any]
+) -> tuple[str, list[tuple[int, int]]]:
     """Rendered text and the `{% generation %}` spans; anything the template raises is TemplateRaised."""
     budget = _Budget(deadline=time.monotonic() + RENDER_TIME_LIMIT_S)
     token = _budget.set(budget)
@@ -257,7 +268,8 @@ def render_template(template: jinja2.Template, variables: dict[str, Any]) -> tup
             budget.emitted += len(chunk)
             if budget.emitted > RENDER_MAX_CHARS:
                 raise TemplateRaised(
-                    f"the rendered text passed {RENDER_MAX_CHARS:,} characters (tuneset's limit for one render)"
+                    f"the rendered text passed {RENDER_MAX_CHARS:,} characters "
+                    "(tuneset's limit for one render)"
                 )
             if time.monotonic() > budget.deadline:
                 raise TemplateRaised(

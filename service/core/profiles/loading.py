@@ -79,9 +79,7 @@ def _template_from_config(config: dict[str, Any]) -> str | None:
 def _check_size(filename: str, data: bytes | str, limit: int) -> None:
     size = len(data.encode("utf-8")) if isinstance(data, str) else len(data)
     if size > limit:
-        raise ProfileError(
-            "profile_too_large", f"{filename} is {size:,} bytes; the limit is {limit:,} bytes"
-        )
+        raise ProfileError("profile_too_large", f"{filename} is {size:,} bytes; the limit is {limit:,} bytes")
 
 
 def _load_tokenizer(
@@ -224,7 +222,9 @@ def load_hf_dir(
     def read(p: Path, limit: int) -> bytes:
         size = p.stat().st_size
         if size > limit:
-            raise ProfileError("profile_too_large", f"{p.name} is {size:,} bytes; the limit is {limit:,} bytes")
+            raise ProfileError(
+                "profile_too_large", f"{p.name} is {size:,} bytes; the limit is {limit:,} bytes"
+            )
         return p.read_bytes()
 
     config_path = root / "tokenizer_config.json"

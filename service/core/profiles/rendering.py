@@ -49,7 +49,10 @@ def template_message(m: Message) -> dict[str, Any]:
         calls.append(
             {
                 "type": "function",
-                "function": {"name": m.function_call.name, "arguments": _arguments(m.function_call.arguments)},
+                "function": {
+                    "name": m.function_call.name,
+                    "arguments": _arguments(m.function_call.arguments),
+                },
             }
         )
     if calls:

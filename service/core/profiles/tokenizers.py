@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import gzip
+import itertools
 import json
 import re
 import unicodedata
@@ -82,8 +83,10 @@ class HfTokenizer:
     def from_bytes(cls, data: bytes, filename: str = "tokenizer.json") -> HfTokenizer:
         try:
             return cls(tokenizers.Tokenizer.from_str(data.decode("utf-8")))
-        except (UnicodeDecodeError, ValueError, Exception) as e:  # the Rust side raises plain Exception
-            raise ProfileError("tokenizer_unloadable", f"{filename} does not load as a tokenizer.json: {e}") from e
+        except Exception as e:  # the Rust side raises plain Exception
+            raise ProfileError(
+                "tokenizer_unloadable", f"{filename} does not load as a tokenizer.json: {e}"
+            ) from e
 
     def add_added_tokens(self, tokens: Iterable[tuple[str, bool]]) -> None:
         """Tokens a tokenizer_config.json declares (added_tokens_decoder) that tokenizer.json lacks."""
@@ -124,7 +127,7 @@ class HfTokenizer:
 
 @dataclass(frozen=True)
 class TiktokenPreset:
-    """What a bare rank file does not say: the pre-tokenizer pattern and the special tokens after the ranks."""
+    """What a bare rank file does not say: the pre-tokenizer pattern, the special tokens after the ranks."""
 
     name: str
     pattern: str
@@ -363,7 +366,10 @@ class TiktokenTokenizer:
             )
         try:
             self._enc = tiktoken.Encoding(
-                f"profile-{preset.name}", pat_str=preset.pattern, mergeable_ranks=ranks, special_tokens=specials
+                f"profile-{preset.name}",
+                pat_str=preset.pattern,
+                mergeable_ranks=ranks,
+                special_tokens=specials,
             )
         except ValueError as e:
             raise ProfileError("tokenizer_unloadable", f"rank file does not build an encoding: {e}") from e
@@ -371,6 +377,16 @@ class TiktokenTokenizer:
         self._specials = specials
         self._by_id = {i: n for n, i in specials.items()}
         self._control = frozenset(n for n in specials if n not in preset.not_control)
+        # per id: characters its bytes start, and whether its first byte continues a character
+        # (the offsets rule of the module docstring, precomputed so encoding does no per-token decoding)
+        size = max(top, *specials.values()) + 1
+        self._leads = [0] * size
+        self._starts_inside = [0] * size
+        for piece, i in ranks.items():
+            self._leads[i] = len(piece.translate(None, _CONTINUATION))
+            self._starts_inside[i] = 1 if piece and piece[0] in _CONTINUATION else 0
+        for name, i in specials.items():
+            self._leads[i] = len(name)
         ordered = sorted(specials, key=len, reverse=True)
         self._special_re = re.compile("|".join(re.escape(s) for s in ordered))
 
@@ -380,9 +396,7 @@ class TiktokenTokenizer:
             normalized, starts, ends = _nfc_groups(text)
             ids, offsets = self._encode(normalized)
             n = len(normalized)
-            return ids, [
-                (starts[s] if s < n else len(text), ends[e - 1] if e > 0 else 0) for s, e in offsets
-            ]
+            return ids, [(starts[s] if s < n else len(text), ends[e - 1] if e > 0 else 0) for s, e in offsets]
         return self._encode(text)
 
     def _encode(self, text: str) -> tuple[list[int], Offsets]:
@@ -395,15 +409,10 @@ class TiktokenTokenizer:
             pos = m.end()
         if pos < len(text):
             ids.extend(encode_text(self._enc, text[pos:]))
-        pieces = self._enc.decode_tokens_bytes(ids)
-        if text.isascii():
-            offsets: Offsets = []
-            at = 0
-            for p in pieces:
-                offsets.append((at, at + len(p)))
-                at += len(p)
-            return ids, offsets
-        return ids, byte_char_offsets(pieces)
+        ends = list(itertools.accumulate([self._leads[i] for i in ids]))
+        cont = self._starts_inside
+        starts = [p - cont[i] for p, i in zip(itertools.chain((0,), ends), ids)]  # noqa: B905
+        return ids, list(zip(starts, ends, strict=True))
 
     def token_to_id(self, token: str) -> int | None:
         if token in self._specials:
