@@ -22,6 +22,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -313,17 +314,20 @@ def _finalize(
     for index, part in enumerate(parts):
         sides: list[str] = []  # where each of the shard's lines goes: train, validation or nowhere
         kept: list[shards.Row] = []
+        outputs = Counter(row.line for row in part.rows)  # a line may give several (windows, turns)
         for row in part.rows:
             dup = duplicates.get(position)
             position += 1
             if dup is not None:
                 part.problems.append(dup)
                 if _drops(dup):
-                    part.n_ok -= 1
-                    if dup.action == "fail":
-                        part.n_failed += 1
-                    else:
-                        part.n_dropped += 1
+                    outputs[row.line] -= 1
+                    if not outputs[row.line]:  # the line is dropped once none of its outputs is left
+                        part.n_ok -= 1
+                        if dup.action == "fail":
+                            part.n_failed += 1
+                        else:
+                            part.n_dropped += 1
                     sides.append("")
                     continue
             if next(validation_flags):

@@ -2,9 +2,14 @@
 
 `Processor.process` takes one decoded Record to its outcome: the problems (each with the
 action its policy took), the changes fixes made, and the examples to write (none when
-dropped or failed, several when split into windows). `Summary` folds outcomes into the
-report. Both stream: memory holds one example at a time plus per-example token counts and
-16-byte content hashes (for exact-duplicate detection).
+dropped or failed, several when split into windows or expanded per turn). `Summary` folds
+outcomes into the report. Both stream: memory holds one example at a time plus per-example
+token counts and 16-byte content hashes (for exact-duplicate detection).
+
+With `Recipe.profile` (a model's own chat template and tokenizer), every chat example is also
+rendered the way its trainer will render it: what that finds (the template raises, drops or
+injects text, rewrites history, leaves the end-of-turn untrained) becomes problems with policies
+like any other, and token counts, limits and windows are the profile's tokens.
 """
 
 from __future__ import annotations
@@ -27,14 +32,24 @@ from service.core.accounting import (
     estimated_cost,
     truncation_loss,
 )
-from service.core.conversation import ChatExample, Example, Message, PreferenceExample
+from service.core.conversation import ChatExample, Example, Message, PreferenceExample, chat_of
 from service.core.formats import Format, Record, read_records
 from service.core.lint import lint
 from service.core.models import ModelInfo, ModelTable, load_table
 from service.core.problems import CODES, Action, Change, Problem, Severity, problem
+from service.core.profile_stage import (
+    finding_problem,
+    special_in_content,
+    special_pattern,
+    special_strings,
+    tokens_of,
+    truncation_loss_of,
+)
+from service.core.profiles import Finding, ModelProfile, ProfileResult, expand_per_turn, profile_view
 from service.core.repair import (
     Fixed,
     cut_at_role_marker,
+    cut_at_special_string,
     drop_empty,
     drop_leading_assistant,
     drop_trailing,
@@ -48,6 +63,7 @@ from service.core.repair import (
     train_last_only,
 )
 from service.core.split import SplitReport
+from service.core.view import TrainingView
 
 DEFAULT_MODEL = "gpt-4o-mini"
 MAX_PROBLEM_SAMPLES = 20  # lines named per problem group
@@ -66,6 +82,10 @@ class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     policies: dict[str, Action] = {}
     system_prompt: str | None = None  # inserted by the `no_system_message` fix
     train_on: Literal["all", "last"] = "all"  # "last": weight 0 on every assistant turn but the final one
+    # The model's own chat template and tokenizer, resolved by the CLI or the API (never decoded
+    # from JSON): every chat example is rendered with it (see the module docstring). Not wire
+    # data: a BuildInfo keeps only its name and content hash.
+    profile: ModelProfile | None = None
 
 
 def parse_policies(items: Iterable[str]) -> dict[str, Action]:
@@ -100,10 +120,15 @@ def check_recipe(recipe: Recipe) -> None:
 
 
 class OutputExample(msgspec.Struct):
+    """One example to write. `window` numbers the outputs of one input line (windows, or the
+    examples `expand_per_turn` made of it); None when the line gave one output. With a profile,
+    `view` is the example as the profile renders it, so writers need not render it again."""
+
     line: int
     window: int | None
     example: Example
     tokens: ExampleTokens
+    view: TrainingView | None = None
 
 
 class Outcome(msgspec.Struct):
@@ -157,6 +182,13 @@ def apply_fixes(
     return chat, changes
 
 
+# What `template_rejects_conversation=fix` does before rendering again: the role orders templates
+# refuse (Gemma's strict alternation, a reply with no prompt, a prompt with no reply).
+_ACCEPT_FIXES: list[FixStep] = [merge_consecutive, drop_leading_assistant, drop_trailing]
+
+Status = Literal["ok", "dropped", "failed"]
+
+
 class Processor:
     """Applies one recipe to examples, one at a time."""
 
@@ -165,6 +197,9 @@ class Processor:
         self.recipe = recipe
         self.model: ModelInfo = (table or load_table()).resolve(recipe.model)
         self.accountant = Accountant.for_model(self.model)
+        self.profile: ModelProfile | None = recipe.profile
+        self._specials = special_strings(recipe.profile) if recipe.profile is not None else ()
+        self._special_re = special_pattern(self._specials)
         self.seen: dict[bytes, int] = {}
         self._key_buffer = bytearray()  # content_key's, reused for every example
         self._actions = {code: recipe.policies.get(code) or info.default for code, info in CODES.items()}
@@ -175,10 +210,25 @@ class Processor:
     def action(self, code: str) -> Action:
         return self._actions[code]
 
+    def _lint(self, example: Example, line: int) -> list[Problem]:
+        """lint, and with a profile its control-token strings spelled in content."""
+        problems = lint(example, line)
+        if self._specials:
+            reported = {p.message_index for p in problems if p.code == "role_marker_in_content"}
+            messages = (
+                example.messages
+                if isinstance(example, ChatExample)
+                else [*example.input.messages, *example.preferred_output, *example.non_preferred_output]
+            )
+            problems += special_in_content(messages, line, self._specials, reported)
+        return problems
+
     def process(self, record: Record) -> Outcome:
         line = record.line
         example = record.example
-        problems = record.problems + lint(example, line) if example is not None else list(record.problems)
+        problems = (
+            record.problems + self._lint(example, line) if example is not None else list(record.problems)
+        )
         failed = dropped = False
         for p in problems:
             act = self._actions[p.code]
@@ -200,17 +250,38 @@ class Processor:
                 failed = any(p.action == "fail" for p in problems)
                 return Outcome(line, "failed" if failed else "dropped", problems, changes, [])
 
-        outputs = self._budget(fixed, line, problems, changes)
-        trained_before = self.accountant.example(example).trained if changes else None
+        if self.profile is None:
+            outputs = self._budget(fixed, line, problems, changes)
+        else:
+            rendered = self._render(fixed, line, problems, changes)
+            if isinstance(rendered, str):
+                before = self._trained(example) if changes else None
+                return Outcome(line, rendered, problems, changes, [], before)
+            outputs = []
+            for ex, view in rendered:
+                part = self._budget(ex, line, problems, changes, view)
+                if part is None:
+                    outputs = None
+                    break
+                outputs.extend(part)
+            if outputs is not None and len(rendered) > 1:  # number the outputs of this line in order
+                for k, out in enumerate(outputs):
+                    out.window = k
+        trained_before = self._trained(example) if changes else None
         if outputs is None:
             return Outcome(line, "failed", problems, changes, [], trained_before)
         images = outputs[0].tokens.images if outputs else 0
         trained_after = sum(o.tokens.trained for o in outputs) if changes and outputs else None
         outputs, dup_failed = self._dedupe(outputs, line, problems)
-        status: Literal["ok", "dropped", "failed"] = (
-            "failed" if dup_failed else "ok" if outputs else "dropped"
-        )
+        status: Status = "failed" if dup_failed else "ok" if outputs else "dropped"
         return Outcome(line, status, problems, changes, outputs, trained_before, images, trained_after)
+
+    def _trained(self, example: Example) -> int:
+        """Trained tokens of an example as given; with a profile, as it renders (0 when it cannot)."""
+        if self.profile is None:
+            return self.accountant.example(example).trained
+        view = profile_view(self.profile, chat_of(example)).view
+        return view.trained_tokens if view is not None else 0
 
     def _recheck(self, fixed: Example, line: int, problems: list[Problem]) -> bool:
         """Lint what the fixes made: a fix can leave an example the provider would still reject
@@ -218,7 +289,7 @@ class Processor:
         reported "after fixes"; False when the example cannot be written."""
         reported = {p.code for p in problems}
         ok = True
-        for q in lint(fixed, line):
+        for q in self._lint(fixed, line):
             act = self._actions[q.code]
             if act is Action.FIX:  # the one round of fixes did not resolve it
                 act = Action.FAIL if q.severity == "error" else Action.KEEP
@@ -232,7 +303,22 @@ class Processor:
 
     def _fix(self, example: Example, line: int, changes: list[Change]) -> Example:
         """Every fix the recipe asks for, in a fixed order; fixes with nothing to do change nothing."""
-        steps = [fix for code, fix in _CHAT_FIXES if code in self._fixes]
+        pattern = self._special_re
+
+        def cut_specials(chat: ChatExample, line: int | None) -> Fixed:
+            assert pattern is not None
+            return cut_at_special_string(chat, line, pattern)
+
+        def with_specials(fixes: list[tuple[str, FixStep]]) -> list[FixStep]:
+            steps: list[FixStep] = []
+            for code, fix in fixes:
+                if code in self._fixes:
+                    steps.append(fix)
+                    if code == "role_marker_in_content" and pattern is not None:
+                        steps.append(cut_specials)  # the profile's control tokens, spelled in content
+            return steps
+
+        steps = with_specials(_CHAT_FIXES)
         prompt = self.recipe.system_prompt
         if "no_system_message" in self._fixes and prompt:
             steps.append(lambda chat, line: insert_system(chat, line, prompt))
@@ -246,7 +332,7 @@ class Processor:
         chat, done = apply_fixes(example.input, line, steps)
         changes.extend(done)
         offset = len(example.input.messages)
-        reply_steps = [fix for code, fix in _REPLY_FIXES.items() if code in self._fixes]
+        reply_steps = with_specials(list(_REPLY_FIXES.items()))
         replies: list[list[Message]] = []
         for reply in (example.preferred_output, example.non_preferred_output):
             fixed_reply, done = apply_fixes(ChatExample(messages=reply), line, reply_steps, offset)
@@ -254,19 +340,162 @@ class Processor:
             replies.append(fixed_reply.messages)
         return PreferenceExample(chat, replies[0], replies[1])
 
-    def _budget(
+    # -- with a model profile --------------------------------------------------------------------
+
+    def _render(
         self, example: Example, line: int, problems: list[Problem], changes: list[Change]
+    ) -> list[tuple[Example, TrainingView]] | Status:
+        """The example as the profile renders it (several, when expanded per turn), its findings
+        added to `problems` with their policies' actions; or what became of it when it cannot be
+        written ("failed" or "dropped")."""
+        assert self.profile is not None
+        result = profile_view(self.profile, chat_of(example))
+        if result.view is None:
+            accepted = self._accept(example, result.findings, line, problems, changes)
+            if isinstance(accepted, str):
+                return accepted
+            example, result = accepted
+        status: Status = "ok"
+        expand = False
+        for f in result.findings:
+            p = finding_problem(f, line)
+            act = self._actions[f.code]
+            if act is Action.FIX and not isinstance(example, ChatExample):
+                act = Action.KEEP  # a preference example is not split into turns
+            p.action = act.value
+            problems.append(p)
+            if act is Action.FAIL:
+                status = "failed"
+            elif act is Action.DROP and status == "ok":
+                status = "dropped"
+            expand = expand or (act is Action.FIX and f.code == "template_rewrites_history")
+        if status != "ok":
+            return status
+        assert result.view is not None
+        if not expand or not isinstance(example, ChatExample):
+            return [(example, result.view)]
+        return self._expand(example, line, problems, changes, {f.code for f in result.findings})
+
+    def _accept(
+        self,
+        example: Example,
+        findings: list[Finding],
+        line: int,
+        problems: list[Problem],
+        changes: list[Change],
+    ) -> tuple[ChatExample, ProfileResult] | Status:
+        """The template raised: report it with the template's own message, and under `fix` merge,
+        drop and render again, keeping the example only if the template then accepts it."""
+        assert self.profile is not None
+        p = _rejection(findings, line)
+        act = self._actions["template_rejects_conversation"]
+        p.action = act.value
+        problems.append(p)
+        if act is Action.DROP:
+            return "dropped"
+        if act is Action.FAIL:
+            return "failed"
+        if not isinstance(example, ChatExample):
+            p.action = Action.FAIL.value
+            p.message += " (a preference example is not reordered: its replies must follow its prompt)"
+            return "failed"
+        fixed, done = apply_fixes(example, line, _ACCEPT_FIXES)
+        again = profile_view(self.profile, fixed) if done else None
+        if again is None or again.view is None:
+            q = _rejection(again.findings if again is not None else findings, line)
+            if done:
+                q.message = f"after fixes ({', '.join(sorted({c.kind for c in done}))}), {q.message}"
+            else:
+                q.message = (
+                    f"no fix applies (no same-role run, leading assistant or trailing user): {q.message}"
+                )
+            q.action = Action.FAIL.value
+            problems.append(q)
+            return "failed"
+        for c in done:
+            c.code = "template_rejects_conversation"
+        changes.extend(done)
+        if not self._recheck(fixed, line, problems):
+            return "failed" if any(q.action == "fail" for q in problems) else "dropped"
+        return fixed, again
+
+    def _expand(
+        self,
+        example: ChatExample,
+        line: int,
+        problems: list[Problem],
+        changes: list[Change],
+        reported: set[str],
+    ) -> list[tuple[Example, TrainingView]] | Status:
+        """`template_rewrites_history=fix`: one example per assistant turn, each the conversation up
+        to that turn with that turn alone trained, rendered as inference would see it."""
+        assert self.profile is not None
+        parts = expand_per_turn(example)
+        out: list[tuple[Example, TrainingView]] = []
+        for k, part in enumerate(parts):
+            result = profile_view(self.profile, part)
+            if result.view is None:
+                q = _rejection(result.findings, line)
+                q.message = f"after expand_per_turn, turn {k + 1} of {len(parts)}: {q.message}"
+                q.action = Action.FAIL.value
+                problems.append(q)
+                return "failed"
+            for f in result.findings:
+                if f.code in reported and f.code != "template_rewrites_history":
+                    continue  # already reported on the whole conversation
+                q = finding_problem(f, line)
+                act = self._actions[f.code]
+                if act is Action.FIX:  # the one round of fixes did not resolve it
+                    act = Action.KEEP
+                q.message = f"after expand_per_turn, turn {k + 1} of {len(parts)}: {q.message}"
+                q.action = act.value
+                problems.append(q)
+                reported.add(f.code)
+                if act is not Action.KEEP:
+                    return "failed" if act is Action.FAIL else "dropped"
+            out.append((part, result.view))
+        if not out:
+            return "dropped"
+        changes.append(
+            Change(
+                "expand_per_turn",
+                "template_rewrites_history",
+                line,
+                None,
+                f"expanded into {len(out)} example(s), one per trained assistant turn, each the "
+                "conversation up to that turn with only that turn trained",
+            )
+        )
+        return out
+
+    def _budget(
+        self,
+        example: Example,
+        line: int,
+        problems: list[Problem],
+        changes: list[Change],
+        view: TrainingView | None = None,
     ) -> list[OutputExample] | None:
+        """The example against the model's per-example limit; `view`: as a profile renders it, so
+        the profile's tokens are what counts."""
         limit = self.model.max_tokens
-        tokens = self.accountant.example(example)
+        tokens = self.accountant.example(example) if view is None else tokens_of(view, chat_of(example))
         if tokens.billed <= limit:
-            return [OutputExample(line, None, example, tokens)]
-        tokens = self.accountant.example(example, detail=True)
-        lost = truncation_loss(tokens, limit)
+            return [OutputExample(line, None, example, tokens, view)]
+        if view is None:
+            tokens = self.accountant.example(example, detail=True)
+            lost = truncation_loss(tokens, limit)
+            what = f"the example has {tokens.billed} tokens, over {self.model.name}'s limit of {limit}"
+        else:
+            assert self.profile is not None
+            lost = truncation_loss_of(view, limit)
+            what = (
+                f"the example has {tokens.billed} tokens as {self.profile.name} renders it, over the "
+                f"limit of {limit} ({self.model.name}'s)"
+            )
         p = problem(
             "over_token_limit",
-            f"the example has {tokens.billed} tokens, over {self.model.name}'s limit of {limit}; "
-            f"truncation from the end would lose {lost} of its {tokens.trained} trained tokens",
+            f"{what}; truncation from the end would lose {lost} of its {tokens.trained} trained tokens",
             line,
         )
         p.action = self._actions["over_token_limit"].value
@@ -278,15 +507,29 @@ class Processor:
         if p.action == "fix" and not isinstance(example, ChatExample):
             p.action = "keep"  # windows are for chat examples; a DPO example is sent as it is
         if p.action == "keep" or not isinstance(example, ChatExample) or tokens.per_message is None:
-            return [OutputExample(line, None, example, tokens)]
+            return [OutputExample(line, None, example, tokens, view)]
+        fixed_cost = REPLY_PRIMING + tokens.tools if view is None else tokens.tools
         windows, done = split_windows(
-            example, line, [c.billed for c in tokens.per_message], REPLY_PRIMING + tokens.tools, limit
+            example, line, [c.billed for c in tokens.per_message], fixed_cost, limit
         )
         changes.extend(done)
-        return [
-            OutputExample(line, w, window, self.accountant.example(window))
-            for w, window in enumerate(windows)
-        ]
+        if view is None:
+            return [
+                OutputExample(line, w, window, self.accountant.example(window))
+                for w, window in enumerate(windows)
+            ]
+        assert self.profile is not None
+        out: list[OutputExample] = []
+        for w, window in enumerate(windows):
+            result = profile_view(self.profile, window)
+            if result.view is None:
+                q = _rejection(result.findings, line)
+                q.message = f"after over_token_limit's windows, window {w + 1}: {q.message}"
+                q.action = Action.FAIL.value
+                problems.append(q)
+                return None
+            out.append(OutputExample(line, w, window, tokens_of(result.view, window), result.view))
+        return out
 
     def _dedupe(
         self, outputs: list[OutputExample], line: int, problems: list[Problem]
@@ -311,6 +554,16 @@ class Processor:
 
 
 _key_encoder = msgspec.json.Encoder()
+
+
+def _rejection(findings: list[Finding], line: int) -> Problem:
+    """The template's refusal as a problem, in its own words."""
+    f = next((f for f in findings if f.code == "template_rejects_conversation"), None)
+    if f is None:
+        return problem(
+            "template_rejects_conversation", "the chat template cannot render the conversation", line
+        )
+    return finding_problem(f, line)
 
 
 def content_key(example: Example, buffer: bytearray | None = None) -> bytes:
@@ -489,6 +742,18 @@ class BuildInfo(msgspec.Struct, kw_only=True):
     dataset_id: str
     created_at: str  # the job's creation, ISO 8601 UTC: the same on every redelivery of the finalize
     recipe: Recipe
+    profile: str | None = None  # the recipe's model profile, as "name@content_hash"
+
+    def __post_init__(self) -> None:
+        # A profile is files, not wire data: the build names it, and its recipe is kept without it.
+        if self.recipe.profile is not None:
+            self.profile = profile_ref(self.recipe.profile)
+            self.recipe = msgspec.structs.replace(self.recipe, profile=None)
+
+
+def profile_ref(profile: ModelProfile) -> str:
+    """How a report names a profile: its name and the content hash that identifies it."""
+    return f"{profile.name}@{profile.content_hash}"
 
 
 class Report(msgspec.Struct):
@@ -518,6 +783,8 @@ class Report(msgspec.Struct):
     problems_detail: list[Problem] | None = None
     split: SplitReport | None = None
     build: BuildInfo | None = None
+    # with a model profile, "name@content_hash": tokens are the profile's and nothing is billed
+    profile: str | None = None
 
 
 class Summary:
@@ -579,9 +846,10 @@ class Summary:
 
     def report(self, *, split: SplitReport | None = None, build: BuildInfo | None = None) -> Report:
         model = self.processor.model
+        profile = self.processor.profile
         n_out = len(self.billed)
         file_problems: list[Problem] = []  # about the file as a whole, found only now
-        if n_out < model.min_examples:
+        if n_out < model.min_examples and profile is None:  # a provider's rule; a profile trains anywhere
             p = problem(
                 "too_few_examples",
                 f"the file would have {n_out} example(s), but {model.name} needs at least "
@@ -595,6 +863,16 @@ class Summary:
         notes = []
         if self.images:
             notes.append(f"{self.images} image(s): image tokens are not counted (they depend on pixel sizes)")
+        price = model.price_per_1m
+        if profile is not None:
+            price = None
+            notes.append(
+                f"tokens are {profile.name}'s ({profile.tokenizer.kind} tokenizer, template "
+                f"{profile.template_sha256[:12]}): every token of the rendered sequence counts, nothing "
+                "is billed; the limit is " + f"{model.name}'s {model.max_tokens:,}"
+            )
+            if n_out != self.n_ok:
+                notes.append(f"{self.n_ok:,} example(s) kept became {n_out:,} output example(s)")
         return Report(
             ok=not (self.groups.failing() or any(p.action == "fail" for p in file_problems)),
             format=self.format,
@@ -615,8 +893,8 @@ class Summary:
                 messages_per_example=stats(self.messages),
             ),
             default_epochs=epochs,
-            estimated_cost_usd=estimated_cost(billable, epochs, model.price_per_1m),
-            price_per_1m=model.price_per_1m,
+            estimated_cost_usd=estimated_cost(billable, epochs, price),
+            price_per_1m=price,
             fixes=dict(sorted(self.fixes.items())),
             changes=self.changes,
             fix_effect=msgspec.structs.replace(self.fixed),
@@ -625,6 +903,7 @@ class Summary:
             problems_detail=[*self.problems, *file_problems] if self.per_example else None,
             split=split,
             build=build,
+            profile=profile_ref(profile) if profile is not None else None,
         )
 
 

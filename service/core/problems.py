@@ -3,7 +3,9 @@
 This registry is the one place the codes are defined; `docs/problem-codes.md` is generated
 from it (`tuneset codes --markdown`) and a test fails when the two drift. Severity `error`
 means the provider would reject the file or the build cannot proceed; `warning` means the
-data is accepted but probably not what you meant.
+data is accepted but probably not what you meant. The `template` layer is found by rendering
+each example with a model profile's own chat template and tokenizer (only when a profile is
+given): it answers what that model's trainer will really see.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Literal
 import msgspec
 
 Severity = Literal["error", "warning"]
-Layer = Literal["schema", "structure", "budget"]
+Layer = Literal["schema", "structure", "template", "budget"]
 
 
 class Action(StrEnum):
@@ -209,14 +211,65 @@ _CODES = [
         "warning",
         "A user or assistant message has another turn's marker after some of its text ("
         + ", ".join(f"`{m.encode('unicode_escape').decode()}`" for m in ROLE_MARKERS)
-        + "): a transcript conversion probably leaked the next turn into it.",
-        fix="cut the message at the marker",
+        + "): a transcript conversion probably leaked the next turn into it. With a model profile, "
+        "also any of the profile's own special-token strings (e.g. `<|im_end|>`) anywhere in a "
+        "message: the trainer's tokenizer reads it as that control token, not as text.",
+        fix="cut the message at the marker (with a model profile, a special-token string of the "
+        "profile that opens the text is removed)",
     ),
     CodeInfo(
         "unmatched_tool_call_id",
         "structure",
         "error",
         "A tool message's `tool_call_id` answers no earlier assistant tool call.",
+    ),
+    # -- template: found by rendering with a model profile's own chat template and tokenizer
+    CodeInfo(
+        "template_rejects_conversation",
+        "template",
+        "error",
+        "The model's chat template raises on the conversation (e.g. Gemma 3's \"Conversation roles "
+        "must alternate\"): the trainer cannot render it. The message quotes the template's own error.",
+        fix="merge consecutive same-role messages, drop leading assistant messages and trailing "
+        "non-assistant messages, then render again; the example is kept only if the template "
+        "then accepts it",
+    ),
+    CodeInfo(
+        "template_drops_content",
+        "template",
+        "warning",
+        "A message's text (or its tool calls) does not appear in the rendered text: the template "
+        "ignores it (e.g. a system prompt it does not render, `tool_calls` dropped when `content` is set).",
+    ),
+    CodeInfo(
+        "template_rewrites_history",
+        "template",
+        "warning",
+        "Rendering the conversation prefix by prefix changes how earlier turns look (Qwen3 strips "
+        "`<think>` from history, gpt-oss ends earlier turns differently): those trained turns are "
+        "trained on text the model never sees at inference.",
+        fix="expand_per_turn: one example per assistant turn, the conversation up to it, that turn "
+        "alone trained, each rendered as inference would see it",
+    ),
+    CodeInfo(
+        "template_injects_text",
+        "template",
+        "warning",
+        "The rendered text holds text that is in no message (Llama 3.1's date header, a default "
+        "system prompt): every example is trained with it as context.",
+    ),
+    CodeInfo(
+        "eot_not_trained",
+        "template",
+        "warning",
+        "The end-of-turn token after a trained message carries no loss under the chosen rules: "
+        "the model may never learn to stop.",
+    ),
+    CodeInfo(
+        "mask_sources_disagree",
+        "template",
+        "warning",
+        "The template's `{% generation %}` markers and tuneset's message spans train different tokens.",
     ),
     # -- budget: per target model
     CodeInfo(
@@ -281,9 +334,12 @@ def codes_markdown() -> str:
         "0-based `message_index` (both null when the problem is about the whole file). A policy per code",
         "chooses what a build does: `keep` (report only), `fix`, `drop` (drop the example) or `fail`.",
         "Defaults change nothing the provider would accept: warnings are kept, errors fail.",
+        "The `template` codes come from rendering each example with a model profile's own chat",
+        "template and tokenizer, so they are reported only when a profile is given (`--hf-dir`, or",
+        "`--tokenizer` with `--chat-template`; `profile` in the API).",
         "",
     ]
-    for layer in ("schema", "structure", "budget"):
+    for layer in ("schema", "structure", "template", "budget"):
         out += [
             f"## {layer}",
             "",

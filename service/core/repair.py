@@ -9,6 +9,7 @@ change against the example as the caller sent it.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Callable
 from itertools import accumulate
@@ -351,3 +352,52 @@ def split_windows(
     if dropped:
         detail += f"; dropped {dropped} trailing message(s) after the last trained turn"
     return windows, [Change("split_windows", "over_token_limit", line, None, detail)]
+
+
+def _cut_specials(text: str, pattern: re.Pattern[str]) -> tuple[str, str] | None:
+    """`text` cut at the first control-token string that follows some text, those that open it
+    removed; None when it has none. Also says what was done."""
+    removed: list[str] = []
+    while True:
+        found = pattern.search(text)
+        if found is None:
+            break
+        if text[: found.start()].strip():
+            kept = text[: found.start()].rstrip()
+            what = f"cut at {found.group()!r}, removing {len(text) - len(kept)} characters"
+            return kept, "; ".join([*removed, what])
+        removed.append(f"removed {found.group()!r} at its start")
+        text = text[found.end() :].lstrip()
+    return (text, "; ".join(removed)) if removed else None
+
+
+def cut_at_special_string(example: ChatExample, line: int | None, pattern: re.Pattern[str]) -> Fixed:
+    """With a model profile: a user or assistant message that spells one of the profile's control
+    tokens (`pattern`) is cut there, as at a leaked turn marker; one that opens the text is
+    removed, since the trainer's tokenizer would read it as that token."""
+
+    def fix(i: int, m: Message) -> tuple[Message, str] | None:
+        if m.role not in ("user", "assistant") or m.content is None:
+            return None
+        if isinstance(m.content, str):
+            done = _cut_specials(m.content, pattern)
+            return None if done is None else (replace(m, content=done[0]), done[1])
+        parts: list[ContentPart] = []
+        details: list[str] = []
+        for j, p in enumerate(m.content):
+            text = p.text if type(p) is TextPart else p.refusal if type(p) is RefusalPart else None
+            done = None if text is None else _cut_specials(text, pattern)
+            if done is None:
+                parts.append(p)
+                continue
+            parts.append(TextPart(done[0]) if type(p) is TextPart else RefusalPart(done[0]))
+            details.append(done[1])
+            if done[1].split("; ")[-1].startswith("cut at"):
+                if j + 1 < len(m.content):
+                    details.append(f"dropped the {len(m.content) - j - 1} content part(s) after it")
+                break
+        if not details:
+            return None
+        return replace(m, content=parts), "; ".join(details)
+
+    return _map_messages(example, line, "cut_at_role_marker", "role_marker_in_content", fix)

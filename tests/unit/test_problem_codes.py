@@ -28,10 +28,14 @@ from service.core.pipeline import (
     parse_policies,
     run,
 )
-from service.core.problems import CODES, Action, Problem, Severity
+from service.core.problems import CODES as ALL_CODES
+from service.core.problems import Action, Problem, Severity
 from tests.conftest import findings
 
 MODEL = "tiny-test"
+# The `template` codes are found only by rendering with a model profile: test_profile_codes.py
+# reports each of them with real templates and tokenizers.
+CODES = {code: info for code, info in ALL_CODES.items() if info.layer != "template"}
 
 
 def s(text: str) -> dict[str, Any]:
