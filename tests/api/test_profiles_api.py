@@ -110,7 +110,9 @@ def created(r: Any, status: int = 201) -> dict[str, Any]:
 def deepseek_reference() -> Any:
     from transformers import PreTrainedTokenizerFast
 
-    return PreTrainedTokenizerFast(tokenizer_file=str(DEEPSEEK / "tokenizer.json"))  # type: ignore[no-untyped-call]
+    return PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_file=str(DEEPSEEK / "tokenizer.json"), bos_token=DS_BOS, eos_token=DS_EOS
+    )
 
 
 def reference_render(template: str, messages: list[dict[str, Any]], bos: str, eos: str) -> str:
@@ -240,25 +242,30 @@ def test_the_templates_list_has_builtins_and_the_tenants_profiles_with_content_h
 def test_the_check_table_says_which_irregular_conversations_the_template_refuses(
     client: Client, key: str
 ) -> None:
-    """STRICT raises on an assistant-first conversation, as transformers' renderer does: the table
-    says `rejected` exactly for the cases the reference renderer refuses."""
-    from jinja2.exceptions import TemplateError
-
+    """STRICT raises on an assistant-first conversation (and where a message has no content), as
+    transformers' apply_chat_template does: the table says `rejected` exactly for the cases the
+    reference refuses, with the template's own message."""
     from service.core.profiles import CHECK_CASES
+    from tests.profile_refs import template_messages, template_tools
 
     created(multipart(client, key, "strict", dict(deepseek_files(), chat_template=STRICT.encode())))
     rows = client.get("/v1/model-profiles/strict", headers=auth(key)).json()["check"]
     assert [r["case"] for r in rows] == list(CHECK_CASES)
+    reference = deepseek_reference()
     for row in rows:
-        messages = [{"role": m.role, "content": m.content or ""} for m in CHECK_CASES[row["case"]].messages]
+        case = CHECK_CASES[row["case"]]
         try:
-            reference_render(STRICT, messages, DS_BOS, DS_EOS)
-            refused = False
-        except TemplateError:
-            refused = True
-        assert (row["outcome"] == "rejected") == refused, row
-        if refused:
-            assert any("Conversation must start with the user" in f["message"] for f in row["findings"]), row
+            reference.apply_chat_template(
+                template_messages(case), tools=template_tools(case), chat_template=STRICT, tokenize=False
+            )
+            refused: str | None = None
+        except Exception as e:  # what the template raised, through transformers
+            refused = str(e)
+        assert (row["outcome"] == "rejected") == (refused is not None), (row, refused)
+        if refused is not None:
+            assert any(refused in f["message"] for f in row["findings"]), (row, refused)
+    assert any(r["outcome"] == "rejected" for r in rows)
+    assert any(r["outcome"] == "rendered" for r in rows)
 
 
 # -- refusals -----------------------------------------------------------------------------------
