@@ -18,7 +18,7 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 import xxhash
@@ -74,6 +74,12 @@ class PolicyError(ValueError):
     """A policy names an unknown code or an action that code does not allow."""
 
 
+if TYPE_CHECKING:
+    OptionalProfile = ModelProfile | None
+else:  # msgspec (and the OpenAPI schemas built from it) cannot describe a profile: Any at run time
+    OptionalProfile = Any
+
+
 class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """What to do with a dataset. Every field is optional; defaults change nothing the provider accepts."""
 
@@ -85,7 +91,7 @@ class Recipe(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # The model's own chat template and tokenizer, resolved by the CLI or the API (never decoded
     # from JSON): every chat example is rendered with it (see the module docstring). Not wire
     # data: a BuildInfo keeps only its name and content hash.
-    profile: ModelProfile | None = None
+    profile: OptionalProfile = None
 
 
 def parse_policies(items: Iterable[str]) -> dict[str, Action]:
