@@ -20,16 +20,16 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from service.core.packing import PackedSequence, PackStats
+from service.core.packing import PackedSequence, PackStats, Plan
 from workers.parquet_out import (
     COMPRESSION,
     COMPRESSION_LEVEL,
@@ -262,3 +262,64 @@ def write_shards(
         if scratch is not None:
             scratch.cleanup()
     return manifest
+
+
+class PieceRefs(NamedTuple):
+    """Where each planned piece's tokens are: its spill shard, its first token in that shard's
+    token stream, and the id of the document it belongs to."""
+
+    shard: npt.NDArray[np.int32]
+    start: npt.NDArray[np.int64]
+    doc: npt.NDArray[np.int64]
+
+
+class TokenReader(Protocol):
+    def read_into(
+        self, shard: int, start: int, ids: npt.NDArray[np.int32], mask: npt.NDArray[np.uint8]
+    ) -> None: ...
+
+
+def stream_groups(
+    plan: Plan, refs: PieceRefs, reader: TokenReader, rows_per_shard: int, seq_len: int
+) -> Iterator[tuple[int, PackedGroup]]:
+    """The plan's sequences as row groups (with their shard index), each filled from the spill
+    files: the same rows, cut the same way, as `group_of_sequences` over `pack`'s output."""
+    members, starts, lengths = plan.members, plan.starts, plan.lengths
+    for shard, a, b in group_ranges(len(starts) - 1, rows_per_shard, group_rows(seq_len)):
+        m = members[starts[a] : starts[b]]
+        sizes = lengths[m].astype(np.int64)
+        local = (starts[a : b + 1] - starts[a]).astype(np.int64)  # each row's first piece in m
+        rows = b - a
+        total = int(sizes.sum())
+        ids = np.empty(total, dtype=np.int32)
+        mask = np.empty(total, dtype=np.uint8)
+        pos = 0
+        for p, n in zip(m.tolist(), sizes.tolist(), strict=True):
+            reader.read_into(int(refs.shard[p]), int(refs.start[p]), ids[pos : pos + n], mask[pos : pos + n])
+            pos += n
+        ends = np.cumsum(sizes)
+        row_offsets = np.zeros(rows + 1, dtype=np.int64)
+        row_offsets[1:] = ends[local[1:] - 1]
+        counts = np.diff(local)
+        cu = np.zeros(len(m) + rows, dtype=np.int32)
+        cu_offsets = local + np.arange(rows + 1)
+        ends_in_row = ends - np.repeat(row_offsets[:-1], counts)
+        filled = np.ones(len(cu), dtype=bool)
+        filled[cu_offsets[:-1]] = False  # each row's leading 0
+        cu[filled] = ends_in_row
+        yield (
+            shard,
+            PackedGroup(
+                input_ids=ids,
+                labels=np.where(mask != 0, ids, np.int32(IGNORE)).astype(np.int32),
+                position_ids=(np.arange(total, dtype=np.int64) - np.repeat(ends - sizes, sizes)).astype(
+                    np.int32
+                ),
+                row_offsets=row_offsets.astype(np.int32),
+                cu_seqlens=cu,
+                cu_offsets=cu_offsets.astype(np.int32),
+                doc_ids=refs.doc[m],
+                doc_offsets=local.astype(np.int32),
+                length=np.diff(row_offsets).astype(np.int32),
+            ),
+        )
