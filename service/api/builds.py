@@ -1,7 +1,10 @@
 """Builds: POST /v1/datasets/{id}/builds checks the recipe, records a queued job, then enqueues it.
 
 The job is committed to Redis before the task is sent, so a worker never receives a job id it
-cannot find. The API names the task (`tuneset.build`); it never imports the workers.
+cannot find. The API names the task (`tuneset.build`); it never imports the workers. A model
+profile a token-level output names (`outputs.packed.profile`, `outputs.tokenized.profile`) must
+exist when the build is submitted (else 422 `unknown_profile`); its content hash then is kept in
+the job's spec.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from litestar.params import FromPath, JSONBody
 
 from service.api import Services
 from service.api.errors import ApiProblem, not_found, problems
+from service.api.profiles import profile_store, unknown_profile
 from service.api.providers import guarded_url, provider_store, secret_box
 from service.api.schemas import BuildRequest, BuildStarted, FineTuneOptions, ProblemItem
 from service.core import pipeline
@@ -27,6 +31,9 @@ from service.store.state import State, new_id
 from service.webhooks.signing import new_secret
 
 log = logging.getLogger("tuneset.api")
+DEFAULT_TOKEN_TEMPLATE = (
+    "harmony"  # the template of a token-level output that names neither template nor profile
+)
 
 
 def recipe_of(data: BuildRequest, services: Services, table: ModelTable | None = None) -> pipeline.Recipe:
@@ -52,24 +59,48 @@ def recipe_of(data: BuildRequest, services: Services, table: ModelTable | None =
     return recipe
 
 
-def outputs_of(data: BuildRequest) -> Outputs:
-    """The selected outputs, or a 422 problem when they select nothing or name an unknown template."""
+def token_outputs(outputs: Outputs) -> list[tuple[str, Any]]:
+    """The token-level outputs selected (packed, tokenized), by name."""
+    return [
+        (name, spec) for name in ("packed", "tokenized") if (spec := getattr(outputs, name, None)) is not None
+    ]
+
+
+def outputs_of(data: BuildRequest, tenant: str, services: Services) -> tuple[Outputs, dict[str, str]]:
+    """The selected outputs and the content hash of each model profile they name, or a 422 problem
+    when they select nothing or name an unknown template or profile (checked now, not by a worker)."""
     outputs = data.outputs or default_outputs()
     if outputs.empty:
         raise ApiProblem(
             422,
             "invalid-recipe",
-            "outputs selects nothing; name at least one of openai_jsonl, packed, report",
+            "outputs selects nothing; name at least one of openai_jsonl, packed, tokenized, report",
             errors=[ProblemItem(None, None, "invalid_outputs", "outputs selects nothing")],
         )
-    if outputs.packed is not None:
-        try:
-            get_template(outputs.packed.template)
-        except TemplateError as e:
+    profiles: dict[str, str] = {}
+    for name, spec in token_outputs(outputs):
+        profile: str | None = getattr(spec, "profile", None)
+        if profile is None:
+            try:
+                get_template(spec.template or DEFAULT_TOKEN_TEMPLATE)
+            except TemplateError as e:
+                raise ApiProblem(
+                    422,
+                    "invalid-recipe",
+                    str(e),
+                    errors=[ProblemItem(None, None, "unknown_template", str(e))],
+                ) from None
+            continue
+        if spec.template is not None:
+            message = f"outputs.{name}: template and profile are exclusive"
             raise ApiProblem(
-                422, "invalid-recipe", str(e), errors=[ProblemItem(None, None, "unknown_template", str(e))]
-            ) from None
-    return outputs
+                422, "invalid-recipe", message, errors=[ProblemItem(None, None, "invalid_outputs", message)]
+            )
+        record = profile_store(services).get(tenant, profile)
+        if record is None:
+            raise unknown_profile(profile, slug="invalid-recipe")
+        profiles[profile] = record.content_hash
+    return outputs, profiles
 
 
 @post(
@@ -92,13 +123,15 @@ def start_build(
     dataset = state.get_dataset(tenant, dataset_id)
     if dataset is None:
         raise not_found("dataset", dataset_id)
-    outputs = outputs_of(data)
+    outputs, profiles = outputs_of(data, tenant, services)
     provider = _upload_provider(data, outputs, tenant, services)
     models = provider["models"] if provider else None
     recipe = recipe_of(data, services, extend(services.table, models) if models else None)
     callback, callback_secret = callback_of(data.callback_url, services)
     spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)}
     spec["outputs"] = msgspec.to_builtins(outputs)
+    if profiles:
+        spec["profiles"] = profiles  # each model profile's content hash when the build was submitted
     for option in ("dedupe", "split", "shard_size"):
         value = getattr(data, option)
         if value is not None:
