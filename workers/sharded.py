@@ -79,6 +79,7 @@ class BuildSpec(msgspec.Struct, kw_only=True):
     split: SplitSpec | None = None
     outputs: Outputs = msgspec.field(default_factory=default_outputs)
     models: dict[str, Any] | None = None  # the upload provider's own models-table entries
+    profiles: dict[str, str] | None = None  # model profile name -> content hash when submitted
 
     def processor(self, cls: type[Processor] = Processor) -> Processor:
         return cls(self.recipe, extend(load_table(), self.models) if self.models else None)
@@ -184,6 +185,11 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         sources: dict[str, TokenSource] = {
             tag: view_source(token_spec, ctx.tenant, _profiles()) for tag, token_spec in _unique(tags).items()
         }
+        changed = _changed_profile(spec, sources)
+        if changed is not None:
+            ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=changed)
+            ctx.blobs.delete_prefix(ctx.key("work/"))
+            return
         spills = {tag: SpillWriter(source.info) for tag, source in sources.items()}
         lines = _shard_lines(ctx, shard)
         offset = shard["offset"]
@@ -509,6 +515,21 @@ def _profiles() -> LoadProfile:
         return worker_profiles()(tenant, name)
 
     return load
+
+
+def _changed_profile(spec: BuildSpec, sources: dict[str, TokenSource]) -> dict[str, str] | None:
+    """A profile replaced (same name, other files) since the build was submitted fails the build:
+    its tokens would not be the ones the recipe was checked against."""
+    for source in sources.values():
+        info = source.info
+        wanted = (spec.profiles or {}).get(info.profile or "")
+        if info.profile is not None and wanted is not None and wanted != info.profile_hash:
+            return {
+                "code": "profile_changed",
+                "message": f"model profile {info.profile!r} was replaced after the build was submitted "
+                f"(content hash {wanted[:12]} then, {(info.profile_hash or '')[:12]} now); build again",
+            }
+    return None
 
 
 def _one_source(source: SourceInfo | None, docs: ShardDocs, shard: int) -> SourceInfo | dict[str, str]:

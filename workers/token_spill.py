@@ -148,8 +148,8 @@ class SpillReader:
         n = len(ids)
         if n == 0:
             return
-        got = os.preadv(fd, [memoryview(ids).cast("B")], 4 * start)
-        got += os.preadv(fd, [memoryview(mask)], 4 * self._tokens[shard] + start)
+        got = os.preadv(fd, [ids.view(np.uint8).data], 4 * start)
+        got += os.preadv(fd, [mask.data], 4 * self._tokens[shard] + start)
         if got != 5 * n:
             raise OSError(f"spill file of shard {shard} ({self.tag}) is short")
         if not _LITTLE:
