@@ -25,6 +25,7 @@ from service.api.schemas import BuildRequest, BuildStarted, FineTuneOptions, Pro
 from service.core import pipeline
 from service.core.models import ModelError, ModelTable, extend
 from service.core.outputs import Outputs, default_outputs
+from service.core.packing import DEFAULT_TEMPLATE
 from service.core.templates import TemplateError, get_template
 from service.queue import BUILD_TASK, enqueue
 from service.store.state import State, new_id
@@ -59,13 +60,6 @@ def recipe_of(data: BuildRequest, services: Services, table: ModelTable | None =
     return recipe
 
 
-def token_outputs(outputs: Outputs) -> list[tuple[str, Any]]:
-    """The token-level outputs selected (packed, tokenized), by name."""
-    return [
-        (name, spec) for name in ("packed", "tokenized") if (spec := getattr(outputs, name, None)) is not None
-    ]
-
-
 def outputs_of(data: BuildRequest, tenant: str, services: Services) -> tuple[Outputs, dict[str, str]]:
     """The selected outputs and the content hash of each model profile they name, or a 422 problem
     when they select nothing or name an unknown template or profile (checked now, not by a worker)."""
@@ -78,11 +72,12 @@ def outputs_of(data: BuildRequest, tenant: str, services: Services) -> tuple[Out
             errors=[ProblemItem(None, None, "invalid_outputs", "outputs selects nothing")],
         )
     profiles: dict[str, str] = {}
-    for name, spec in token_outputs(outputs):
-        profile: str | None = getattr(spec, "profile", None)
-        if profile is None:
+    for spec in (outputs.packed, outputs.tokenized):
+        if spec is None:
+            continue
+        if spec.profile is None:  # then the spec names a template (harmony by default)
             try:
-                get_template(spec.template or DEFAULT_TOKEN_TEMPLATE)
+                get_template(spec.template or DEFAULT_TEMPLATE)
             except TemplateError as e:
                 raise ApiProblem(
                     422,
@@ -91,15 +86,10 @@ def outputs_of(data: BuildRequest, tenant: str, services: Services) -> tuple[Out
                     errors=[ProblemItem(None, None, "unknown_template", str(e))],
                 ) from None
             continue
-        if spec.template is not None:
-            message = f"outputs.{name}: template and profile are exclusive"
-            raise ApiProblem(
-                422, "invalid-recipe", message, errors=[ProblemItem(None, None, "invalid_outputs", message)]
-            )
-        record = profile_store(services).get(tenant, profile)
+        record = profile_store(services).get(tenant, spec.profile)
         if record is None:
-            raise unknown_profile(profile, slug="invalid-recipe")
-        profiles[profile] = record.content_hash
+            raise unknown_profile(spec.profile, slug="invalid-recipe")
+        profiles[spec.profile] = record.content_hash
     return outputs, profiles
 
 

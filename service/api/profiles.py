@@ -18,6 +18,7 @@ Parsing a large tokenizer.json is CPU work: it runs in a worker thread, never on
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, get_args
 
@@ -51,8 +52,9 @@ from service.api.schemas import (
     TemplateList,
     TiktokenPreset,
 )
+from service.core.encodings import BUILTIN_ENCODINGS
 from service.core.profiles import ModelProfile, ProfileError, TrainingRules, check_profile
-from service.core.templates import BUILTIN_TEMPLATES
+from service.core.templates import BUILTIN_TEMPLATES, ChatTemplate
 from service.settings import Settings
 from service.store.profiles import (
     CONFIG_FILE,
@@ -360,9 +362,13 @@ def delete_profile(
         raise not_found("model profile", name)
 
 
-def builtin_hash(name: str) -> str:
-    """SHA-256 of a built-in template's definition (its canonical JSON)."""
-    return hashlib.sha256(msgspec.json.encode(BUILTIN_TEMPLATES[name])).hexdigest()
+def builtin_hash(template: ChatTemplate) -> str:
+    """SHA-256 of a built-in template's canonical JSON (sorted keys, no spaces, UTF-8): the
+    `template_sha256` the manifests of packed and tokenized outputs name."""
+    canonical = json.dumps(
+        msgspec.to_builtins(template), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @get(
@@ -379,8 +385,10 @@ def list_templates(tenant: NamedDependency[str], services: NamedDependency[Servi
         TemplateEntry(
             name=name,
             kind="builtin",
-            content_hash=builtin_hash(name),
+            content_hash=builtin_hash(t),
             encoding=t.encoding,
+            tokenizer_sha256=BUILTIN_ENCODINGS[t.encoding].ranks.sha256,
+            template_sha256=builtin_hash(t),
             description=t.description,
         )
         for name, t in sorted(BUILTIN_TEMPLATES.items())
@@ -391,6 +399,8 @@ def list_templates(tenant: NamedDependency[str], services: NamedDependency[Servi
             kind="profile",
             content_hash=r.content_hash,
             encoding=f"{r.tokenizer_kind}:{r.tokenizer_sha256[:12]}",
+            tokenizer_sha256=r.tokenizer_sha256,
+            template_sha256=r.template_sha256,
             description=f"model profile: {r.files['tokenizer'].filename}"
             + (f" + {r.files['chat_template'].filename}" if "chat_template" in r.files else ""),
         )

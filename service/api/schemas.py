@@ -481,8 +481,10 @@ class ModelProfileList(msgspec.Struct):
 class TemplateEntry(msgspec.Struct):
     name: str
     kind: Literal["builtin", "profile"]
-    content_hash: str  # builtin: SHA-256 of the template's definition; profile: its content hash
+    content_hash: str  # builtin: its template_sha256; profile: its content hash
     encoding: str  # builtin: the token encoding; profile: hf:<sha> or tiktoken:<sha> of its tokenizer
+    tokenizer_sha256: str  # as the manifests of packed and tokenized outputs name them
+    template_sha256: str
     description: str
 
 

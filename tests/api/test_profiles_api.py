@@ -31,6 +31,7 @@ from service.store.profiles import CACHE, ProfileNotFound, ProfileStore
 from service.store.state import State
 from tests.api.test_api import GOOD, assert_problem, auth, make_dataset, push
 from tests.conftest import jsonl
+from workers.token_source import template_source
 
 Client = TestClient[Litestar]
 SITE = Path(trl.__file__).parents[1]
@@ -231,12 +232,20 @@ def test_the_templates_list_has_builtins_and_the_tenants_profiles_with_content_h
     assert set(builtin) == set(BUILTIN_TEMPLATES)
     for name, t in builtin.items():
         assert t["encoding"] == BUILTIN_TEMPLATES[name].encoding
-        assert len(t["content_hash"]) == 64
+        # what the manifest of a packed or tokenized output of that template names
+        source = template_source(name).info
+        assert (t["template_sha256"], t["tokenizer_sha256"]) == (
+            source.template_sha256,
+            source.tokenizer_sha256,
+        )
+        assert t["content_hash"] == t["template_sha256"]
     assert len({t["content_hash"] for t in builtin.values()}) == len(builtin)
     profiles = {t["name"]: t for t in items if t["kind"] == "profile"}
     assert profiles["deepseek-v3"]["content_hash"] == ds["content_hash"]
     assert profiles["qwen2.5"]["content_hash"] == qwen["content_hash"]
     assert profiles["qwen2.5"]["encoding"] == f"tiktoken:{qwen['tokenizer_sha256'][:12]}"
+    assert profiles["qwen2.5"]["tokenizer_sha256"] == hashlib.sha256(QWEN_RANKS.read_bytes()).hexdigest()
+    assert profiles["deepseek-v3"]["template_sha256"] == ds["template_sha256"]
 
 
 def test_the_check_table_says_which_irregular_conversations_the_template_refuses(
@@ -441,12 +450,16 @@ def test_a_build_naming_an_unknown_profile_is_422_at_submit(
     job = state.job(r.json()["job_id"])
     assert job is not None
     assert job["spec"]["outputs"]["packed"]["profile"] == "deepseek-v3"
+    assert job["spec"]["outputs"]["tokenized"]["profile"] == "deepseek-v3"
+    assert job["spec"]["profiles"] == {
+        "deepseek-v3": client.get("/v1/model-profiles/deepseek-v3", headers=auth(key)).json()["content_hash"]
+    }
     r = client.post(
         f"/v1/datasets/{ds}/builds",
         json={"outputs": {"packed": {"profile": "deepseek-v3", "template": "chatml"}}},
         headers=auth(key),
     )
-    assert_problem(r, 422, "invalid-recipe")
+    assert_problem(r, 400, "invalid-request")  # exclusive: the schema refuses both
 
 
 # -- the store ------------------------------------------------------------------------------------
