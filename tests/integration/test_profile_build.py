@@ -117,7 +117,9 @@ def test_register_a_profile_build_packed_and_tokenized_download_and_check_agains
         assert pushed.status_code == 201, pushed.text
         recipe = {
             "shard_size": 50,
+            "split": {"validation_count": 12, "seed": 7},
             "outputs": {
+                "openai_jsonl": {},
                 "packed": {
                     "seq_len": 8192,
                     "profile": "deepseek-v3",
@@ -160,27 +162,31 @@ def test_register_a_profile_build_packed_and_tokenized_download_and_check_agains
 
     reference, refs = _reference()
     cache = str(tmp_path / "hf-cache")
-    tokenized = datasets.load_dataset(
-        "parquet",
-        data_files=sorted(str(p) for p in (got / "tokenized").glob("train-*.parquet")),
-        split="train",
-        cache_dir=cache,
-    )
-    assert set(tokenized.column_names) >= {"input_ids", "labels", "attention_mask", "messages_hash"}
-    assert len(tokenized) == len(refs)  # every conversation once (none is refused by this template)
-    seen = set()
-    for row in tokenized:
-        _check_document(row["input_ids"], row["labels"], reference, refs)
-        assert row["attention_mask"] == [1] * len(row["input_ids"])
-        seen.add(tuple(row["input_ids"]))
-    assert seen == set(refs)
 
-    packed = datasets.load_dataset(
-        "parquet",
-        data_files=sorted(str(p) for p in (got / "packed").glob("*.parquet")),
-        split="train",
-        cache_dir=cache,
-    )
+    def load(pattern: str) -> Any:
+        files = sorted(str(p) for p in got.glob(pattern))
+        assert files, pattern
+        return datasets.load_dataset("parquet", data_files=files, split="train", cache_dir=cache)
+
+    rows = 0
+    for side in ("train", "validation"):
+        # each row names its line of train.jsonl / validation.jsonl: render that line's messages
+        lines = (got / f"{side}.jsonl").read_bytes().splitlines()
+        by_hash = {hashlib.sha256(line).hexdigest(): json.loads(line) for line in lines}
+        tokenized = load(f"tokenized/{side}-*.parquet")
+        assert set(tokenized.column_names) == {"input_ids", "labels", "attention_mask", "messages_hash"}
+        assert len(tokenized) == len(lines)
+        for row in tokenized:
+            line = by_hash[row["messages_hash"]]
+            assert refs[tuple(row["input_ids"])]["messages"] == line["messages"]
+            _check_document(row["input_ids"], row["labels"], reference, refs)
+            assert row["attention_mask"] == [1] * len(row["input_ids"])
+        rows += len(tokenized)
+        if side == "train":
+            train_rows = len(tokenized)
+    assert rows == len(refs)  # every conversation once, on one side (this template refuses none)
+
+    packed = load("packed/*.parquet")
     documents = 0
     for row in packed:
         bounds = row["cu_seqlens"]
@@ -188,4 +194,4 @@ def test_register_a_profile_build_packed_and_tokenized_download_and_check_agains
             _check_document(row["input_ids"][start:end], row["labels"][start:end], reference, refs)
             assert row["position_ids"][start:end] == list(range(end - start))
             documents += 1
-    assert documents == len(refs)
+    assert documents == train_rows  # the training side, packed
