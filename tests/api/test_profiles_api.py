@@ -519,3 +519,26 @@ def test_the_wire_names_every_tiktoken_preset_of_the_core() -> None:
     from service.core.profiles import TIKTOKEN_PRESETS
 
     assert set(get_args(TiktokenPreset)) == set(TIKTOKEN_PRESETS)
+
+
+def test_parsing_an_upload_runs_off_the_event_loop(
+    client: Client, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading a 6 MB tokenizer.json is CPU work: it must run in a worker thread, never in the loop."""
+    import asyncio
+
+    seen: list[bool] = []
+    put = ProfileStore.put
+
+    def spy(self: ProfileStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            seen.append(True)
+        except RuntimeError:
+            seen.append(False)
+        return put(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProfileStore, "put", spy)
+    created(multipart(client, key, "deepseek-v3"))
+    created(client.post("/v1/model-profiles", json=qwen_json(), headers=auth(key)))
+    assert seen == [False, False]
