@@ -45,10 +45,12 @@ FAMILY = {
 @functools.cache
 def profile(name: str) -> ModelProfile:
     family = FAMILY[name.removesuffix("_training")]
+    preset: str | None = None
     if family == "llama3":
         data, filename, config = LLAMA3_MODEL.read_bytes(), "tokenizer.model", None
     elif family == "qwen":
         data, filename, config = QWEN_TIKTOKEN.read_bytes(), "qwen.tiktoken", None
+        preset = "qwen3" if name.startswith("qwen3") else "qwen2"
     elif family == "o200k":
         data, filename, config = o200k_ranks(), "o200k_base.tiktoken", None
     else:
@@ -59,4 +61,5 @@ def profile(name: str) -> ModelProfile:
         tokenizer_filename=filename,
         chat_template=template(name),
         tokenizer_config=config,
+        tiktoken_preset=preset,
     )

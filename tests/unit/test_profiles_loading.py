@@ -129,7 +129,9 @@ def test_load_hf_dir(tmp_path: Path) -> None:
     p = load_hf_dir(tmp_path, name="ds")
     assert p.name == "ds"
     assert p.chat_template == template("deepseekv3")
-    assert p == profile("deepseekv3")  # same files, same content hash
+    ref = profile("deepseekv3")
+    assert (p.tokenizer_sha256, p.template_sha256) == (ref.tokenizer_sha256, ref.template_sha256)
+    assert load_hf_dir(tmp_path, name="other") == p  # the same files are the same profile, whatever its name
     (tmp_path / "chat_template.jinja").write_text(template("gemma3"))
     assert load_hf_dir(tmp_path).chat_template == template("gemma3")  # the .jinja file wins
 

@@ -8,6 +8,7 @@ the vocabulary lacks, a file over its size limit, a missing file.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from service.core.profiles.tokenizers import (
     config_added_tokens,
     load_json,
     parse_rank_file,
-    preset_for_rank_count,
+    presets_for_rank_count,
     token_text,
 )
 
@@ -102,22 +103,23 @@ def _load_tokenizer(
         return _cached_tokenizer(key, build_hf), None
     ranks = parse_rank_file(data, filename)
     if preset_name is None:
-        preset_name = preset_for_rank_count(len(ranks))
-        if preset_name is None:
+        fits = presets_for_rank_count(len(ranks))
+        if len(fits) != 1:
+            which = f"presets {' and '.join(fits)} both fit" if fits else "no preset fits"
             raise ProfileError(
                 "profile_files_missing",
-                f"{filename} has {len(ranks):,} ranks, which no preset matches: name its tiktoken_preset "
+                f"{filename} has {len(ranks):,} ranks and {which}: name its tiktoken_preset "
                 f"({', '.join(TIKTOKEN_PRESETS)})",
             )
+        preset_name = fits[0]
     preset = TIKTOKEN_PRESETS.get(preset_name)
     if preset is None:
         raise ProfileError(
             "tokenizer_unloadable",
             f"unknown tiktoken_preset {preset_name!r}; known: {', '.join(TIKTOKEN_PRESETS)}",
         )
-    extra = {c: i for i, c, _ in added}
-    key = ("tiktoken", sha, preset.name, *sorted(f"{c}:{i}" for c, i in extra.items()))
-    return _cached_tokenizer(key, lambda: TiktokenTokenizer(ranks, preset, extra)), preset.name
+    key = ("tiktoken", sha, preset.name, *sorted(f"{c}:{i}:{s}" for i, c, s in added))
+    return _cached_tokenizer(key, lambda: TiktokenTokenizer(ranks, preset, added)), preset.name
 
 
 def profile_from_files(
@@ -149,6 +151,7 @@ def profile_from_files(
     tpl_sha = template_sha256(chat_template)
     compile_template(chat_template, tpl_sha)  # template_syntax
     tok_sha = hashlib.sha256(tokenizer).hexdigest()
+    config_sha = hashlib.sha256(tokenizer_config).hexdigest() if tokenizer_config is not None else None
     tok, preset_name = _load_tokenizer(tokenizer, tokenizer_filename, tok_sha, tiktoken_preset, config)
 
     template_vars: dict[str, str] = {}
@@ -194,10 +197,11 @@ def profile_from_files(
         eos_token=template_vars.get("eos_token"),
         tokenizer_sha256=tok_sha,
         template_sha256=tpl_sha,
-        content_hash=profile_hash(tok_sha, tpl_sha, template_vars, preset_name, rules),
+        content_hash=profile_hash(tok_sha, tpl_sha, template_vars, preset_name, rules, config_sha),
         rules=rules,
         template_vars=template_vars,
         tiktoken_preset=preset_name,
+        tokenizer_config_sha256=config_sha,
     )
 
 
@@ -243,8 +247,6 @@ def load_hf_dir(
         for key in ("bos_token", "eos_token"):
             if key not in merged and key in specials:
                 merged[key] = specials[key]
-        import json
-
         config = json.dumps(merged).encode()
     return profile_from_files(
         name=name or root.name,

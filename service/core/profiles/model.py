@@ -45,6 +45,7 @@ class ModelProfile:
     # transformers passes the tokenizer's special_tokens_map
     template_vars: dict[str, str] = field(default_factory=dict)
     tiktoken_preset: str | None = None
+    tokenizer_config_sha256: str | None = None  # the added tokens it declares change tokenization
     _probes: _Probes = field(default_factory=_Probes, repr=False)
 
     def __eq__(self, other: object) -> bool:
@@ -59,7 +60,12 @@ class ModelProfile:
             self,
             rules=rules,
             content_hash=profile_hash(
-                self.tokenizer_sha256, self.template_sha256, self.template_vars, self.tiktoken_preset, rules
+                self.tokenizer_sha256,
+                self.template_sha256,
+                self.template_vars,
+                self.tiktoken_preset,
+                rules,
+                self.tokenizer_config_sha256,
             ),
         )
 
@@ -78,6 +84,7 @@ def profile_hash(
     template_vars: dict[str, str],
     tiktoken_preset: str | None,
     rules: TrainingRules,
+    tokenizer_config_sha256: str | None = None,
 ) -> str:
     """Identifies a profile by what changes its output: the files, the special tokens, the rules."""
     payload = {
@@ -86,5 +93,6 @@ def profile_hash(
         "template_vars": template_vars,
         "tiktoken_preset": tiktoken_preset,
         "rules": dataclasses.asdict(rules),
+        "tokenizer_config_sha256": tokenizer_config_sha256,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()

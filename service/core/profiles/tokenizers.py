@@ -172,7 +172,7 @@ _QWEN3_5_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-_QWEN_SPECIALS = [
+_QWEN2_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
@@ -195,13 +195,10 @@ _QWEN_SPECIALS = [
     "<|fim_pad|>",
     "<|repo_name|>",
     "<|file_sep|>",
-    "<tool_response>",
-    "</tool_response>",
-    "<think>",
-    "</think>",
 ]
+_QWEN3_SPECIALS = [*_QWEN2_SPECIALS, "<tool_response>", "</tool_response>", "<think>", "</think>"]
 _QWEN3_5_SPECIALS = [
-    *_QWEN_SPECIALS,
+    *_QWEN3_SPECIALS,
     "<|audio_start|>",
     "<|audio_end|>",
     "<tts_pad>",
@@ -242,10 +239,22 @@ TIKTOKEN_PRESETS: dict[str, TiktokenPreset] = {
         eos_token="<|eot_id|>",
         rank_count=128000,
     ),
+    # Qwen2 / Qwen2.5: 22 added tokens after the ranks
     "qwen2": TiktokenPreset(
         "qwen2",
         _QWEN_PATTERN,
-        _numbered(_QWEN_SPECIALS, 151643),
+        _numbered(_QWEN2_SPECIALS, 151643),
+        not_control=_QWEN_TEXT_TOKENS,
+        nfc=True,
+        eos_token="<|im_end|>",
+        rank_count=151643,
+        extra={"pad_token": "<|endoftext|>"},
+    ),
+    # Qwen3: the same ranks, four more added tokens (<tool_response>, </tool_response>, <think>, </think>)
+    "qwen3": TiktokenPreset(
+        "qwen3",
+        _QWEN_PATTERN,
+        _numbered(_QWEN3_SPECIALS, 151643),
         not_control=_QWEN_TEXT_TOKENS,
         nfc=True,
         eos_token="<|im_end|>",
@@ -275,9 +284,9 @@ TIKTOKEN_PRESETS: dict[str, TiktokenPreset] = {
 }
 
 
-def preset_for_rank_count(count: int) -> str | None:
-    matches = [p.name for p in TIKTOKEN_PRESETS.values() if p.rank_count == count]
-    return matches[0] if len(matches) == 1 else None
+def presets_for_rank_count(count: int) -> list[str]:
+    """The presets whose model's rank file has `count` ranks (to recognise a bare file)."""
+    return [p.name for p in TIKTOKEN_PRESETS.values() if p.rank_count == count]
 
 
 def parse_rank_file(data: bytes, filename: str) -> dict[bytes, int]:
@@ -351,11 +360,19 @@ class TiktokenTokenizer:
     kind: Literal["hf", "tiktoken"] = "tiktoken"
 
     def __init__(
-        self, ranks: dict[bytes, int], preset: TiktokenPreset, extra_specials: dict[str, int] | None = None
+        self,
+        ranks: dict[bytes, int],
+        preset: TiktokenPreset,
+        added: list[tuple[int, str, bool]] | None = None,
     ) -> None:
-        specials = dict(preset.special_tokens)
-        for name, i in (extra_specials or {}).items():
-            specials.setdefault(name, i)
+        """`added`: a tokenizer_config.json's added_tokens_decoder (id, content, special). When given it
+        is the model's own list and replaces the preset's special tokens, as HF builds the tokenizer."""
+        if added:
+            specials = {content: i for i, content, _ in added}
+            not_control = frozenset(content for _, content, special in added if not special)
+        else:
+            specials = dict(preset.special_tokens)
+            not_control = preset.not_control
         top = max(ranks.values())
         clash = [n for n, i in specials.items() if i <= top]
         if clash:
@@ -376,7 +393,7 @@ class TiktokenTokenizer:
         self.preset = preset
         self._specials = specials
         self._by_id = {i: n for n, i in specials.items()}
-        self._control = frozenset(n for n in specials if n not in preset.not_control)
+        self._control = frozenset(n for n in specials if n not in not_control)
         # per id: characters its bytes start, and whether its first byte continues a character
         # (the offsets rule of the module docstring, precomputed so encoding does no per-token decoding)
         size = max(top, *specials.values()) + 1
