@@ -32,6 +32,7 @@ from service.core.problems import CODES, codes_markdown
 from service.core.profile_stage import special_strings
 from service.core.profiles import (
     CHECK_CASES,
+    TIKTOKEN_PRESETS,
     CheckRow,
     ModelProfile,
     ProfileError,
@@ -191,8 +192,8 @@ def _profile_options(f: Any) -> Any:
         ),
         click.option(
             "--tiktoken-preset",
-            metavar="NAME",
-            help="Pattern and special tokens for a tiktoken rank file: llama3 or qwen2.",
+            type=click.Choice(sorted(TIKTOKEN_PRESETS)),
+            help="Pattern and special tokens for a tiktoken rank file (tokenizer.model, *.tiktoken).",
         ),
     ]
     for option in reversed(options):
@@ -952,11 +953,18 @@ _OUTCOME_STYLE = {"rendered": "green", "rejected": "bold red", "rewritten": "yel
 def print_check(rows: list[CheckRow], title: str, console: Console) -> None:
     """One line per case (codes only, so the table stays narrow), then each code's first message
     in full: a rejection in the template's own words."""
-    table = Table(title=title, title_justify="left", header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(
+        title=title,
+        title_justify="left",
+        header_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        expand=True,
+    )
     table.add_column("case", no_wrap=True)
     table.add_column("outcome", no_wrap=True)
     table.add_column("trained", overflow="fold", ratio=3)
-    table.add_column("findings", overflow="fold", ratio=1)
+    table.add_column("findings", overflow="fold", ratio=2)
     first: dict[str, tuple[str, str]] = {}
     for row in rows:
         codes = list(dict.fromkeys(f.code for f in row.findings))

@@ -3,9 +3,9 @@ tokenizer, what that finds turned into problems, and the token counts the budget
 
 With a profile, the tokens that matter are the profile's (nobody bills a self-hosted model):
 `tokens_of` gives `ExampleTokens` from a TrainingView so that limits, windows, statistics and
-the report count what the trainer will see. The profile's own special-token strings (those its
-template writes, such as `<|im_end|>` or `<end_of_turn>`) are turn markers too: a trainer's
-tokenizer reads them in content as control tokens, so they are `role_marker_in_content`.
+the report count what the trainer will see. The profile's control tokens (its tokenizer's special
+added tokens, such as `<|im_end|>` or `<end_of_turn>`) are turn markers too: spelled in content,
+a trainer's tokenizer reads them as those tokens, so they are `role_marker_in_content`.
 """
 
 from __future__ import annotations

