@@ -37,8 +37,10 @@ from workers.parquet_out import (
     ShardedParquet,
     ShardFile,
     Sink,
+    arrow_array,
     deliver,
     group_ranges,
+    list_array,
     scratch_for,
 )
 
@@ -103,17 +105,14 @@ def group_of_sequences(sequences: Sequence[PackedSequence]) -> PackedGroup:
 
 
 def table_of(group: PackedGroup) -> Any:
-    def lists(offsets: Any, values: Any) -> Any:
-        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values))
-
     return pa.Table.from_arrays(
         [
-            lists(group.row_offsets, group.input_ids),
-            lists(group.row_offsets, group.labels),
-            lists(group.row_offsets, group.position_ids),
-            lists(group.cu_offsets, group.cu_seqlens),
-            lists(group.doc_offsets, group.doc_ids),
-            pa.array(group.length, pa.int32()),
+            list_array(group.row_offsets, group.input_ids, pa.int32()),
+            list_array(group.row_offsets, group.labels, pa.int32()),
+            list_array(group.row_offsets, group.position_ids, pa.int32()),
+            list_array(group.cu_offsets, group.cu_seqlens, pa.int32()),
+            list_array(group.doc_offsets, group.doc_ids, pa.int64()),
+            arrow_array(group.length, pa.int32()),
         ],
         schema=SCHEMA,
     )

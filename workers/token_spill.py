@@ -104,8 +104,8 @@ class ShardDocs:
     def turn_starts(self, k: int) -> list[int]:
         return self.turns[self.turn_offsets[k] : self.turn_offsets[k + 1]].tolist()  # type: ignore[no-any-return]
 
-    def sha256(self, k: int) -> str:
-        return self.hashes[32 * k : 32 * k + 32].hex()
+    def sha256(self, k: int) -> bytes:
+        return self.hashes[32 * k : 32 * k + 32]
 
 
 class SpillReader:
