@@ -211,7 +211,7 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
                 if spills:  # the token document this example becomes in the token-level outputs
                     chat, digest = chat_of(o.example), hashlib.sha256(line).digest()
                     for tag, spill in spills.items():
-                        spill.add(sources[tag](chat), digest)
+                        spill.add(sources[tag].document(chat), digest)
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
         for tag, spill in spills.items():
             tok, idx = spill_keys(ctx.key("work/"), index, tag)

@@ -20,9 +20,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from service.core.view import TrainingView
 from service.store.blobs import BlobStore, LocalBlobStore
-from workers.token_source import SourceInfo, token_document
+from workers.token_source import Document, SourceInfo
 
 UNRENDERABLE = -1
 _LITTLE = sys.byteorder == "little"
@@ -49,13 +48,14 @@ class SpillWriter:
         self.turns: array[int] = array("i")
         self.hashes = bytearray()
 
-    def add(self, view: TrainingView | None, line_sha256: bytes) -> None:
+    def add(self, document: Document | None, line_sha256: bytes) -> None:
+        """One row's document (None: the template refused it) and the SHA-256 of its JSONL line."""
         self.hashes += line_sha256
-        if view is None:
+        if document is None:
             self.lengths.append(UNRENDERABLE)
             self.turn_counts.append(0)
             return
-        ids, mask, turns = token_document(view)
+        ids, mask, turns = document
         self.ids.extend(ids)
         self.mask += mask
         self.lengths.append(len(ids))
