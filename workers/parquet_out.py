@@ -21,7 +21,7 @@ import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
-GROUP_TOKENS = 1 << 21  # tokens per row group, about: what one group holds in memory
+GROUP_TOKENS = 1 << 20  # tokens per row group, about: a writer holds ~80 bytes per token of one group
 OPTIONS: dict[str, Any] = {
     "compression": COMPRESSION,
     "compression_level": COMPRESSION_LEVEL,

@@ -80,7 +80,8 @@ class TokenizedWriter:
         np.cumsum([len(a) for a in self._ids], out=offsets[1:])
         ids = np.concatenate(self._ids) if n else np.zeros(0, np.int32)
         mask = np.concatenate(self._masks) if n else np.zeros(0, np.uint8)
-        labels = np.where(mask != 0, ids, np.int32(IGNORE)).astype(np.int32)
+        labels = ids.copy()
+        labels[mask == 0] = IGNORE
         table = pa.Table.from_arrays(
             [
                 list_array(offsets, ids, pa.int32()),
