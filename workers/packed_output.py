@@ -7,7 +7,7 @@ in the order given, with the columns
     cu_seqlens list<int32>, doc_ids list<int64>, length int32
 
 written with fixed settings (zstd level 3, no dictionary, statistics on, Parquet format 2.6, row
-groups of `group_rows(seq_len)` sequences: about 2M tokens, so a writer never holds more than
+groups of `group_rows(seq_len)` sequences: about 1M tokens, so a writer never holds more than
 one group) and no key-value metadata beyond the Arrow schema, which holds nothing that varies:
 the same sequences give the same bytes, whatever the machine, the time, or whether they came
 from memory (`write_shards`) or were streamed group by group from a build's spill files
@@ -37,8 +37,10 @@ from workers.parquet_out import (
     ShardedParquet,
     ShardFile,
     Sink,
+    arrow_array,
     deliver,
     group_ranges,
+    list_array,
     scratch_for,
 )
 
@@ -103,17 +105,14 @@ def group_of_sequences(sequences: Sequence[PackedSequence]) -> PackedGroup:
 
 
 def table_of(group: PackedGroup) -> Any:
-    def lists(offsets: Any, values: Any) -> Any:
-        return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.array(values))
-
     return pa.Table.from_arrays(
         [
-            lists(group.row_offsets, group.input_ids),
-            lists(group.row_offsets, group.labels),
-            lists(group.row_offsets, group.position_ids),
-            lists(group.cu_offsets, group.cu_seqlens),
-            lists(group.doc_offsets, group.doc_ids),
-            pa.array(group.length, pa.int32()),
+            list_array(group.row_offsets, group.input_ids, pa.int32()),
+            list_array(group.row_offsets, group.labels, pa.int32()),
+            list_array(group.row_offsets, group.position_ids, pa.int32()),
+            list_array(group.cu_offsets, group.cu_seqlens, pa.int32()),
+            list_array(group.doc_offsets, group.doc_ids, pa.int64()),
+            arrow_array(group.length, pa.int32()),
         ],
         schema=SCHEMA,
     )
@@ -307,14 +306,17 @@ def stream_groups(
         filled = np.ones(len(cu), dtype=bool)
         filled[cu_offsets[:-1]] = False  # each row's leading 0
         cu[filled] = ends_in_row
+        labels = ids.copy()
+        labels[mask == 0] = IGNORE
+        del mask
+        positions = np.arange(total, dtype=np.int32)  # int32 throughout: a group's temporaries stay small
+        positions -= np.repeat((ends - sizes).astype(np.int32), sizes)
         yield (
             shard,
             PackedGroup(
                 input_ids=ids,
-                labels=np.where(mask != 0, ids, np.int32(IGNORE)).astype(np.int32),
-                position_ids=(np.arange(total, dtype=np.int64) - np.repeat(ends - sizes, sizes)).astype(
-                    np.int32
-                ),
+                labels=labels,
+                position_ids=positions,
                 row_offsets=row_offsets.astype(np.int32),
                 cu_seqlens=cu,
                 cu_offsets=cu_offsets.astype(np.int32),

@@ -14,11 +14,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
 COMPRESSION = "zstd"
 COMPRESSION_LEVEL = 3
-GROUP_TOKENS = 1 << 21  # tokens per row group, about: what one group holds in memory
+GROUP_TOKENS = 1 << 20  # tokens per row group, about: a writer holds ~80 bytes per token of one group
 OPTIONS: dict[str, Any] = {
     "compression": COMPRESSION,
     "compression_level": COMPRESSION_LEVEL,
@@ -32,6 +35,27 @@ OPTIONS: dict[str, Any] = {
 }
 
 Sink = Path | str | Callable[[str, bytes], None]
+
+
+def arrow_array(values: npt.NDArray[Any], type: Any) -> Any:
+    """A numpy array as an Arrow array of `type`, over the same memory. (`pa.array` would import
+    pandas on its first call, seconds in a fresh worker, to check for pandas input.)"""
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(type, len(values), [None, pa.py_buffer(values)])
+
+
+def list_array(offsets: npt.NDArray[Any], values: npt.NDArray[Any], type: Any) -> Any:
+    """Arrow `list<type>`: row r is `values[offsets[r]:offsets[r + 1]]`."""
+    starts = arrow_array(offsets.astype(np.int32, copy=False), pa.int32())
+    return pa.ListArray.from_arrays(starts, arrow_array(values, type))
+
+
+def hex_strings(digests: bytes, width: int = 32) -> Any:
+    """Arrow strings: the hex of each `width`-byte digest."""
+    n = len(digests) // width
+    offsets = np.arange(n + 1, dtype=np.int32) * (2 * width)
+    text = pa.py_buffer(digests.hex().encode())
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), text])
 
 
 class ShardFile(NamedTuple):

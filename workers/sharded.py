@@ -183,42 +183,56 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         part = shards.ShardSummary(index=index, format=fmt)
         out: list[bytes] = []
         tags = token_tags(spec.outputs)
-        sources: dict[str, TokenSource] = {
-            tag: view_source(token_spec, ctx.tenant, _profiles()) for tag, token_spec in _unique(tags).items()
-        }
+        try:
+            sources: dict[str, TokenSource] = {
+                tag: view_source(token_spec, ctx.tenant, _profiles())
+                for tag, token_spec in _unique(tags).items()
+            }
+        except (LookupError, ValueError) as e:  # the profile was deleted, or its files no longer load
+            message = f"the build's model profile cannot be loaded: {e}"
+            error = {"code": "profile_unavailable", "message": message}
+            ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
+            ctx.blobs.delete_prefix(ctx.key("work/"))
+            return
         changed = _changed_profile(spec, sources)
         if changed is not None:
             ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=changed)
             ctx.blobs.delete_prefix(ctx.key("work/"))
             return
-        spills = {tag: SpillWriter(source.info) for tag, source in sources.items()}
-        lines = _shard_lines(ctx, shard)
-        offset = shard["offset"]
-        for record in read_records(lines, fmt):
-            record.line += offset  # line numbers run on across the dataset's batches, in push order
-            for p in record.problems:
-                p.line = record.line
-            outcome = processor.process(record)
-            shards.add_outcome(part, outcome)
-            if spec.dedupe is not None and spec.dedupe.near:
-                for row, o in zip(
-                    part.rows[len(part.rows) - len(outcome.outputs) :], outcome.outputs, strict=True
-                ):
-                    row.sig = signature(o.example, spec.dedupe.num_perm)
-            for o in outcome.outputs:
-                example = o.example if fmt == "preference" else chat_of(o.example)
-                line = _json.encode(example)
-                out.append(line + b"\n")
-                if spills:  # the token document this example becomes in the token-level outputs
-                    chat, digest = chat_of(o.example), hashlib.sha256(line).digest()
-                    for tag, spill in spills.items():
-                        spill.add(sources[tag](chat), digest)
-        ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
-        for tag, spill in spills.items():
-            tok, idx = spill_keys(ctx.key("work/"), index, tag)
-            tok_bytes, idx_bytes = spill.blobs()
-            ctx.blobs.put(tok, tok_bytes)
-            ctx.blobs.put(idx, idx_bytes)
+        scratch = ctx.settings.data_dir / "tmp"  # beside a local blob store: spill files move, not copy
+        scratch.mkdir(parents=True, exist_ok=True)
+        spill_dir = Path(tempfile.mkdtemp(prefix=f"tuneset-shard-{index:05d}-", dir=scratch))
+        spills = {tag: SpillWriter(source.info, spill_dir / tag) for tag, source in sources.items()}
+        try:
+            lines = _shard_lines(ctx, shard)
+            offset = shard["offset"]
+            for record in read_records(lines, fmt):
+                record.line += offset  # line numbers run on across the dataset's batches, in push order
+                for p in record.problems:
+                    p.line = record.line
+                outcome = processor.process(record)
+                shards.add_outcome(part, outcome)
+                if spec.dedupe is not None and spec.dedupe.near:
+                    for row, o in zip(
+                        part.rows[len(part.rows) - len(outcome.outputs) :], outcome.outputs, strict=True
+                    ):
+                        row.sig = signature(o.example, spec.dedupe.num_perm)
+                for o in outcome.outputs:
+                    example = o.example if fmt == "preference" else chat_of(o.example)
+                    line = _json.encode(example)
+                    out.append(line + b"\n")
+                    if spills:  # the token document this example becomes in the token-level outputs
+                        chat, digest = chat_of(o.example), hashlib.sha256(line).digest()
+                        for tag, spill in spills.items():
+                            spill.add(sources[tag].document(chat), digest)
+            ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
+            for tag, spill in spills.items():
+                tok, idx = spill_keys(ctx.key("work/"), index, tag)
+                path, idx_bytes = spill.finish()
+                ctx.blobs.put_file(tok, path, move=True)
+                ctx.blobs.put(idx, idx_bytes)
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
         del spills
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.summary"), shards.encode(part))
         ctx.blobs.put(marker, b"")

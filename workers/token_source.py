@@ -51,15 +51,27 @@ class SourceInfo(msgspec.Struct, frozen=True, kw_only=True):
     profile_hash: str | None = None  # the profile's content hash: what the shards must agree on
 
 
+Document = tuple["array[int]", bytes, "array[int]"]  # int32 ids, trained mask, turn starts
+DocumentFn = Callable[[ChatExample], Document | None]
+
+
 @dataclass(frozen=True)
 class TokenSource:
-    """A callable view source that also says what it is (`info`)."""
+    """A callable view source that also says what it is (`info`) and gives the bare token
+    document of an example (`document`), by the cheapest exact route it has."""
 
     view: ViewFn
     info: SourceInfo
+    documents: DocumentFn | None = None
 
     def __call__(self, example: ChatExample) -> TrainingView | None:
         return self.view(example)
+
+    def document(self, example: ChatExample) -> Document | None:
+        if self.documents is not None:
+            return self.documents(example)
+        view = self.view(example)
+        return None if view is None else token_document(view)
 
 
 def template_sha256(template: ChatTemplate) -> str:
@@ -79,7 +91,9 @@ def template_source(name: str) -> TokenSource:
         tokenizer_sha256=BUILTIN_ENCODINGS[template.encoding].ranks.sha256,
         template_sha256=template_sha256(template),
     )
-    return TokenSource(lambda example: build_view(example, template), info)
+    from workers.template_documents import TemplateDocuments
+
+    return TokenSource(lambda example: build_view(example, template), info, TemplateDocuments(template).doc)
 
 
 def profile_source(profile: ModelProfile) -> TokenSource:

@@ -12,6 +12,7 @@ group, never the dataset's tokens.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from array import array
 from pathlib import Path
@@ -20,9 +21,8 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from service.core.view import TrainingView
 from service.store.blobs import BlobStore, LocalBlobStore
-from workers.token_source import SourceInfo, token_document
+from workers.token_source import Document, SourceInfo
 
 UNRENDERABLE = -1
 _LITTLE = sys.byteorder == "little"
@@ -38,35 +38,63 @@ class SpillIndex(msgspec.Struct, frozen=True):
 
 
 class SpillWriter:
-    """One shard's documents for one source, in the order of the shard's output rows."""
+    """One shard's documents for one source, in the order of the shard's output rows, written to
+    files under `folder` as they come (ids, and masks beside them), so a shard holds about a
+    megabyte of tokens whatever its size."""
 
-    def __init__(self, source: SourceInfo) -> None:
+    FLUSH = 1 << 18  # tokens buffered before they are written out
+
+    def __init__(self, source: SourceInfo, folder: Path) -> None:
         self.source = source
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / "tokens.tok"
+        self._ids_file = self.path.open("wb")
+        self._mask_path = folder / "mask.part"
+        self._mask_file = self._mask_path.open("wb")
         self.ids: array[int] = array("i")
         self.mask = bytearray()
+        self.tokens = 0
         self.lengths: array[int] = array("i")
         self.turn_counts: array[int] = array("i")
         self.turns: array[int] = array("i")
         self.hashes = bytearray()
 
-    def add(self, view: TrainingView | None, line_sha256: bytes) -> None:
+    def add(self, document: Document | None, line_sha256: bytes) -> None:
+        """One row's document (None: the template refused it) and the SHA-256 of its JSONL line."""
         self.hashes += line_sha256
-        if view is None:
+        if document is None:
             self.lengths.append(UNRENDERABLE)
             self.turn_counts.append(0)
             return
-        ids, mask, turns = token_document(view)
+        ids, mask, turns = document
         self.ids.extend(ids)
         self.mask += mask
+        self.tokens += len(ids)
         self.lengths.append(len(ids))
         self.turn_counts.append(len(turns))
         self.turns.extend(turns)
+        if len(self.ids) >= self.FLUSH:
+            self._flush()
 
-    def blobs(self) -> tuple[bytes, bytes]:
-        """(the .tok bytes, the .idx bytes)."""
-        ids, lengths, counts, turns = self.ids, self.lengths, self.turn_counts, self.turns
+    def _flush(self) -> None:
         if not _LITTLE:  # the files are little-endian everywhere
-            for a in (ids, lengths, counts, turns):
+            self.ids.byteswap()
+        self.ids.tofile(self._ids_file)
+        self._mask_file.write(self.mask)
+        self.ids = array("i")
+        self.mask = bytearray()
+
+    def finish(self) -> tuple[Path, bytes]:
+        """(the .tok file: every id, then every mask byte; the .idx bytes)."""
+        self._flush()
+        self._mask_file.close()
+        with self._mask_path.open("rb") as masks:
+            shutil.copyfileobj(masks, self._ids_file, 1 << 20)
+        self._ids_file.close()
+        self._mask_path.unlink()
+        lengths, counts, turns = self.lengths, self.turn_counts, self.turns
+        if not _LITTLE:
+            for a in (lengths, counts, turns):
                 a.byteswap()
         index = SpillIndex(
             source=self.source,
@@ -74,9 +102,9 @@ class SpillWriter:
             turn_counts=counts.tobytes(),
             turns=turns.tobytes(),
             hashes=bytes(self.hashes),
-            tokens=len(ids),
+            tokens=self.tokens,
         )
-        return ids.tobytes() + bytes(self.mask), msgspec.msgpack.encode(index)
+        return self.path, msgspec.msgpack.encode(index)
 
 
 def spill_keys(prefix: str, shard: int, tag: str) -> tuple[str, str]:
@@ -104,8 +132,8 @@ class ShardDocs:
     def turn_starts(self, k: int) -> list[int]:
         return self.turns[self.turn_offsets[k] : self.turn_offsets[k + 1]].tolist()  # type: ignore[no-any-return]
 
-    def sha256(self, k: int) -> str:
-        return self.hashes[32 * k : 32 * k + 32].hex()
+    def sha256(self, k: int) -> bytes:
+        return self.hashes[32 * k : 32 * k + 32]
 
 
 class SpillReader:

@@ -22,7 +22,15 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa  # type: ignore[import-untyped]
 
-from workers.parquet_out import COMPRESSION, COMPRESSION_LEVEL, GROUP_TOKENS, ShardedParquet, ShardFile
+from workers.parquet_out import (
+    COMPRESSION,
+    COMPRESSION_LEVEL,
+    GROUP_TOKENS,
+    ShardedParquet,
+    ShardFile,
+    hex_strings,
+    list_array,
+)
 from workers.token_source import SourceInfo
 
 FORMAT = "tuneset.tokenized/1"
@@ -52,13 +60,13 @@ class TokenizedWriter:
         self.rows = self.tokens = self.trained_tokens = 0
         self._ids: list[npt.NDArray[np.int32]] = []
         self._masks: list[npt.NDArray[np.uint8]] = []
-        self._hashes: list[str] = []
+        self._hashes: list[bytes] = []  # SHA-256 digests
         self._buffered = 0
 
-    def add(self, ids: npt.NDArray[np.int32], mask: npt.NDArray[np.uint8], messages_hash: str) -> None:
+    def add(self, ids: npt.NDArray[np.int32], mask: npt.NDArray[np.uint8], messages_sha256: bytes) -> None:
         self._ids.append(ids)
         self._masks.append(mask)
-        self._hashes.append(messages_hash)
+        self._hashes.append(messages_sha256)
         self._buffered += len(ids)
         in_shard = (self.rows + len(self._hashes)) % self.rows_per_shard
         if self._buffered >= GROUP_TOKENS or in_shard == 0:
@@ -72,14 +80,14 @@ class TokenizedWriter:
         np.cumsum([len(a) for a in self._ids], out=offsets[1:])
         ids = np.concatenate(self._ids) if n else np.zeros(0, np.int32)
         mask = np.concatenate(self._masks) if n else np.zeros(0, np.uint8)
-        labels = np.where(mask != 0, ids, np.int32(IGNORE)).astype(np.int32)
-        arrow_offsets = pa.array(offsets, pa.int32())
+        labels = ids.copy()
+        labels[mask == 0] = IGNORE
         table = pa.Table.from_arrays(
             [
-                pa.ListArray.from_arrays(arrow_offsets, pa.array(ids, pa.int32())),
-                pa.ListArray.from_arrays(arrow_offsets, pa.array(labels, pa.int32())),
-                pa.ListArray.from_arrays(arrow_offsets, pa.array(np.ones(len(ids), np.int8), pa.int8())),
-                pa.array(self._hashes, pa.string()),
+                list_array(offsets, ids, pa.int32()),
+                list_array(offsets, labels, pa.int32()),
+                list_array(offsets, np.ones(len(ids), np.int8), pa.int8()),
+                hex_strings(b"".join(self._hashes)),
             ],
             schema=SCHEMA,
         )
