@@ -401,7 +401,7 @@ class InspectView(msgspec.Struct):
 # -- model profiles and templates ------------------------------------------------------------
 
 # the pattern and special tokens of a tiktoken-format rank file (service.core.profiles.TIKTOKEN_PRESETS)
-TiktokenPreset = Literal["llama3", "qwen2", "qwen3_5", "o200k_harmony"]
+TiktokenPreset = Literal["llama3", "qwen2", "qwen3", "qwen3_5", "o200k_harmony"]
 TrainOn = Literal["all", "last"]
 MaskSource = Literal["spans", "generation"]
 
