@@ -195,3 +195,48 @@ def test_register_a_profile_build_packed_and_tokenized_download_and_check_agains
             assert row["position_ids"][start:end] == list(range(end - start))
             documents += 1
     assert documents == train_rows  # the training side, packed
+
+
+def test_a_build_running_when_its_profile_is_deleted_finishes_with_it(
+    settings: Settings, worker: subprocess.Popen[bytes]
+) -> None:
+    """The delete comes right after the submit, before the worker has loaded anything: the build
+    still finishes with the profile (from its retired entry), while a new build is refused at once."""
+    state = State.from_url(settings.redis_url)
+    auth = _auth(state.create_key("alice"))
+    with TestClient(create_app(settings)) as client:
+        registered = client.post(
+            "/v1/model-profiles",
+            files={
+                "tokenizer": ("tokenizer.json", TOKENIZER.read_bytes()),
+                "chat_template": ("deepseekv3.jinja", TEMPLATE.read_bytes()),
+                "tokenizer_config": ("tokenizer_config.json", CONFIG.read_bytes()),
+            },
+            data={"name": "deepseek-v3"},
+            headers=auth,
+        )
+        assert registered.status_code == 201, registered.text
+        ds = client.post("/v1/datasets", json={"name": "chats", "kind": "chat"}, headers=auth).json()["id"]
+        conversations = mtbench_conversations()
+        pushed = client.post(
+            f"/v1/datasets/{ds}/batches",
+            content=jsonl(*conversations),
+            headers={**auth, "Content-Type": "application/jsonl"},
+        )
+        assert pushed.status_code == 201, pushed.text
+        recipe = {"shard_size": 20, "outputs": {"tokenized": {"profile": "deepseek-v3"}}}
+        started = client.post(f"/v1/datasets/{ds}/builds", json=recipe, headers=auth)
+        assert started.status_code == 202, started.text
+        assert client.delete("/v1/model-profiles/deepseek-v3", headers=auth).status_code == 204
+        refused = client.post(f"/v1/datasets/{ds}/builds", json=recipe, headers=auth)
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["code"] == "unknown_profile"
+
+        job_id = started.json()["job_id"]
+        job = _wait_terminal(client, job_id, auth)
+        assert job["status"] == "succeeded", job
+        manifest = client.get(f"/v1/jobs/{job_id}/artifacts/tokenized/manifest.json", headers=auth).json()
+        assert manifest["profile"] == "deepseek-v3"
+        assert manifest["tokenizer_sha256"] == registered.json()["tokenizer_sha256"]
+        names = [a["name"] for a in client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth).json()["items"]]
+        assert any(n.startswith("tokenized/train-") for n in names), names
