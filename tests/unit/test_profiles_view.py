@@ -12,7 +12,7 @@ from service.core.profiles import CHECK_CASES, check_profile, expand_per_turn, p
 from service.core.profiles.rendering import template_messages
 from tests.unit.profile_fixtures import profile
 
-NAMES = ["llama3_1", "qwen2_5", "qwen3", "deepseekv3", "gemma3", "gptoss"]
+NAMES = ["llama3_1", "qwen2_5", "qwen3", "deepseekv3", "gemma3", "gptoss", "phi3_5"]
 
 
 def _ex(*messages: dict[str, Any], **extra: Any) -> ChatExample:
@@ -191,3 +191,14 @@ def test_messages_reach_the_template_as_transformers_expects() -> None:
     assert "content" not in call  # None is dropped, as apply_chat_template drops it
     assert call["tool_calls"][0]["function"]["arguments"] == {"city": "Paris"}
     assert msgs[3] == {"role": "tool", "content": '{"temperature_c": 21}', "tool_call_id": "call_1"}
+
+
+def test_text_after_the_last_message_is_not_a_rewrite() -> None:
+    # Phi-3.5 ends a render with eos_token after the last message: a prefix render has it where the
+    # whole conversation goes on, which changes nothing the model is trained on
+    result = profile_view(profile("phi3_5"), _ex(U, A, U2, A2))
+    assert result.view is not None
+    assert not result.findings
+    assert _trained_text(result.view) == ["hello there<|end|>", "sure<|end|>"]
+    assert result.view.segments[-1].text == "<|endoftext|>"
+    assert result.view.segments[-1].message_index is None

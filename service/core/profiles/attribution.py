@@ -163,13 +163,13 @@ def _bounded(text: str, at: int, end: int, ctl: ControlIndex) -> bool:
     return before and after
 
 
-def _find(text: str, needle: str, lo: int, hi: int, ctl: ControlIndex) -> int:
+def _find(text: str, needle: str, lo: int, hi: int, ctl: ControlIndex, *, word: bool = True) -> int:
     """First occurrence of `needle` in text[lo:hi] that does not cut into a control token (for short
     needles, the first that is not part of a longer word, when there is one)."""
     at = text.find(needle, lo, hi)
     while at >= 0 and ctl.cuts(at, at + len(needle)):
         at = text.find(needle, at + 1, hi)
-    if at < 0 or len(needle) >= 16 or _bounded(text, at, at + len(needle), ctl):
+    if at < 0 or not word or len(needle) >= 16 or _bounded(text, at, at + len(needle), ctl):
         return at
     first = at
     while at >= 0:
@@ -177,6 +177,9 @@ def _find(text: str, needle: str, lo: int, hi: int, ctl: ControlIndex) -> int:
             return at
         at = text.find(needle, at + 1, hi)
     return first
+
+
+_ARGS_WINDOW = 256  # characters between a tool call's name and its arguments
 
 
 def _argument_forms(arguments: Any) -> list[str]:
@@ -192,7 +195,7 @@ def locate(
     example: ChatExample,
     messages: list[dict[str, Any]],
     ctl: ControlIndex,
-    gen_prompt: str | None,
+    gen_prompts: list[str],
     prelude_end: int,
 ) -> list[Located]:
     """Locate every message's content, tool calls and generation start, in order."""
@@ -203,14 +206,12 @@ def locate(
         loc = Located()
         text = text_of(m)
         lo = cursor
-        if m.role == "assistant" and gen_prompt:
-            at = _find(rendered, gen_prompt, cursor, n, ctl) if gen_prompt else -1
-            if at < 0 and gen_prompt.strip():
-                at = _find(rendered, gen_prompt.rstrip(), cursor, n, ctl)
+        if m.role == "assistant":
+            for prompt in gen_prompts:
+                at = _find(rendered, prompt, cursor, n, ctl, word=False)
                 if at >= 0:
-                    loc.header_start, loc.generation_start = at, at + len(gen_prompt.rstrip())
-            elif at >= 0:
-                loc.header_start, loc.generation_start = at, at + len(gen_prompt)
+                    loc.header_start, loc.generation_start = at, at + len(prompt)
+                    break
             if loc.generation_start is not None:
                 lo = loc.generation_start
         if text:
@@ -232,12 +233,18 @@ def locate(
                 if at < 0:
                     missing.append(name)
                     continue
-                at_lo = at + len(name)
-                for form in _argument_forms(fn.get("arguments")):
-                    a = _find(rendered, form, at_lo, n, ctl)
+                forms = _argument_forms(fn.get("arguments"))
+                found = at + len(name)
+                for form in forms:
+                    a = _find(rendered, form, found, min(n, found + _ARGS_WINDOW + len(form)), ctl)
                     if a >= 0:
-                        at_lo = a + len(form)
+                        found = a + len(form)
                         break
+                else:
+                    if forms and fn.get("arguments") not in ({}, ""):
+                        missing.append(name)  # the name alone (a later header, say) is not the call
+                        continue
+                at_lo = found
                 loc.calls_end = at_lo
             cursor = max(cursor, at_lo if loc.calls_end is not None else cursor)
             loc.calls_missing = missing or None

@@ -117,6 +117,29 @@ def generation_prompt(profile: ModelProfile) -> str | None:
     return result
 
 
+def generation_prompts(profile: ModelProfile) -> list[str]:
+    """The generation prompt and, for templates whose prompt opens what a training render does not
+    (DeepSeek's `<｜Assistant｜><think>\n` before a reply whose reasoning it strips), its prefixes that
+    end after a special token, longest first."""
+
+    def compute() -> list[str]:
+        prompt = generation_prompt(profile)
+        if not prompt:
+            return []
+        out = [prompt]
+        if prompt.rstrip() != prompt and prompt.rstrip():
+            out.append(prompt.rstrip())
+        tok = profile.tokenizer
+        ids, offsets = tok.encode(prompt)
+        added = {tok.token_to_id(t) for t in getattr(tok, "added_tokens", tok.control_tokens)}
+        ends = sorted({e for i, (_, e) in zip(ids, offsets, strict=True) if i in added}, reverse=True)
+        out += [prompt[:e] for e in ends if prompt[:e] not in out]
+        return out
+
+    result: list[str] = _probe(profile, "generation_prompts", compute)
+    return result
+
+
 def _probe_conversations() -> list[tuple[list[dict[str, Any]], Any]]:
     think = {"role": "assistant", "content": "<think>\nProbe reasoning.\n</think>\n\nProbe answer."}
     call = {
@@ -135,6 +158,16 @@ def _probe_conversations() -> list[tuple[list[dict[str, Any]], Any]]:
     ]
 
 
+def _only_epilogue_differs(profile: ModelProfile, part: str, whole: str) -> bool:
+    """The prefix render ends with an eos the template writes after the last message (Phi-3.5), after a
+    turn already closed by its own end-of-turn token; gpt-oss's `<|return|>` in place of `<|end|>` is not."""
+    eos = profile.eos_token
+    if not eos or not part.endswith(eos) or not whole.startswith(part[: -len(eos)]):
+        return False
+    closed = part[: -len(eos)].rstrip()
+    return any(closed.endswith(t) for t in profile.tokenizer.control_tokens)
+
+
 def may_rewrite_history(profile: ModelProfile) -> bool:
     """False when, on every probe, each prefix ending at an assistant turn renders as a prefix of the
     whole: then no per-example prefix renders are needed (one render per example)."""
@@ -151,7 +184,7 @@ def may_rewrite_history(profile: ModelProfile) -> bool:
                 part = _try_render(profile, msgs[: k + 1], tools)
                 if part is not None:
                     checked += 1
-                    if not whole.startswith(part):
+                    if not whole.startswith(part) and not _only_epilogue_differs(profile, part, whole):
                         return True
         return checked == 0
 
@@ -476,6 +509,10 @@ def _rewrites(
         part = _try_render(profile, msgs[: k + 1], tools)
         if part is None or rendered.startswith(part):
             continue
+        loc = located[k]
+        turn_end = loc.eot[1] if loc.eot is not None else loc.end
+        if part.startswith(rendered[:turn_end]):
+            continue  # only what the template writes after the last message differs (Phi-3.5's eos)
         d = 0
         limit = min(len(part), len(rendered))
         while d < limit and part[d] == rendered[d]:
@@ -559,7 +596,7 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
     elif profile.bos_token and text.startswith(profile.bos_token):
         prelude_end = len(profile.bos_token)
     names = structural_names(example, msgs)
-    located = locate(text, example, msgs, ctl, generation_prompt(profile), prelude_end)
+    located = locate(text, example, msgs, ctl, generation_prompts(profile), prelude_end)
     if located:
         first = min(
             (
