@@ -319,12 +319,22 @@ class BuildResult:
 
 
 def run_build(
-    settings: Settings, state: State, dataset: Dataset, n: int, shard_size: int, label: str, out_dir: Path
+    settings: Settings,
+    state: State,
+    dataset: Dataset,
+    n: int,
+    shard_size: int,
+    label: str,
+    out_dir: Path,
+    outputs: dict[str, Any] | None = None,
 ) -> BuildResult:
+    """One build with fresh workers; `outputs` is the recipe's (default: JSONL and report)."""
     logs = [out_dir / f"build_{label}_worker{i + 1}.log" for i in range(n)]
     blobs = LocalBlobStore(settings.blob_root)
     with workers(settings, n, logs) as procs:
-        spec = {"dataset_id": dataset.id, "recipe": {}, "shard_size": shard_size}
+        spec: dict[str, Any] = {"dataset_id": dataset.id, "recipe": {}, "shard_size": shard_size}
+        if outputs is not None:
+            spec["outputs"] = outputs
         job = state.create_job(TENANT, "build", spec)
         job_id = job["id"]
         with RssSampler([p.pid for p in procs]) as sampler:

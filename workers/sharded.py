@@ -22,6 +22,7 @@ import hashlib
 import json
 import shutil
 import tempfile
+from array import array
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -29,27 +30,30 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 
 from service.core import shards
 from service.core.conversation import chat_of
 from service.core.dedupe import DedupeSpec, find_duplicates, signature
 from service.core.formats import Format, read_records
 from service.core.models import extend, load_table
-from service.core.outputs import JsonlOutput, Outputs, default_outputs
-from service.core.packing import PackedSpec, document_from_view, pack
+from service.core.outputs import JsonlOutput, Outputs, PackedSpec, TokenizedSpec, default_outputs
+from service.core.packing import Planner
 from service.core.pipeline import BuildInfo, OutputExample, Processor, Recipe, Summary
 from service.core.problems import Action, Problem, problem
 from service.core.report_html import render_html
 from service.core.split import SplitError, SplitReport, SplitSide, SplitSpec, assign
-from service.core.templates import get_template
-from service.core.view import build_view
 from service.queue import enqueue
 from service.settings import Settings, get_settings
 from service.store.blobs import BlobStore, blob_store_from_settings, job_prefix
 from service.store.state import TERMINAL, State
 from workers.jsonl_output import RollingJsonl
-from workers.packed_output import write_shards
+from workers.packed_output import PackedWriter, PieceRefs, manifest_bytes, stream_groups
 from workers.resilience import best_effort, until_recorded
+from workers.token_source import LoadProfile, SourceInfo, TokenSource, TokenSpec, view_source, worker_profiles
+from workers.token_spill import ShardDocs, SpillReader, SpillWriter, spill_keys
+from workers.tokenized_output import SIDES, TokenizedWriter
+from workers.tokenized_output import manifest_of as tokenized_manifest
 
 SHARD_TASK = "tuneset.build_shard"
 FINALIZE_TASK = "tuneset.build_finalize"
@@ -76,6 +80,7 @@ class BuildSpec(msgspec.Struct, kw_only=True):
     split: SplitSpec | None = None
     outputs: Outputs = msgspec.field(default_factory=default_outputs)
     models: dict[str, Any] | None = None  # the upload provider's own models-table entries
+    profiles: dict[str, str] | None = None  # model profile name -> content hash when submitted
 
     def processor(self, cls: type[Processor] = Processor) -> Processor:
         return cls(self.recipe, extend(load_table(), self.models) if self.models else None)
@@ -177,30 +182,58 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         processor = spec.processor(_ShardProcessor)
         part = shards.ShardSummary(index=index, format=fmt)
         out: list[bytes] = []
-        docs: list[tuple[list[int], list[int], list[int]]] = []
-        packed = spec.outputs.packed
-        template = get_template(packed.template) if packed is not None else None
-        lines = _shard_lines(ctx, shard)
-        offset = shard["offset"]
-        for record in read_records(lines, fmt):
-            record.line += offset  # line numbers run on across the dataset's batches, in push order
-            for p in record.problems:
-                p.line = record.line
-            outcome = processor.process(record)
-            shards.add_outcome(part, outcome)
-            if spec.dedupe is not None and spec.dedupe.near:
-                for row, o in zip(
-                    part.rows[len(part.rows) - len(outcome.outputs) :], outcome.outputs, strict=True
-                ):
-                    row.sig = signature(o.example, spec.dedupe.num_perm)
-            for o in outcome.outputs:
-                example = o.example if fmt == "preference" else chat_of(o.example)
-                out.append(_json.encode(example) + b"\n")
-                if template is not None:  # the token document this example becomes when packed
-                    docs.append(document_from_view(build_view(chat_of(o.example), template)))
-        ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
-        if packed is not None:
-            ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.docs"), msgspec.msgpack.encode(docs))
+        tags = token_tags(spec.outputs)
+        try:
+            sources: dict[str, TokenSource] = {
+                tag: view_source(token_spec, ctx.tenant, _profiles())
+                for tag, token_spec in _unique(tags).items()
+            }
+        except (LookupError, ValueError) as e:  # the profile was deleted, or its files no longer load
+            message = f"the build's model profile cannot be loaded: {e}"
+            error = {"code": "profile_unavailable", "message": message}
+            ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
+            ctx.blobs.delete_prefix(ctx.key("work/"))
+            return
+        changed = _changed_profile(spec, sources)
+        if changed is not None:
+            ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=changed)
+            ctx.blobs.delete_prefix(ctx.key("work/"))
+            return
+        scratch = ctx.settings.data_dir / "tmp"  # beside a local blob store: spill files move, not copy
+        scratch.mkdir(parents=True, exist_ok=True)
+        spill_dir = Path(tempfile.mkdtemp(prefix=f"tuneset-shard-{index:05d}-", dir=scratch))
+        spills = {tag: SpillWriter(source.info, spill_dir / tag) for tag, source in sources.items()}
+        try:
+            lines = _shard_lines(ctx, shard)
+            offset = shard["offset"]
+            for record in read_records(lines, fmt):
+                record.line += offset  # line numbers run on across the dataset's batches, in push order
+                for p in record.problems:
+                    p.line = record.line
+                outcome = processor.process(record)
+                shards.add_outcome(part, outcome)
+                if spec.dedupe is not None and spec.dedupe.near:
+                    for row, o in zip(
+                        part.rows[len(part.rows) - len(outcome.outputs) :], outcome.outputs, strict=True
+                    ):
+                        row.sig = signature(o.example, spec.dedupe.num_perm)
+                for o in outcome.outputs:
+                    example = o.example if fmt == "preference" else chat_of(o.example)
+                    line = _json.encode(example)
+                    out.append(line + b"\n")
+                    if spills:  # the token document this example becomes in the token-level outputs
+                        chat, digest = chat_of(o.example), hashlib.sha256(line).digest()
+                        for tag, spill in spills.items():
+                            spill.add(sources[tag].document(chat), digest)
+            ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.jsonl"), b"".join(out))
+            for tag, spill in spills.items():
+                tok, idx = spill_keys(ctx.key("work/"), index, tag)
+                path, idx_bytes = spill.finish()
+                ctx.blobs.put_file(tok, path, move=True)
+                ctx.blobs.put(idx, idx_bytes)
+        finally:
+            shutil.rmtree(spill_dir, ignore_errors=True)
+        del spills
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.summary"), shards.encode(part))
         ctx.blobs.put(marker, b"")
         if ctx.state.cancel_requested(job_id):  # cancelled while this shard ran: leave nothing behind
@@ -309,7 +342,7 @@ def _finalize(
     train, validation = (RollingJsonl(work, stem, max_bytes) for stem in ("train", "validation"))
     write_jsonl = selected.openai_jsonl is not None
     validation_side = SplitSide(0, 0, 0)
-    train_positions: set[int] = set()  # rows (in dataset order) that went into train.jsonl
+    side_of = bytearray(len(rows))  # per row in dataset order: NOWHERE, TRAIN or VALIDATION
     position = 0
     for index, part in enumerate(parts):
         sides: list[str] = []  # where each of the shard's lines goes: train, validation or nowhere
@@ -335,9 +368,10 @@ def _finalize(
                 validation_side.billed_total += row.billed
                 validation_side.trained_total += row.trained
                 sides.append("validation")
+                side_of[position - 1] = VALIDATION
                 continue
             kept.append(row)
-            train_positions.add(position - 1)
+            side_of[position - 1] = TRAIN
             sides.append("train")
         shards.merge(summary, part, kept)
         if write_jsonl:
@@ -351,10 +385,27 @@ def _finalize(
     if selected.report is not None or not report.ok:  # a failed build always says why
         artifacts.append(_store(ctx, "report.json", msgspec.json.format(_json.encode(report))))
     packing: dict[str, Any] | None = None
+    tokenized: dict[str, Any] | None = None
     if report.ok:
         artifacts += [_store_file(ctx, name, path, sha256) for name, path, sha256 in jsonl]
         if selected.packed is not None:
-            packing = _pack(ctx, selected.packed, parts, train_positions, artifacts)
+            packing = _pack(ctx, selected.packed, len(parts), side_of, artifacts, work)
+            if isinstance(packing.get("error"), dict):
+                _fail(ctx, packing["error"], {"shards": len(plan)})
+                return
+        if selected.tokenized is not None:
+            tokenized = _tokenize(
+                ctx,
+                selected.tokenized,
+                spill_tag(selected, "tokenized"),
+                len(parts),
+                side_of,
+                artifacts,
+                work,
+            )
+            if isinstance(tokenized.get("error"), dict):
+                _fail(ctx, tokenized["error"], {"shards": len(plan)})
+                return
     if selected.report is not None:
         dropped = [p for p in duplicates.values() if _drops(p)]
         page = render_html(
@@ -384,6 +435,8 @@ def _finalize(
     }
     if packing is not None:
         result["packing"] = packing
+    if tokenized is not None:
+        result["tokenized"] = tokenized
     if report.ok:
         until_recorded(
             lambda: ctx.state.transition(job_id, {"running"}, "succeeded", stage="done", result=result)
@@ -443,48 +496,192 @@ def artifact_digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+NOWHERE, TRAIN, VALIDATION = 0, 1, 2
+
+
+def token_tags(outputs: Outputs) -> dict[str, TokenSpec]:
+    """The token-level outputs by spill tag; the tokenized output shares the packed one's
+    documents when both name the same template or profile."""
+    tags: dict[str, TokenSpec] = {}
+    if outputs.packed is not None:
+        tags["packed"] = outputs.packed
+    if outputs.tokenized is not None:
+        tags["tokenized"] = outputs.tokenized
+    return tags
+
+
+def _same_source(a: TokenSpec, b: TokenSpec) -> bool:
+    return (a.template, a.profile) == (b.template, b.profile)
+
+
+def _unique(tags: dict[str, TokenSpec]) -> dict[str, TokenSpec]:
+    """The tags whose documents are spilled: tokenized is dropped when it can read packed's."""
+    if "packed" in tags and "tokenized" in tags and _same_source(tags["packed"], tags["tokenized"]):
+        return {"packed": tags["packed"]}
+    return tags
+
+
+def spill_tag(outputs: Outputs, tag: str) -> str:
+    """The tag whose spill files hold `tag`'s documents."""
+    return tag if tag in _unique(token_tags(outputs)) else "packed"
+
+
+def _profiles() -> LoadProfile:
+    """The workers' profile loader, looked up only when a spec names a profile."""
+
+    def load(tenant: str, name: str) -> Any:
+        return worker_profiles()(tenant, name)
+
+    return load
+
+
+def _changed_profile(spec: BuildSpec, sources: dict[str, TokenSource]) -> dict[str, str] | None:
+    """A profile replaced (same name, other files) since the build was submitted fails the build:
+    its tokens would not be the ones the recipe was checked against."""
+    for source in sources.values():
+        info = source.info
+        wanted = (spec.profiles or {}).get(info.profile or "")
+        if info.profile is not None and wanted is not None and wanted != info.profile_hash:
+            return {
+                "code": "profile_changed",
+                "message": f"model profile {info.profile!r} was replaced after the build was submitted "
+                f"(content hash {wanted[:12]} then, {(info.profile_hash or '')[:12]} now); build again",
+            }
+    return None
+
+
+def _one_source(source: SourceInfo | None, docs: ShardDocs, shard: int) -> SourceInfo | dict[str, str]:
+    """Every shard must have used the same tokenizer and template (a profile replaced mid-build would not)."""
+    if source is None or docs.source == source:
+        return docs.source
+    return {
+        "code": "profile_changed",
+        "message": f"shard {shard} was tokenized with another version of profile {docs.source.profile!r} "
+        f"than shard 0 (tokenizer {docs.source.tokenizer_sha256[:12]} vs {source.tokenizer_sha256[:12]}); "
+        "build again",
+    }
+
+
 def _pack(
     ctx: Context,
     packed: PackedSpec,
-    parts: list[shards.ShardSummary],
-    train_positions: set[int],
+    shards_n: int,
+    side_of: bytearray,
     artifacts: list[dict[str, Any]],
+    work: Path,
 ) -> dict[str, Any]:
     """Pack the training examples' token documents globally and store the Parquet shards.
 
-    The documents come from the shards' work files, in dataset order; each one's id is its
-    position in that order, so a sequence names exactly where its documents came from."""
-    documents: list[tuple[int, list[int], list[int], list[int]]] = []
-    position = 0
-    for index, part in enumerate(parts):
-        docs = msgspec.msgpack.decode(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.docs")))
-        for doc in docs:
-            if position in train_positions:
-                documents.append((position, doc[0], doc[1], doc[2]))
-            position += 1
-        del part
-    sequences, stats = pack(documents, packed.seq_len, packed.oversize)
-    template = get_template(packed.template)
-
-    def sink(name: str, data: bytes) -> None:
-        artifacts.append(_store(ctx, f"packed/{name}", data))
-
-    manifest = write_shards(
-        sequences,
-        sink,
-        packed.rows_per_shard,
-        seq_len=packed.seq_len,
-        template=template.name,
-        encoding=template.encoding,
-        stats=stats,
+    Planned from the spill indexes (lengths and turn offsets) alone; each row group's tokens are
+    then read from the spill files as it is written. A document's id is its position in dataset
+    order, so a sequence names exactly where its documents came from."""
+    reader = SpillReader(ctx.blobs, ctx.key("work/"), "packed", work)
+    planner = Planner(packed.seq_len, packed.oversize)
+    seq_len = packed.seq_len
+    piece_shard, piece_start, piece_doc = array("i"), array("q"), array("q")
+    source: SourceInfo | None = None
+    position = unrenderable = 0
+    try:
+        for shard in range(shards_n):
+            docs = reader.index(shard)
+            checked = _one_source(source, docs, shard)
+            if isinstance(checked, dict):
+                return {"error": checked}
+            source = checked
+            starts = docs.starts.tolist()
+            for k, n in enumerate(docs.lengths.tolist()):
+                if side_of[position] == TRAIN:
+                    if n < 0:
+                        unrenderable += 1
+                    else:
+                        for a, _ in planner.add(n, docs.turn_starts(k) if n > seq_len else ()):
+                            piece_shard.append(shard)
+                            piece_start.append(starts[k] + a)
+                            piece_doc.append(position)
+                position += 1
+        plan = planner.plan()
+        refs = PieceRefs(
+            np.frombuffer(piece_shard, dtype=np.int32) if piece_shard else np.zeros(0, np.int32),
+            np.frombuffer(piece_start, dtype=np.int64) if piece_start else np.zeros(0, np.int64),
+            np.frombuffer(piece_doc, dtype=np.int64) if piece_doc else np.zeros(0, np.int64),
+        )
+        writer = PackedWriter(work / "packed", seq_len, packed.rows_per_shard)
+        for index, group in stream_groups(plan, refs, reader, packed.rows_per_shard, seq_len):
+            writer.add(index, group)
+    finally:
+        reader.close()
+    info = source or view_source(packed, ctx.tenant, _profiles()).info
+    files, manifest = writer.close(
+        template=info.template,
+        encoding=info.encoding,
+        stats=plan.stats,
+        profile=info.profile,
+        tokenizer_sha256=info.tokenizer_sha256,
+        template_sha256=info.template_sha256,
+        unrenderable=unrenderable,
     )
-    fill = [s.length / packed.seq_len for s in sequences]
+    for f in files:
+        artifacts.append(_store_file(ctx, f"packed/{f.name}", f.path, f.sha256))
+    artifacts.append(_store(ctx, "packed/manifest.json", manifest_bytes(manifest)))
     return {
-        "sequences": len(sequences),
+        "sequences": plan.stats.sequences,
         "efficiency": manifest.get("efficiency"),
-        "stats": msgspec.to_builtins(stats),
-        "fill": fill,
+        "stats": msgspec.to_builtins(plan.stats),
+        "unrenderable": unrenderable,
+        "fill": writer.fill,
     }
+
+
+def _tokenize(
+    ctx: Context,
+    spec: TokenizedSpec,
+    tag: str,
+    shards_n: int,
+    side_of: bytearray,
+    artifacts: list[dict[str, Any]],
+    work: Path,
+) -> dict[str, Any]:
+    """Every kept example's tokens, one row each, on its side (train / validation), in dataset order."""
+    reader = SpillReader(ctx.blobs, ctx.key("work/"), tag, work)
+    folder = work / "tokenized"
+    writers = {TRAIN: TokenizedWriter(folder, "train", spec.rows_per_shard)}
+    writers[VALIDATION] = TokenizedWriter(folder, "validation", spec.rows_per_shard)
+    source: SourceInfo | None = None
+    position = unrenderable = 0
+    try:
+        for shard in range(shards_n):
+            docs = reader.index(shard)
+            checked = _one_source(source, docs, shard)
+            if isinstance(checked, dict):
+                return {"error": checked}
+            source = checked
+            starts = docs.starts.tolist()
+            for k, n in enumerate(docs.lengths.tolist()):
+                side = side_of[position]
+                position += 1
+                if side == NOWHERE:
+                    continue
+                if n < 0:
+                    unrenderable += 1
+                    continue
+                ids = np.empty(n, dtype=np.int32)
+                mask = np.empty(n, dtype=np.uint8)
+                reader.read_into(shard, starts[k], ids, mask)
+                writers[side].add(ids, mask, docs.sha256(k))
+    finally:
+        reader.close()
+    info = source or view_source(spec, ctx.tenant, _profiles()).info
+    sides = {}
+    for side, writer in writers.items():
+        files = writer.close()
+        sides[SIDES[side - 1]] = (writer, files)
+        for f in files:
+            artifacts.append(_store_file(ctx, f"tokenized/{f.name}", f.path, f.sha256))
+    if not writers[VALIDATION].rows:
+        del sides["validation"]
+    manifest = tokenized_manifest(info, sides, unrenderable)
+    artifacts.append(_store(ctx, "tokenized/manifest.json", manifest_bytes(manifest)))
+    return {"rows": manifest["rows"], "tokens": manifest["tokens"], "unrenderable": unrenderable}
 
 
 def _route(data: bytes, sides: list[str], train: RollingJsonl, validation: RollingJsonl) -> None:

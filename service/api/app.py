@@ -20,6 +20,7 @@ from service.api import (
     finetune,
     health,
     jobs,
+    profiles,
     providers,
     tools,
     webhooks,
@@ -67,6 +68,11 @@ def openapi_config() -> OpenAPIConfig:
                 name="webhooks",
                 description="Signed notifications of every job's ending, and their deliveries.",
             ),
+            Tag(
+                name="profiles",
+                description="Model profiles (a tokenizer, the model's chat template, training rules) "
+                "and the chat templates a request may name.",
+            ),
             Tag(name="tools", description="Synchronous inspection and validation."),
             Tag(name="health", description="Liveness, readiness and metrics."),
         ],
@@ -90,6 +96,12 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[tools.inspect_example, tools.validate_examples],
         request_max_body_size=tools_cap(settings),
     )
+    # a profile upload carries a tokenizer file: a body cap of its own
+    profiles_router = Router(
+        path="/",
+        route_handlers=[profiles.create_profile],
+        request_max_body_size=profiles.profile_cap(settings),
+    )
     v1 = Router(
         path="/v1",
         route_handlers=[
@@ -103,6 +115,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             providers.get_provider,
             providers.delete_provider,
             webhooks.WebhookController,
+            profiles_router,
+            profiles.list_profiles,
+            profiles.get_profile,
+            profiles.delete_profile,
+            profiles.list_templates,
             tools_router,
         ],
         guards=[require_tenant, require_json_body],

@@ -1,7 +1,10 @@
 """Builds: POST /v1/datasets/{id}/builds checks the recipe, records a queued job, then enqueues it.
 
 The job is committed to Redis before the task is sent, so a worker never receives a job id it
-cannot find. The API names the task (`tuneset.build`); it never imports the workers.
+cannot find. The API names the task (`tuneset.build`); it never imports the workers. A model
+profile a token-level output names (`outputs.packed.profile`, `outputs.tokenized.profile`) must
+exist when the build is submitted (else 422 `unknown_profile`); its content hash then is kept in
+the job's spec.
 """
 
 from __future__ import annotations
@@ -16,17 +19,22 @@ from litestar.params import FromPath, JSONBody
 
 from service.api import Services
 from service.api.errors import ApiProblem, not_found, problems
+from service.api.profiles import profile_store, unknown_profile
 from service.api.providers import guarded_url, provider_store, secret_box
 from service.api.schemas import BuildRequest, BuildStarted, FineTuneOptions, ProblemItem
 from service.core import pipeline
 from service.core.models import ModelError, ModelTable, extend
 from service.core.outputs import Outputs, default_outputs
+from service.core.packing import DEFAULT_TEMPLATE
 from service.core.templates import TemplateError, get_template
 from service.queue import BUILD_TASK, enqueue
 from service.store.state import State, new_id
 from service.webhooks.signing import new_secret
 
 log = logging.getLogger("tuneset.api")
+DEFAULT_TOKEN_TEMPLATE = (
+    "harmony"  # the template of a token-level output that names neither template nor profile
+)
 
 
 def recipe_of(data: BuildRequest, services: Services, table: ModelTable | None = None) -> pipeline.Recipe:
@@ -52,24 +60,37 @@ def recipe_of(data: BuildRequest, services: Services, table: ModelTable | None =
     return recipe
 
 
-def outputs_of(data: BuildRequest) -> Outputs:
-    """The selected outputs, or a 422 problem when they select nothing or name an unknown template."""
+def outputs_of(data: BuildRequest, tenant: str, services: Services) -> tuple[Outputs, dict[str, str]]:
+    """The selected outputs and the content hash of each model profile they name, or a 422 problem
+    when they select nothing or name an unknown template or profile (checked now, not by a worker)."""
     outputs = data.outputs or default_outputs()
     if outputs.empty:
         raise ApiProblem(
             422,
             "invalid-recipe",
-            "outputs selects nothing; name at least one of openai_jsonl, packed, report",
+            "outputs selects nothing; name at least one of openai_jsonl, packed, tokenized, report",
             errors=[ProblemItem(None, None, "invalid_outputs", "outputs selects nothing")],
         )
-    if outputs.packed is not None:
-        try:
-            get_template(outputs.packed.template)
-        except TemplateError as e:
-            raise ApiProblem(
-                422, "invalid-recipe", str(e), errors=[ProblemItem(None, None, "unknown_template", str(e))]
-            ) from None
-    return outputs
+    profiles: dict[str, str] = {}
+    for spec in (outputs.packed, outputs.tokenized):
+        if spec is None:
+            continue
+        if spec.profile is None:  # then the spec names a template (harmony by default)
+            try:
+                get_template(spec.template or DEFAULT_TEMPLATE)
+            except TemplateError as e:
+                raise ApiProblem(
+                    422,
+                    "invalid-recipe",
+                    str(e),
+                    errors=[ProblemItem(None, None, "unknown_template", str(e))],
+                ) from None
+            continue
+        record = profile_store(services).get(tenant, spec.profile)
+        if record is None:
+            raise unknown_profile(spec.profile, slug="invalid-recipe")
+        profiles[spec.profile] = record.content_hash
+    return outputs, profiles
 
 
 @post(
@@ -92,13 +113,15 @@ def start_build(
     dataset = state.get_dataset(tenant, dataset_id)
     if dataset is None:
         raise not_found("dataset", dataset_id)
-    outputs = outputs_of(data)
+    outputs, profiles = outputs_of(data, tenant, services)
     provider = _upload_provider(data, outputs, tenant, services)
     models = provider["models"] if provider else None
     recipe = recipe_of(data, services, extend(services.table, models) if models else None)
     callback, callback_secret = callback_of(data.callback_url, services)
     spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)}
     spec["outputs"] = msgspec.to_builtins(outputs)
+    if profiles:
+        spec["profiles"] = profiles  # each model profile's content hash when the build was submitted
     for option in ("dedupe", "split", "shard_size"):
         value = getattr(data, option)
         if value is not None:

@@ -18,6 +18,7 @@ from msgspec import Meta
 from service.core.dedupe import DedupeSpec
 from service.core.formats import Format
 from service.core.outputs import Outputs
+from service.core.profiles import PROFILE_FILE_MAX, TEMPLATE_MAX
 from service.core.split import SplitSpec
 from service.core.view import Segment
 
@@ -58,6 +59,12 @@ METADATA_MAX = 14  # a fine-tuning job's metadata entries: 2 more are tuneset's 
 METADATA_KEY_MAX = 64  # a metadata key (the provider's limit)
 METADATA_VALUE_MAX = 512  # and value
 LINE_MAX = 2**31 - 1  # the line number inspect reports
+PROFILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a model profile's name (e.g. qwen2.5-7b)
+PROFILE_TOKENIZER_MAX = PROFILE_FILE_MAX  # bytes of a tokenizer file (tokenizer.json, *.model, *.tiktoken)
+PROFILE_TEMPLATE_MAX = TEMPLATE_MAX  # bytes of a chat template
+PROFILE_CONFIG_MAX = 4 * 1024 * 1024  # bytes of a tokenizer_config.json
+PROFILE_BODY_MAX = 48 * 1024 * 1024  # a whole profile upload (the tokenizer's base64 in JSON is 4/3 larger)
+TOKENIZER_FILENAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}\.(json|model|tiktoken)$"
 
 
 def at_most(entries: int) -> Meta:
@@ -68,6 +75,7 @@ def at_most(entries: int) -> Meta:
 
 Url = Annotated[str, Meta(min_length=1, max_length=URL_MAX)]
 Ident = Annotated[str, Meta(min_length=1, max_length=IDENT_MAX)]
+ProfileName = Annotated[str, Meta(pattern=PROFILE_NAME_PATTERN)]  # a model profile's name
 
 # -- problems (RFC 9457) ----------------------------------------------------------------------
 
@@ -372,8 +380,9 @@ class InspectRequest(msgspec.Struct, forbid_unknown_fields=True):
     format: FormatName | None = None
     model: Ident | None = None
     template: Ident | None = None
+    profile: ProfileName | None = None  # a model profile of the tenant (/v1/model-profiles)
     line: Annotated[int, Meta(ge=1, le=LINE_MAX)] = 1
-    train_eot: bool = True
+    train_eot: bool | None = None  # false: end-of-turn tokens untrained (default: the target's rule, true)
 
 
 class InspectView(msgspec.Struct):
@@ -387,6 +396,100 @@ class InspectView(msgspec.Struct):
     trained_tokens: int
     total_tokens: int
     notes: list[str]
+
+
+# -- model profiles and templates ------------------------------------------------------------
+
+# the pattern and special tokens of a tiktoken-format rank file (service.core.profiles.TIKTOKEN_PRESETS)
+TiktokenPreset = Literal["llama3", "qwen2", "qwen3", "qwen3_5", "o200k_harmony"]
+TrainOn = Literal["all", "last"]
+MaskSource = Literal["spans", "generation"]
+
+
+class ProfileCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """A model profile as JSON: the tokenizer file base64-encoded, the template and config as text.
+    (The same fields as multipart: files `tokenizer`, `chat_template`, `tokenizer_config`.)"""
+
+    name: ProfileName
+    tokenizer: Annotated[bytes, Meta(min_length=1, max_length=PROFILE_TOKENIZER_MAX)]  # base64 in JSON
+    tokenizer_filename: Annotated[  # tokenizer.json (HF), or tiktoken-format ranks (*.model, *.tiktoken)
+        str, Meta(pattern=TOKENIZER_FILENAME_PATTERN)
+    ] = "tokenizer.json"
+    chat_template: (  # chat_template.jinja; else tokenizer_config's chat_template
+        Annotated[str, Meta(min_length=1, max_length=PROFILE_TEMPLATE_MAX)] | None
+    ) = None
+    tokenizer_config: Annotated[str, Meta(min_length=1, max_length=PROFILE_CONFIG_MAX)] | None = None
+    tiktoken_preset: TiktokenPreset | None = None  # needed for a tiktoken-format rank file
+    train_eot: bool = True  # the end-of-turn token after trained content carries loss
+    train_on: TrainOn = "all"  # which assistant messages are trained
+    mask_source: MaskSource = "spans"  # generation: the template's {% generation %} blocks
+
+
+class ProfileFile(msgspec.Struct):
+    filename: str
+    size: int
+    sha256: str
+
+
+class ProfileRules(msgspec.Struct):
+    train_eot: bool
+    train_on: TrainOn
+    mask_source: MaskSource
+
+
+class ModelProfileOut(msgspec.Struct, kw_only=True):
+    """A stored profile: `content_hash` identifies its files and the config that matters."""
+
+    name: str
+    content_hash: str
+    tokenizer_kind: str  # hf | tiktoken
+    tokenizer_sha256: str
+    template_sha256: str
+    vocab_size: int
+    bos_token: str | None
+    eos_token: str | None
+    tiktoken_preset: str | None
+    rules: ProfileRules
+    files: dict[str, ProfileFile]  # tokenizer, chat_template, tokenizer_config (those uploaded)
+    size: int  # bytes of all its files
+    created_at: float
+
+
+class FindingOut(msgspec.Struct):
+    code: str
+    message: str
+    message_index: int | None
+
+
+class CheckRowOut(msgspec.Struct):
+    """What the profile does with one of the fixed irregular conversations."""
+
+    case: str
+    outcome: Literal["rendered", "rejected", "rewritten"]
+    trained: str
+    findings: list[FindingOut]
+
+
+class ModelProfileDetail(ModelProfileOut, kw_only=True):
+    check: list[CheckRowOut]  # `tuneset templates check`: the irregular conversations, rendered
+
+
+class ModelProfileList(msgspec.Struct):
+    items: list[ModelProfileOut]
+
+
+class TemplateEntry(msgspec.Struct):
+    name: str
+    kind: Literal["builtin", "profile"]
+    content_hash: str  # builtin: its template_sha256; profile: its content hash
+    encoding: str  # builtin: the token encoding; profile: hf:<sha> or tiktoken:<sha> of its tokenizer
+    tokenizer_sha256: str  # as the manifests of packed and tokenized outputs name them
+    template_sha256: str
+    description: str
+
+
+class TemplateList(msgspec.Struct):
+    items: list[TemplateEntry]
 
 
 # -- health -----------------------------------------------------------------------------------

@@ -1,6 +1,10 @@
 """Synchronous tools: POST /v1/inspect (the training view of one example) and POST /v1/validate
 (the report of a small JSONL body). Both answer exactly what `tuneset inspect --json` and
-`tuneset validate --json` print for the same input."""
+`tuneset validate --json` print for the same input.
+
+Both take `profile`, the name of one of the tenant's model profiles (exclusive with `model` and
+`template`): the example is rendered with the model's own chat template and tokenized with its
+tokenizer. A name the tenant has no profile for is 422 `unknown_profile`."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from service.api import Services
 from service.api.batches import JSONL_TYPES, FormatQuery, decode_body, format_param
 from service.api.bodies import is_json, media_type, tools_cap, unsupported
 from service.api.errors import ApiProblem, problems
+from service.api.profiles import load_profile
 from service.api.schemas import (
     IDENT_MAX,
     POLICIES_MAX,
@@ -24,12 +29,16 @@ from service.api.schemas import (
     InspectRequest,
     InspectView,
     ProblemItem,
+    ProfileName,
 )
 from service.cli import view_for
 from service.core import pipeline
+from service.core.conversation import Example, chat_of
 from service.core.formats import convert_value, detect_format
 from service.core.models import ModelError
+from service.core.profiles import profile_view
 from service.core.templates import TemplateError
+from service.core.view import TrainingView
 
 
 @dataclass
@@ -63,11 +72,15 @@ def _invalid(e: Exception, code: str) -> ApiProblem:
     sync_to_thread=True,
     responses=problems(401, 413, 415, 422),
 )
-def inspect_example(data: JSONBody[InspectRequest], services: NamedDependency[Services]) -> InspectView:
-    """The tokens of one example for a provider model or a chat template: which are trained, and why.
-    The body takes at most TUNESET_TOOLS_MAX_BODY_BYTES (4 MiB by default)."""
-    if data.model and data.template:
-        raise ApiProblem(422, "invalid-request", "model and template are exclusive")
+def inspect_example(
+    data: JSONBody[InspectRequest], tenant: NamedDependency[str], services: NamedDependency[Services]
+) -> InspectView:
+    """The tokens of one example for a provider model, a chat template or a model profile: which
+    are trained, and why. The body takes at most TUNESET_TOOLS_MAX_BODY_BYTES (4 MiB by default).
+    With a profile, what rendering found (a template that drops or injects text, ...) is in `notes`;
+    a conversation the template refuses is 422 `template_rejects_conversation`."""
+    if sum(x is not None for x in (data.model, data.template, data.profile)) > 1:
+        raise ApiProblem(422, "invalid-request", "model, template and profile are exclusive")
     fmt = format_param(data.format) or detect_format(data.example) or "openai"
     record = convert_value(data.example, fmt, data.line)
     if record.example is None:
@@ -77,13 +90,34 @@ def inspect_example(data: JSONBody[InspectRequest], services: NamedDependency[Se
             "the example cannot be decoded",
             errors=[ProblemItem(p.line, p.message_index, p.code, p.message) for p in record.problems],
         )
+    if data.profile is not None:
+        view = _profile_view(record.example, data.profile, tenant, services, data.train_eot)
+        return InspectView(line=record.line, **msgspec.structs.asdict(view))
     try:
-        view = view_for(record.example, data.model, data.template, services.table, train_eot=data.train_eot)
+        train_eot = data.train_eot is not False
+        view = view_for(record.example, data.model, data.template, services.table, train_eot=train_eot)
     except ModelError as e:
         raise _invalid(e, "unknown_model") from None
     except TemplateError as e:
         raise _invalid(e, "unknown_template") from None
     return InspectView(line=record.line, **msgspec.structs.asdict(view))
+
+
+def _profile_view(
+    example: Example, name: str, tenant: str, services: Services, train_eot: bool | None
+) -> TrainingView:
+    """The example rendered and tokenized by the tenant's profile, its findings as notes."""
+    profile = load_profile(services, tenant, name)
+    if train_eot is not None and train_eot != profile.rules.train_eot:
+        profile = profile.with_rules(train_eot=train_eot)
+    result = profile_view(profile, chat_of(example))
+    if result.view is None:
+        errors = [ProblemItem(None, f.message_index, f.code, f.message) for f in result.findings]
+        detail = result.findings[0].message if result.findings else "the chat template refused the example"
+        raise ApiProblem(422, "template-rejects-conversation", detail, errors=errors)
+    view = result.view
+    view.notes.extend(f"{f.code}: {f.message}" for f in result.findings)
+    return view
 
 
 @post(
@@ -98,10 +132,20 @@ def inspect_example(data: JSONBody[InspectRequest], services: NamedDependency[Se
 def validate_examples(
     request: Request[Any, Any, Any],
     body: RawBody,
+    tenant: NamedDependency[str],
     services: NamedDependency[Services],
     model: Annotated[
-        str, QueryParameter(min_length=1, max_length=IDENT_MAX, description="target provider model")
-    ] = pipeline.DEFAULT_MODEL,
+        str | None,
+        QueryParameter(
+            min_length=1,
+            max_length=IDENT_MAX,
+            description=f"target provider model ({pipeline.DEFAULT_MODEL})",
+        ),
+    ] = None,
+    profile: Annotated[
+        ProfileName | None,
+        QueryParameter(description="one of the tenant's model profiles (exclusive with model)"),
+    ] = None,
     fmt: FormatQuery = None,
     policy: Annotated[
         list[str] | None,
@@ -132,10 +176,15 @@ def validate_examples(
         raise unsupported(media, "application/jsonl or application/x-ndjson")
     # the body itself was capped before it was read (the tools router's request_max_body_size)
     raw = decode_body(body, request.headers.get("content-encoding"), tools_cap(services.settings))
+    if model is not None and profile is not None:
+        raise ApiProblem(422, "invalid-request", "model and profile are exclusive")
+    model = model or pipeline.DEFAULT_MODEL
+    loaded = load_profile(services, tenant, profile) if profile is not None else None
     try:
         services.table.resolve(model)
         recipe = pipeline.Recipe(
             model=model,
+            profile=loaded,
             format=format_param(fmt),
             policies=pipeline.parse_policies(policy or []),
             system_prompt=system_prompt,

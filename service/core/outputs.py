@@ -11,7 +11,17 @@ from typing import Annotated
 
 import msgspec
 
-from service.core.packing import PackedSpec
+from service.core.packing import PackedSpec, TokenizedSpec
+
+__all__ = [
+    "JsonlOutput",
+    "Outputs",
+    "PackedSpec",
+    "ReportOutput",
+    "TokenizedSpec",
+    "default_outputs",
+    "part_names",
+]
 
 FILES_API_LIMIT = 512 * 1024 * 1024  # the provider's single-file (Files API) limit, in bytes
 DEFAULT_MAX_FILE_BYTES = 500 * 1024 * 1024  # a margin below it
@@ -34,11 +44,12 @@ class ReportOutput(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 class Outputs(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     openai_jsonl: JsonlOutput | None = None
     packed: PackedSpec | None = None
+    tokenized: TokenizedSpec | None = None
     report: ReportOutput | None = None
 
     @property
     def empty(self) -> bool:
-        return self.openai_jsonl is None and self.packed is None and self.report is None
+        return all(x is None for x in (self.openai_jsonl, self.packed, self.tokenized, self.report))
 
 
 def default_outputs() -> Outputs:

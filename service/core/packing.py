@@ -23,11 +23,15 @@ token from the previous document's last token is already -100 (TRL blanks it for
 from __future__ import annotations
 
 import heapq
+from array import array
 from bisect import bisect_left, insort
 from collections.abc import Iterable, Sequence
+from itertools import chain
 from typing import Annotated, Literal, NamedTuple
 
 import msgspec
+import numpy as np
+import numpy.typing as npt
 
 from service.core.view import TrainingView
 
@@ -167,36 +171,28 @@ def _turn_bounds(n: int, turn_starts: Iterable[int]) -> list[int]:
     return [0, *inner, n]
 
 
-def prepare(
-    doc_tokens: Sequence[int],
-    doc_labels: Sequence[int],
-    seq_len: int,
-    policy: Oversize,
-    turn_starts: Sequence[int] = (),
-) -> Prepared:
-    """Apply the oversize policy to one document.
+def piece_spans(
+    n: int, seq_len: int, policy: Oversize, turn_starts: Iterable[int] = ()
+) -> tuple[list[tuple[int, int]], Outcome, int, int]:
+    """The oversize policy on a document of `n` tokens, from its length and turn offsets alone:
+    (the token range [start, end) of each piece, outcome, tokens cut, single turns truncated).
 
     A document of at most `seq_len` tokens is kept whole. A longer one is dropped ("drop"), cut to
     its first `seq_len` tokens ("truncate"), or cut at turn boundaries ("split") into pieces of at
     most `seq_len` tokens, each as many whole turns as fit (greedily, in order); a single turn
     longer than `seq_len` keeps its first `seq_len` tokens. Each piece becomes a document.
     """
-    if len(doc_tokens) != len(doc_labels):
-        raise ValueError(f"{len(doc_tokens)} tokens but {len(doc_labels)} labels")
     if policy not in OVERSIZE_POLICIES:
         raise ValueError(f"unknown oversize policy {policy!r}; known: {', '.join(OVERSIZE_POLICIES)}")
-    n = len(doc_tokens)
     if n == 0:
-        return Prepared([], [], "empty", 0, 0)
+        return [], "empty", 0, 0
     if n <= seq_len:
-        return Prepared([(list(doc_tokens), list(doc_labels))], [(0, n)], "kept", 0, 0)
+        return [(0, n)], "kept", 0, 0
     if policy == "drop":
-        return Prepared([], [], "dropped", n, 0)
+        return [], "dropped", n, 0
     if policy == "truncate":
-        head = (list(doc_tokens[:seq_len]), list(doc_labels[:seq_len]))
-        return Prepared([head], [(0, seq_len)], "truncated", n - seq_len, 0)
+        return [(0, seq_len)], "truncated", n - seq_len, 0
     bounds = _turn_bounds(n, turn_starts)
-    pieces: list[tuple[list[int], list[int]]] = []
     spans: list[tuple[int, int]] = []
     cut = turns_truncated = 0
     k = 0  # bounds[k] is where the next piece starts
@@ -209,13 +205,25 @@ def prepare(
         if end - start > seq_len:  # one turn alone is too long: keep its head
             cut += end - start - seq_len
             turns_truncated += 1
-            end_used = start + seq_len
-        else:
-            end_used = end
-        pieces.append((list(doc_tokens[start:end_used]), list(doc_labels[start:end_used])))
-        spans.append((start, end_used))
+            end = start + seq_len
+        spans.append((start, end))
         k = end_k
-    return Prepared(pieces, spans, "split", cut, turns_truncated)
+    return spans, "split", cut, turns_truncated
+
+
+def prepare(
+    doc_tokens: Sequence[int],
+    doc_labels: Sequence[int],
+    seq_len: int,
+    policy: Oversize,
+    turn_starts: Sequence[int] = (),
+) -> Prepared:
+    """Apply the oversize policy (`piece_spans`) to one document held in memory."""
+    if len(doc_tokens) != len(doc_labels):
+        raise ValueError(f"{len(doc_tokens)} tokens but {len(doc_labels)} labels")
+    spans, outcome, cut, turns_truncated = piece_spans(len(doc_tokens), seq_len, policy, turn_starts)
+    pieces = [(list(doc_tokens[a:b]), list(doc_labels[a:b])) for a, b in spans]
+    return Prepared(pieces, spans, outcome, cut, turns_truncated)
 
 
 def document_from_view(view: TrainingView) -> tuple[list[int], list[int], list[int]]:
@@ -259,49 +267,97 @@ def assemble(
     return out
 
 
+class Plan(NamedTuple):
+    """A packing plan over pieces numbered in the order they were added: sequence k holds the
+    pieces `members[starts[k]:starts[k + 1]]`, in that order."""
+
+    members: npt.NDArray[np.int64]
+    starts: npt.NDArray[np.int64]
+    lengths: npt.NDArray[np.int32]  # per piece
+    stats: PackStats
+
+
+class Planner:
+    """Packing from lengths and turn offsets only: the oversize policy per document as it comes,
+    then best-fit-decreasing over every piece at once. Holds a few integers per piece, never a
+    token, so a build can plan any dataset and fetch the tokens of each sequence as it writes it."""
+
+    def __init__(self, seq_len: int, policy: Oversize = "split") -> None:
+        if seq_len < 1:
+            raise ValueError(f"seq_len must be positive, got {seq_len}")
+        if policy not in OVERSIZE_POLICIES:
+            raise ValueError(f"unknown oversize policy {policy!r}; known: {', '.join(OVERSIZE_POLICIES)}")
+        self.seq_len = seq_len
+        self.policy = policy
+        self.counts: dict[Outcome, int] = {"kept": 0, "dropped": 0, "truncated": 0, "split": 0, "empty": 0}
+        self.lengths = array("i")
+        self.tokens_in = self.tokens_cut = self.turns_truncated = 0
+
+    def add(self, n: int, turn_starts: Iterable[int] = ()) -> list[tuple[int, int]]:
+        """One document of `n` tokens; the spans of its pieces (numbered on from the previous ones)."""
+        spans, outcome, cut, turns = piece_spans(n, self.seq_len, self.policy, turn_starts)
+        self.counts[outcome] += 1
+        self.tokens_in += n
+        self.tokens_cut += cut
+        self.turns_truncated += turns
+        self.lengths.extend(b - a for a, b in spans)
+        return spans
+
+    def plan(self) -> Plan:
+        lengths = np.frombuffer(self.lengths, dtype=np.int32) if self.lengths else np.zeros(0, np.int32)
+        bins = best_fit_decreasing(self.lengths, self.seq_len)
+        starts = np.zeros(len(bins) + 1, dtype=np.int64)
+        np.cumsum([len(b) for b in bins], out=starts[1:])
+        members = np.fromiter(chain.from_iterable(bins), dtype=np.int64, count=int(starts[-1]))
+        del bins
+        seq_len = self.seq_len
+        real = int(lengths.sum(dtype=np.int64))
+        slots = (len(starts) - 1) * seq_len
+        c = self.counts
+        stats = PackStats(
+            seq_len=seq_len,
+            policy=self.policy,
+            documents_in=sum(c.values()),
+            kept=c["kept"],
+            dropped=c["dropped"],
+            truncated=c["truncated"],
+            split=c["split"],
+            empty=c["empty"],
+            pieces=len(lengths),
+            split_turns_truncated=self.turns_truncated,
+            tokens_in=self.tokens_in,
+            tokens_cut=self.tokens_cut,
+            sequences=len(starts) - 1,
+            real_tokens=real,
+            slots=slots,
+            padding_tokens=slots - real,
+            efficiency=real / slots if slots else 1.0,
+            lower_bound=-(-real // seq_len),
+        )
+        return Plan(members, starts, lengths, stats)
+
+
 def pack(
     documents: Iterable[Document | tuple[int, Sequence[int], Sequence[int], Sequence[int]]],
     seq_len: int,
     policy: Oversize = "split",
 ) -> tuple[list[PackedSequence], PackStats]:
-    """Apply the oversize policy to every document, then pack all pieces at once (best-fit-decreasing)."""
-    if seq_len < 1:
-        raise ValueError(f"seq_len must be positive, got {seq_len}")
-    counts: dict[Outcome, int] = {"kept": 0, "dropped": 0, "truncated": 0, "split": 0, "empty": 0}
-    pieces: list[tuple[int, list[int], list[int]]] = []
-    tokens_in = tokens_cut = turns_truncated = 0
+    """Apply the oversize policy to every document, then pack all pieces at once (best-fit-decreasing).
+
+    Holds every token in memory: for tests and small inputs. A build plans with `Planner` and
+    streams the tokens of each sequence from its spill files instead; both give the same sequences."""
+    planner = Planner(seq_len, policy)
+    pieces: list[tuple[int, Sequence[int], Sequence[int]]] = []
     for doc_id, input_ids, labels, turn_starts in documents:
-        prepared = prepare(input_ids, labels, seq_len, policy, turn_starts)
-        counts[prepared.outcome] += 1
-        tokens_in += len(input_ids)
-        tokens_cut += prepared.tokens_cut
-        turns_truncated += prepared.turns_truncated
-        pieces += [(doc_id, ids, labs) for ids, labs in prepared.pieces]
-    bins = best_fit_decreasing([len(ids) for _, ids, _ in pieces], seq_len)
-    sequences = assemble(pieces, bins, seq_len)
-    real = sum(s.length for s in sequences)
-    slots = len(sequences) * seq_len
-    stats = PackStats(
-        seq_len=seq_len,
-        policy=policy,
-        documents_in=sum(counts.values()),
-        kept=counts["kept"],
-        dropped=counts["dropped"],
-        truncated=counts["truncated"],
-        split=counts["split"],
-        empty=counts["empty"],
-        pieces=len(pieces),
-        split_turns_truncated=turns_truncated,
-        tokens_in=tokens_in,
-        tokens_cut=tokens_cut,
-        sequences=len(sequences),
-        real_tokens=real,
-        slots=slots,
-        padding_tokens=slots - real,
-        efficiency=real / slots if slots else 1.0,
-        lower_bound=-(-real // seq_len),
-    )
-    return sequences, stats
+        if len(input_ids) != len(labels):
+            raise ValueError(f"{len(input_ids)} tokens but {len(labels)} labels")
+        for a, b in planner.add(len(input_ids), turn_starts):
+            pieces.append((doc_id, input_ids[a:b], labels[a:b]))
+    plan = planner.plan()
+    members = plan.members.tolist()
+    starts = plan.starts.tolist()
+    bins = [members[starts[k] : starts[k + 1]] for k in range(len(starts) - 1)]
+    return assemble(pieces, bins, seq_len), plan.stats
 
 
 SEQ_LEN_MAX = 1 << 20  # tokens per packed sequence (a request's bound: decoding checks it)
@@ -309,9 +365,38 @@ ROWS_PER_SHARD_MAX = 1_000_000  # sequences per Parquet shard
 
 
 class PackedSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    """Token sequences for self-hosted training, packed over the whole dataset."""
+    """Token sequences for self-hosted training, packed over the whole dataset.
+
+    The tokens come from a built-in `template` or a tenant's model `profile`: exactly one is set
+    after decoding (neither given: the `harmony` template)."""
 
     seq_len: Annotated[int, msgspec.Meta(ge=1, le=SEQ_LEN_MAX)] = 4096
-    template: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "harmony"
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    profile: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
     oversize: Oversize = "split"  # what happens to an example longer than seq_len
     rows_per_shard: Annotated[int, msgspec.Meta(ge=1, le=ROWS_PER_SHARD_MAX)] = 10_000
+
+    def __post_init__(self) -> None:
+        one_source(self)
+
+
+DEFAULT_TEMPLATE = "harmony"
+
+
+def one_source(spec: PackedSpec | TokenizedSpec) -> None:
+    """`template` defaults to harmony when no profile is named; naming both is an error."""
+    if spec.profile is None and spec.template is None:
+        spec.template = DEFAULT_TEMPLATE
+    elif spec.profile is not None and spec.template is not None:
+        raise ValueError("name either a template or a profile, not both")
+
+
+class TokenizedSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """One row per training example, unpacked: input_ids, labels, attention_mask, messages_hash."""
+
+    template: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    profile: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    rows_per_shard: Annotated[int, msgspec.Meta(ge=1, le=ROWS_PER_SHARD_MAX)] = 10_000
+
+    def __post_init__(self) -> None:
+        one_source(self)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 import msgspec
 import tiktoken
@@ -148,7 +148,7 @@ class Compiled:
 
         Placeholders are filled after the split, so values are always ordinary text."""
         out: list[Piece] = []
-        for is_special, text in _split_literal(literal, frozenset(self.enc.special_tokens_set)):
+        for is_special, text in _split_literal(literal, self.specials):
             if is_special:
                 out.append((True, text))
                 continue
@@ -162,6 +162,11 @@ class Compiled:
             else:
                 out.append((False, filled))
         return out
+
+    @cached_property
+    def specials(self) -> frozenset[str]:
+        """The encoding's special tokens, built once (harmony has over a thousand)."""
+        return frozenset(self.enc.special_tokens_set)
 
     def special_id(self, token: str) -> int:
         return self.enc.encode_single_token(token)
@@ -209,12 +214,13 @@ def compile_template(template: ChatTemplate) -> Compiled:
         template.tool_result_header,
         template.priming,
     )
+    compiled = Compiled(template, enc)
     for literal in filter(None, literals):
-        for is_special, text in _split_literal(literal, frozenset(enc.special_tokens_set)):
+        # the same frozenset object on every call: the cache then compares keys by identity
+        for is_special, text in _split_literal(literal, compiled.specials):
             if not is_special and "<|" in text and _SPECIAL_RE.search(text):
                 raise TemplateError(
                     f"template {template.name}: {text!r} names a token {template.encoding} lacks"
                 )
-    compiled = Compiled(template, enc)
     _compiled[template.name] = compiled
     return compiled

@@ -1,0 +1,104 @@
+"""Token documents for the build's token outputs: exactly the training view's tokens, mask and turns.
+
+The lean renderer (`workers.template_documents`) must give, for every built-in template and any
+conversation, what `service.core.view.build_view` gives (the view itself is checked against
+openai-harmony and the tokenizers in tests/unit/test_view.py and test_harmony.py). The source's
+hashes are checked against the shipped rank files and the template's canonical JSON."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from importlib import resources
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from service.core.conversation import ChatExample
+from service.core.encodings import BUILTIN_ENCODINGS
+from service.core.outputs import Outputs
+from service.core.packing import document_from_view
+from service.core.templates import BUILTIN_TEMPLATES, get_template
+from service.core.view import build_view
+from tests.conftest import mtbench_conversations, sharegpt_conversations
+from tests.unit.test_view import conversations
+from workers.template_documents import TemplateDocuments
+from workers.token_source import template_source, token_document, view_source
+
+TEMPLATES = sorted(BUILTIN_TEMPLATES)
+
+
+def _as_lists(doc: tuple[object, bytes, object]) -> tuple[list[int], list[bool], list[int]]:
+    ids, mask, turns = doc
+    return list(ids), [b == 1 for b in mask], list(turns)  # type: ignore[call-overload]
+
+
+def _expected(example: ChatExample, template: str) -> tuple[list[int], list[bool], list[int]]:
+    view = build_view(example, get_template(template))
+    ids, _, turns = document_from_view(view)
+    return ids, view.labels_mask(), turns
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(example=conversations())
+def test_lean_documents_equal_the_view(template: str, example: ChatExample) -> None:
+    docs = TemplateDocuments(get_template(template))
+    assert _as_lists(docs.doc(example)) == _expected(example, template)
+    assert _as_lists(token_document(build_view(example, get_template(template)))) == _expected(
+        example, template
+    )
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_lean_documents_equal_the_view_on_real_conversations(template: str) -> None:
+    docs = TemplateDocuments(get_template(template))
+    convos = mtbench_conversations() + sharegpt_conversations()[:200]
+    system = {"role": "system", "content": "You answer questions about our product, briefly and politely."}
+    for convo in convos:
+        for messages in (convo["messages"], [system, *convo["messages"]]):
+            example = msgspec.convert({"messages": messages}, ChatExample)
+            assert _as_lists(docs.doc(example)) == _expected(example, template)  # cached prompt too
+
+
+def test_template_source_names_the_rank_file_and_the_template() -> None:
+    source = template_source("harmony")
+    ranks = BUILTIN_ENCODINGS["o200k_harmony"].ranks.filename
+    data = gzip.decompress(resources.files("service.core.data").joinpath(ranks).read_bytes())
+    assert source.info.tokenizer_sha256 == hashlib.sha256(data).hexdigest()
+    canonical = json.dumps(
+        msgspec.to_builtins(get_template("harmony")), sort_keys=True, separators=(",", ":")
+    )
+    assert source.info.template_sha256 == hashlib.sha256(canonical.encode()).hexdigest()
+    assert (source.info.template, source.info.profile, source.info.encoding) == (
+        "harmony",
+        None,
+        "o200k_harmony",
+    )
+
+
+def test_view_source_defaults_to_harmony_and_reaches_profiles() -> None:
+    outputs = msgspec.convert({"packed": {}, "tokenized": {"profile": "mine"}}, Outputs)
+    assert outputs.packed is not None
+    assert outputs.tokenized is not None
+    example = msgspec.convert({"messages": [{"role": "user", "content": "hi"}]}, ChatExample)
+    source = view_source(outputs.packed, "acme", lambda tenant, name: pytest.fail("no profile"))
+    assert source.info.template == "harmony"
+    assert source(example) == build_view(example, get_template("harmony"))
+    asked: list[tuple[str, str]] = []
+
+    def load(tenant: str, name: str) -> object:
+        asked.append((tenant, name))
+        raise LookupError(name)
+
+    with pytest.raises(LookupError):
+        view_source(outputs.tokenized, "acme", load)  # type: ignore[arg-type]
+    assert asked == [("acme", "mine")]
+
+
+def test_a_spec_names_a_template_or_a_profile_not_both() -> None:
+    with pytest.raises(msgspec.ValidationError, match="not both"):
+        msgspec.convert({"tokenized": {"template": "chatml", "profile": "mine"}}, Outputs)
+    assert msgspec.convert({"tokenized": {}}, Outputs).tokenized.template == "harmony"  # type: ignore[union-attr]

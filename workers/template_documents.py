@@ -1,0 +1,184 @@
+"""Token documents of the built-in templates, straight to ids and mask, for builds at scale.
+
+`service.core.view.render` builds a full training view: per segment its text, its reason and a
+Struct, which is what `inspect` shows but several times the cost of tokenizing the text itself.
+A build's token outputs need only the ids, which of them are trained and where each message
+starts; `TemplateDocuments` walks the same steps as `render` (same pieces, same order, the same
+re-tokenization of text runs whose joins the pre-tokenizer could cross, see `view._safe_boundary`)
+but keeps per segment only its message index, its trained flag and its token ids, caches the
+template's filled pieces, and encodes a repeated system prompt once (datasets repeat one
+product's prompt on every conversation, as the accountant notes). A property test checks that
+the result equals `token_document(build_view(example, template))` for every built-in template.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import OrderedDict
+
+from service.core.conversation import ChatExample, text_of
+from service.core.templates import ChatTemplate, Piece, compile_template
+from service.core.tokens import encode_text
+from service.core.view import _safe_boundary
+
+SYSTEM_CACHE = 256  # distinct system prompts kept encoded
+SYSTEM_CACHE_MIN_CHARS = 64  # shorter ones are cheaper to encode than to look up
+
+
+class _Seg:
+    __slots__ = ("ids", "index", "trained")
+
+    def __init__(self, index: int | None, trained: bool) -> None:
+        self.index = index
+        self.trained = trained
+        self.ids: list[int] = []
+
+
+class TemplateDocuments:
+    """`doc(example)` -> (int32 ids, trained mask bytes, turn starts), as `token_document` of the view."""
+
+    def __init__(self, template: ChatTemplate) -> None:
+        self.t = template
+        self.c = compile_template(template)
+        self.enc = self.c.enc
+        self._pieces: dict[tuple[str, tuple[tuple[str, str], ...]], list[Piece]] = {}
+        self._special: dict[str, int] = {}
+        self._system: OrderedDict[str, list[int]] = OrderedDict()
+
+    def pieces(self, literal: str, **values: str) -> list[Piece]:
+        key = (literal, tuple(values.items()))
+        got = self._pieces.get(key)
+        if got is None:
+            got = self._pieces[key] = self.c.pieces(literal, **values)
+        return got
+
+    def _special_id(self, token: str) -> int:
+        got = self._special.get(token)
+        if got is None:
+            got = self._special[token] = self.c.special_id(token)
+        return got
+
+    def _encode(self, text: str, cache: bool) -> list[int]:
+        if not cache or len(text) < SYSTEM_CACHE_MIN_CHARS:
+            return encode_text(self.enc, text)
+        got = self._system.get(text)
+        if got is None:
+            got = self._system[text] = encode_text(self.enc, text)
+            if len(self._system) > SYSTEM_CACHE:
+                self._system.popitem(last=False)
+        else:
+            self._system.move_to_end(text)
+        return got
+
+    def doc(self, example: ChatExample) -> tuple[array[int], bytes, array[int]]:
+        segs = self._render(example)
+        ids: array[int] = array("i")
+        mask = bytearray()
+        turns: array[int] = array("i")
+        previous: int | None = None
+        for seg in segs:
+            n = len(ids)
+            if n and seg.index != previous and (not turns or turns[-1] != n):
+                turns.append(n)
+            previous = seg.index
+            if seg.ids:
+                ids.extend(seg.ids)
+                mask += (b"\x01" if seg.trained else b"\x00") * len(seg.ids)
+        return ids, bytes(mask), turns
+
+    def _render(self, example: ChatExample) -> list[_Seg]:
+        t = self.t
+        segs: list[_Seg] = []
+        run: list[tuple[int, int, str]] = []  # (segment, where its ids begin in that segment, text)
+
+        def add(pieces: list[Piece], index: int | None, trained: bool, system: bool = False) -> None:
+            if not pieces:
+                return
+            seg = _Seg(index, trained)
+            segs.append(seg)
+            k = len(segs) - 1
+            for is_special, text in pieces:
+                if is_special:
+                    seg.ids.append(self._special_id(text))
+                    run.clear()
+                elif not run or _safe_boundary(run[-1][2], text):
+                    run.append((k, len(seg.ids), text))
+                    seg.ids.extend(self._encode(text, system))
+                else:
+                    run.append((k, len(seg.ids), text))
+                    retokenize()
+
+        def text(value: str, index: int | None, trained: bool, system: bool = False) -> None:
+            if value:
+                add([(False, value)], index, trained, system)
+
+        def retokenize() -> None:  # view._Builder._retokenize_run, on the lean segments
+            enc = self.enc
+            new = encode_text(enc, "".join(p[2] for p in run))
+            for k, start, _ in run:
+                del segs[k].ids[start:]
+            ends: list[int] = []
+            total = 0
+            for _, _, piece in run:
+                total += len(piece.encode("utf-8"))
+                ends.append(total)
+            j = 0
+            offset = 0
+            for token in new:
+                offset += len(enc.decode_single_token_bytes(token))
+                while j < len(ends) - 1 and offset > ends[j]:
+                    j += 1
+                segs[run[j][0]].ids.append(token)
+
+        messages = example.messages
+        last = len(messages) - 1
+        call_names: dict[str, str] = {}
+        for i, m in enumerate(messages):
+            role = m.role
+            shown = t.role_names.get(role, role)
+            trained = role == "assistant" and m.weight != 0  # view._content_reason's flag
+            end_trained = trained and t.train_end
+            calls = [(tc.id, tc.function.name, tc.function.arguments) for tc in m.tool_calls or []]
+            if m.function_call is not None:
+                calls.append(("", m.function_call.name, m.function_call.arguments))
+            for call_id, name, _ in calls:
+                call_names[call_id] = name
+            separate_calls = bool(calls) and not t.tool_calls_inline
+            if not (role == "assistant" and m.content is None and separate_calls):
+                if role == "tool" and t.tool_result_header is not None:
+                    name = call_names.get(m.tool_call_id or "", "")
+                    header = self.pieces(
+                        t.tool_result_header, role=shown, name=name, tool_call_id=m.tool_call_id or ""
+                    )
+                elif role == "assistant" and t.assistant_header is not None:
+                    header = self.pieces(t.assistant_header, role=shown)
+                else:
+                    header = list(self.pieces(t.header, role=shown))
+                    if m.name is not None and t.name_field:
+                        header += self.pieces(t.name_field, name=m.name)
+                    if m.tool_call_id is not None and t.call_id_field:
+                        header += self.pieces(t.call_id_field, tool_call_id=m.tool_call_id)
+                    header += self.pieces(t.header_end)
+                add(header, i, False)
+                if role == "assistant" and t.assistant_generated:
+                    add(self.pieces(t.assistant_generated), i, trained)
+                if role == "system" and t.system_prefix:
+                    text(t.system_prefix, i, False)
+                text(text_of(m), i, trained, system=role == "system")
+                if t.tool_calls_inline:
+                    for _, name, arguments in calls:
+                        add(self.pieces(t.tool_call_generated, name=name), i, trained)
+                        text(arguments, i, trained)
+                final = i == last and role == "assistant" and not separate_calls and t.last_end
+                add(self.pieces(t.last_end if final and t.last_end else t.end), i, end_trained)
+                text(t.after_end, i, False)
+            if separate_calls:
+                for _, name, arguments in calls:
+                    add(self.pieces(t.tool_call_header), i, False)
+                    add(self.pieces(t.tool_call_generated, name=name), i, trained)
+                    text(arguments, i, trained)
+                    add(self.pieces(t.tool_call_end or t.end), i, end_trained)
+                    text(t.after_end, i, False)
+        if t.priming:
+            add(self.pieces(t.priming), None, False)
+        return segs
