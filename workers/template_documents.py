@@ -6,7 +6,9 @@ A build's token outputs need only the ids, which of them are trained and where e
 starts; `TemplateDocuments` walks the same steps as `render` (same pieces, same order, the same
 re-tokenization of text runs whose joins the pre-tokenizer could cross, see `view._safe_boundary`)
 but keeps per segment only its message index, its trained flag and its token ids, caches the
-template's filled pieces, and encodes a repeated system prompt once (datasets repeat one
+template's filled pieces and the ids of those that open with a special token (no text run can
+cross into them, so their tokens never depend on what came before), and encodes a repeated
+system prompt once (datasets repeat one
 product's prompt on every conversation, as the accountant notes). A property test checks that
 the result equals `token_document(build_view(example, template))` for every built-in template.
 """
@@ -23,6 +25,7 @@ from service.core.view import _safe_boundary
 
 SYSTEM_CACHE = 256  # distinct system prompts kept encoded
 SYSTEM_CACHE_MIN_CHARS = 64  # shorter ones are cheaper to encode than to look up
+PIECE_CACHE = 4096  # filled template pieces kept (per role, name, call id)
 
 
 class _Seg:
@@ -43,13 +46,40 @@ class TemplateDocuments:
         self.enc = self.c.enc
         self._pieces: dict[tuple[str, tuple[tuple[str, str], ...]], list[Piece]] = {}
         self._special: dict[str, int] = {}
+        self._constants: dict[tuple[Piece, ...], tuple[list[int], list[tuple[int, str]]]] = {}
         self._system: OrderedDict[str, list[int]] = OrderedDict()
 
     def pieces(self, literal: str, **values: str) -> list[Piece]:
         key = (literal, tuple(values.items()))
         got = self._pieces.get(key)
         if got is None:
+            if len(self._pieces) >= PIECE_CACHE:
+                self._pieces.clear()
             got = self._pieces[key] = self.c.pieces(literal, **values)
+        return got
+
+    def _constant(self, pieces: list[Piece]) -> tuple[list[int], list[tuple[int, str]]]:
+        """The ids of template text that opens with a special token (which ends any text run before
+        it), and the text run it leaves open, as `add` would leave it: computed once per text."""
+        key = tuple(pieces)
+        got = self._constants.get(key)
+        if got is None:
+            ids: list[int] = []
+            run: list[tuple[int, str]] = []
+            for is_special, text in pieces:
+                if is_special:
+                    ids.append(self._special_id(text))
+                    run.clear()
+                elif not run or _safe_boundary(run[-1][1], text):
+                    run.append((len(ids), text))
+                    ids.extend(encode_text(self.enc, text))
+                else:  # one segment: re-tokenizing the run replaces its tail
+                    run.append((len(ids), text))
+                    del ids[run[0][0] :]
+                    ids.extend(encode_text(self.enc, "".join(t for _, t in run)))
+            if len(self._constants) >= PIECE_CACHE:  # names and call ids make keys without bound
+                self._constants.clear()
+            got = self._constants[key] = (ids, run)
         return got
 
     def _special_id(self, token: str) -> int:
@@ -97,6 +127,12 @@ class TemplateDocuments:
             seg = _Seg(index, trained)
             segs.append(seg)
             k = len(segs) - 1
+            if pieces[0][0]:  # opens with a special token: the same tokens whatever came before
+                ids, tail = self._constant(pieces)
+                seg.ids.extend(ids)
+                run.clear()
+                run.extend((k, start, text) for start, text in tail)
+                return
             for is_special, text in pieces:
                 if is_special:
                     seg.ids.append(self._special_id(text))
