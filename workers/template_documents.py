@@ -101,6 +101,9 @@ class TemplateDocuments:
         return got
 
     def doc(self, example: ChatExample) -> tuple[array[int], bytes, array[int]]:
+        fast = self._plain(example)
+        if fast is not None:
+            return fast
         segs = self._render(example)
         ids: array[int] = array("i")
         mask = bytearray()
@@ -114,6 +117,87 @@ class TemplateDocuments:
             if seg.ids:
                 ids.extend(seg.ids)
                 mask += (b"\x01" if seg.trained else b"\x00") * len(seg.ids)
+        return ids, bytes(mask), turns
+
+    def _plain(self, example: ChatExample) -> tuple[array[int], bytes, array[int]] | None:
+        """The common case in one pass, straight into the arrays: messages of system, user and
+        assistant with no name, call or call id, under a template whose every piece opens with a
+        special token and whose texts all meet their neighbours at safe points (so every text is
+        tokenized on its own). None when any of that does not hold: `_render` then does it all."""
+        t = self.t
+        ids: array[int] = array("i")
+        mask = bytearray()
+        turns: array[int] = array("i")
+        tail: str | None = None  # the last text of the open run, None when a special token closed it
+
+        def const(pieces: list[Piece], trained: bool) -> bool:
+            nonlocal tail
+            if not pieces:
+                return True
+            if not pieces[0][0]:
+                return False
+            got, run = self._constant(pieces)
+            ids.extend(got)
+            mask.extend((b"\x01" if trained else b"\x00") * len(got))
+            tail = run[-1][1] if run else None
+            return True
+
+        def text(value: str, trained: bool, system: bool = False) -> bool:
+            nonlocal tail
+            if not value:
+                return True
+            if tail is not None and not _safe_boundary(tail, value):
+                return False
+            got = self._encode(value, system)
+            ids.extend(got)
+            mask.extend((b"\x01" if trained else b"\x00") * len(got))
+            tail = value
+            return True
+
+        messages = example.messages
+        last = len(messages) - 1
+        for i, m in enumerate(messages):
+            role = m.role
+            if (
+                role not in ("system", "user", "assistant")
+                or m.name is not None
+                or m.tool_call_id is not None
+            ):
+                return None
+            if m.tool_calls or m.function_call is not None:
+                return None
+            n = len(ids)
+            if n and (not turns or turns[-1] != n):
+                turns.append(n)
+            shown = t.role_names.get(role, role)
+            trained = role == "assistant" and m.weight != 0
+            if role == "assistant" and t.assistant_header is not None:
+                header = self.pieces(t.assistant_header, role=shown)
+            else:
+                header = self.pieces(t.header, role=shown) + self.pieces(t.header_end)
+            if not const(header, False):
+                return None
+            if (
+                role == "assistant"
+                and t.assistant_generated
+                and not const(self.pieces(t.assistant_generated), trained)
+            ):
+                return None
+            if role == "system" and t.system_prefix and not text(t.system_prefix, False):
+                return None
+            if not text(text_of(m), trained, system=role == "system"):
+                return None
+            final = i == last and role == "assistant" and t.last_end
+            if not const(self.pieces(t.last_end if final and t.last_end else t.end), trained and t.train_end):
+                return None
+            if not text(t.after_end, False):
+                return None
+        if t.priming:
+            n = len(ids)
+            if n and (not turns or turns[-1] != n):
+                turns.append(n)
+            if not const(self.pieces(t.priming), False):
+                return None
         return ids, bytes(mask), turns
 
     def _render(self, example: ChatExample) -> list[_Seg]:
