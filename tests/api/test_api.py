@@ -524,7 +524,12 @@ def test_start_build_creates_a_queued_job_then_enqueues(
     assert spec["spec"]["dataset_id"] == ds
     assert spec["spec"]["recipe"]["policies"] == {"consecutive_same_role": "fix"}
     assert spec["spec"]["recipe"]["train_on"] == "last"
-    outputs = {"openai_jsonl": {"max_file_bytes": 500 * 1024 * 1024}, "packed": None, "report": {}}
+    outputs = {
+        "openai_jsonl": {"max_file_bytes": 500 * 1024 * 1024},
+        "packed": None,
+        "tokenized": None,
+        "report": {},
+    }
     assert spec["spec"]["outputs"] == outputs
 
 
@@ -543,7 +548,7 @@ def test_outputs_select_files_and_the_jsonl_size_limit_is_checked(
     spec = state.job(r.json()["job_id"])
     assert spec is not None
     outputs = spec["spec"]["outputs"]
-    assert set(outputs) == {"openai_jsonl", "packed", "report"}
+    assert set(outputs) == {"openai_jsonl", "packed", "tokenized", "report"}
     assert outputs["report"] is None
     assert outputs["openai_jsonl"] == {"max_file_bytes": 4096}
     assert outputs["packed"]["seq_len"] == 1024
