@@ -391,7 +391,7 @@ def _finalize(
         if selected.packed is not None:
             packing = _pack(ctx, selected.packed, len(parts), side_of, artifacts, work)
             if isinstance(packing.get("error"), dict):
-                _fail(ctx, packing["error"], {"shards": len(plan)})
+                _fail_stored(ctx, packing["error"], {"shards": len(plan)}, artifacts)
                 return
         if selected.tokenized is not None:
             tokenized = _tokenize(
@@ -404,7 +404,7 @@ def _finalize(
                 work,
             )
             if isinstance(tokenized.get("error"), dict):
-                _fail(ctx, tokenized["error"], {"shards": len(plan)})
+                _fail_stored(ctx, tokenized["error"], {"shards": len(plan)}, artifacts)
                 return
     if selected.report is not None:
         dropped = [p for p in duplicates.values() if _drops(p)]
@@ -716,6 +716,15 @@ def _fail(ctx: Context, error: dict[str, str], result: dict[str, Any]) -> None:
         )
     )
     ctx.blobs.delete_prefix(ctx.key("work/"))
+
+
+def _fail_stored(
+    ctx: Context, error: dict[str, str], result: dict[str, Any], artifacts: list[dict[str, Any]]
+) -> None:
+    """Fail the build and remove what it had already stored: a failed build keeps no outputs."""
+    for artifact in artifacts:
+        ctx.blobs.delete_prefix(artifact["key"])
+    _fail(ctx, error, result)
 
 
 def _store(ctx: Context, name: str, data: bytes) -> dict[str, Any]:

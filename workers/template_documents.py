@@ -6,7 +6,9 @@ A build's token outputs need only the ids, which of them are trained and where e
 starts; `TemplateDocuments` walks the same steps as `render` (same pieces, same order, the same
 re-tokenization of text runs whose joins the pre-tokenizer could cross, see `view._safe_boundary`)
 but keeps per segment only its message index, its trained flag and its token ids, caches the
-template's filled pieces, and encodes a repeated system prompt once (datasets repeat one
+template's filled pieces and the ids of those that open with a special token (no text run can
+cross into them, so their tokens never depend on what came before), and encodes a repeated
+system prompt once (datasets repeat one
 product's prompt on every conversation, as the accountant notes). A property test checks that
 the result equals `token_document(build_view(example, template))` for every built-in template.
 """
@@ -23,6 +25,7 @@ from service.core.view import _safe_boundary
 
 SYSTEM_CACHE = 256  # distinct system prompts kept encoded
 SYSTEM_CACHE_MIN_CHARS = 64  # shorter ones are cheaper to encode than to look up
+PIECE_CACHE = 4096  # filled template pieces kept (per role, name, call id)
 
 
 class _Seg:
@@ -43,13 +46,40 @@ class TemplateDocuments:
         self.enc = self.c.enc
         self._pieces: dict[tuple[str, tuple[tuple[str, str], ...]], list[Piece]] = {}
         self._special: dict[str, int] = {}
+        self._constants: dict[tuple[Piece, ...], tuple[list[int], list[tuple[int, str]]]] = {}
         self._system: OrderedDict[str, list[int]] = OrderedDict()
 
     def pieces(self, literal: str, **values: str) -> list[Piece]:
         key = (literal, tuple(values.items()))
         got = self._pieces.get(key)
         if got is None:
+            if len(self._pieces) >= PIECE_CACHE:
+                self._pieces.clear()
             got = self._pieces[key] = self.c.pieces(literal, **values)
+        return got
+
+    def _constant(self, pieces: list[Piece]) -> tuple[list[int], list[tuple[int, str]]]:
+        """The ids of template text that opens with a special token (which ends any text run before
+        it), and the text run it leaves open, as `add` would leave it: computed once per text."""
+        key = tuple(pieces)
+        got = self._constants.get(key)
+        if got is None:
+            ids: list[int] = []
+            run: list[tuple[int, str]] = []
+            for is_special, text in pieces:
+                if is_special:
+                    ids.append(self._special_id(text))
+                    run.clear()
+                elif not run or _safe_boundary(run[-1][1], text):
+                    run.append((len(ids), text))
+                    ids.extend(encode_text(self.enc, text))
+                else:  # one segment: re-tokenizing the run replaces its tail
+                    run.append((len(ids), text))
+                    del ids[run[0][0] :]
+                    ids.extend(encode_text(self.enc, "".join(t for _, t in run)))
+            if len(self._constants) >= PIECE_CACHE:  # names and call ids make keys without bound
+                self._constants.clear()
+            got = self._constants[key] = (ids, run)
         return got
 
     def _special_id(self, token: str) -> int:
@@ -71,6 +101,9 @@ class TemplateDocuments:
         return got
 
     def doc(self, example: ChatExample) -> tuple[array[int], bytes, array[int]]:
+        fast = self._plain(example)
+        if fast is not None:
+            return fast
         segs = self._render(example)
         ids: array[int] = array("i")
         mask = bytearray()
@@ -86,6 +119,87 @@ class TemplateDocuments:
                 mask += (b"\x01" if seg.trained else b"\x00") * len(seg.ids)
         return ids, bytes(mask), turns
 
+    def _plain(self, example: ChatExample) -> tuple[array[int], bytes, array[int]] | None:
+        """The common case in one pass, straight into the arrays: messages of system, user and
+        assistant with no name, call or call id, under a template whose every piece opens with a
+        special token and whose texts all meet their neighbours at safe points (so every text is
+        tokenized on its own). None when any of that does not hold: `_render` then does it all."""
+        t = self.t
+        ids: array[int] = array("i")
+        mask = bytearray()
+        turns: array[int] = array("i")
+        tail: str | None = None  # the last text of the open run, None when a special token closed it
+
+        def const(pieces: list[Piece], trained: bool) -> bool:
+            nonlocal tail
+            if not pieces:
+                return True
+            if not pieces[0][0]:
+                return False
+            got, run = self._constant(pieces)
+            ids.extend(got)
+            mask.extend((b"\x01" if trained else b"\x00") * len(got))
+            tail = run[-1][1] if run else None
+            return True
+
+        def text(value: str, trained: bool, system: bool = False) -> bool:
+            nonlocal tail
+            if not value:
+                return True
+            if tail is not None and not _safe_boundary(tail, value):
+                return False
+            got = self._encode(value, system)
+            ids.extend(got)
+            mask.extend((b"\x01" if trained else b"\x00") * len(got))
+            tail = value
+            return True
+
+        messages = example.messages
+        last = len(messages) - 1
+        for i, m in enumerate(messages):
+            role = m.role
+            if (
+                role not in ("system", "user", "assistant")
+                or m.name is not None
+                or m.tool_call_id is not None
+            ):
+                return None
+            if m.tool_calls or m.function_call is not None:
+                return None
+            n = len(ids)
+            if n and (not turns or turns[-1] != n):
+                turns.append(n)
+            shown = t.role_names.get(role, role)
+            trained = role == "assistant" and m.weight != 0
+            if role == "assistant" and t.assistant_header is not None:
+                header = self.pieces(t.assistant_header, role=shown)
+            else:
+                header = self.pieces(t.header, role=shown) + self.pieces(t.header_end)
+            if not const(header, False):
+                return None
+            if (
+                role == "assistant"
+                and t.assistant_generated
+                and not const(self.pieces(t.assistant_generated), trained)
+            ):
+                return None
+            if role == "system" and t.system_prefix and not text(t.system_prefix, False):
+                return None
+            if not text(text_of(m), trained, system=role == "system"):
+                return None
+            final = i == last and role == "assistant" and t.last_end
+            if not const(self.pieces(t.last_end if final and t.last_end else t.end), trained and t.train_end):
+                return None
+            if not text(t.after_end, False):
+                return None
+        if t.priming:
+            n = len(ids)
+            if n and (not turns or turns[-1] != n):
+                turns.append(n)
+            if not const(self.pieces(t.priming), False):
+                return None
+        return ids, bytes(mask), turns
+
     def _render(self, example: ChatExample) -> list[_Seg]:
         t = self.t
         segs: list[_Seg] = []
@@ -97,6 +211,12 @@ class TemplateDocuments:
             seg = _Seg(index, trained)
             segs.append(seg)
             k = len(segs) - 1
+            if pieces[0][0]:  # opens with a special token: the same tokens whatever came before
+                ids, tail = self._constant(pieces)
+                seg.ids.extend(ids)
+                run.clear()
+                run.extend((k, start, text) for start, text in tail)
+                return
             for is_special, text in pieces:
                 if is_special:
                     seg.ids.append(self._special_id(text))
