@@ -680,6 +680,16 @@ def irregular_conversations() -> dict[str, ChatExample]:
         "empty_assistant": chat(U("Say nothing."), A("")),
         "empty_user": chat(U(""), A("You said nothing.")),
         "empty_system": chat(S(""), U("hi"), A("hello")),
+        "content_parts": chat(
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Two "}, {"type": "text", "text": "parts."}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "Joined."}]},
+        ),
+        "named_user": chat(
+            {"role": "user", "name": "alice", "content": "Hi, I am Alice."}, A("Hello Alice.")
+        ),
         "whitespace_only": chat(U("\n"), A("\n"), U(" "), A("  \n")),
         "whitespace_edges": chat(U("  padded  \n"), A("\n\n  spaced out answer \n\n")),
         "two_systems": chat(S("First rule."), U("hi"), S("Second rule."), A("ok")),

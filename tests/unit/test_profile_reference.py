@@ -763,3 +763,22 @@ def test_each_message_text_is_attributed_to_its_own_message(key: str) -> None:
             assert text in own or json.dumps(text)[1:-1] in own, (
                 f"{case}: message {i} ({m.role}) {text[:60]!r} is not in its segments {own[:120]!r}"
             )
+
+
+@pytest.mark.parametrize("key", [k for k in FAMILY_KEYS if fam(k).kind == "tiktoken"])
+def test_rank_file_with_only_a_preset_gives_the_same_profile(key: str) -> None:
+    """`--tokenizer tokenizer.model --chat-template T --tiktoken-preset P` with no tokenizer_config: the
+    preset alone supplies the special tokens and bos/eos the model's own tokenizer_config has."""
+    from service.core.profiles import profile_from_files
+
+    f = fam(key)
+    p = profile_from_files(
+        name=key,
+        tokenizer=f.tokenizer_bytes(),
+        tokenizer_filename=f.tokenizer_filename,
+        chat_template=f.template,
+        tiktoken_preset=f.tiktoken_preset,
+    )
+    assert (p.bos_token, p.eos_token) == (f.bos_token, f.eos_token)
+    for case in ("plain", "multi_turn", "tool_calls", "other_family_markers", "reasoning_in_content"):
+        check_against_reference(f, p, IRREGULAR[case])
