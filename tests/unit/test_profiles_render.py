@@ -141,3 +141,17 @@ def test_filters_and_globals_match_transformers() -> None:
     ours = render_messages(p, msgs)
     assert (ours.text, ours.generation_spans) == _reference(text, msgs, None, False, p.template_vars)
     assert json.loads(ours.text.split("|")[0]) == {"é": [1, 2]}
+
+
+def test_concurrent_renders_keep_their_own_generation_spans() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    p = profile("qwen3_training")
+    conversations = [
+        [{"role": "user", "content": "q" * i}, {"role": "assistant", "content": "a" * (i + 1)}]
+        for i in range(1, 40)
+    ]
+    expected = [render_messages(p, c) for c in conversations]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        got = list(pool.map(lambda c: render_messages(p, c), conversations * 3))
+    assert got == expected * 3

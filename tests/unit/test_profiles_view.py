@@ -202,3 +202,23 @@ def test_text_after_the_last_message_is_not_a_rewrite() -> None:
     assert _trained_text(result.view) == ["hello there<|end|>", "sure<|end|>"]
     assert result.view.segments[-1].text == "<|endoftext|>"
     assert result.view.segments[-1].message_index is None
+
+
+def test_rejection_names_the_message_that_breaks_the_rule() -> None:
+    ex = _ex({"role": "system", "content": "s"}, U, A, {"role": "tool", "content": "x"}, U2)
+    result = profile_view(profile("gemma3"), ex)
+    assert result.view is None
+    (finding,) = result.findings
+    assert finding.message_index == 3
+    assert finding.message.startswith("the template refuses the conversation at message 3 (tool): ")
+    assert "Conversation roles must alternate" in finding.message
+
+
+def test_notes_say_when_generation_blocks_are_missing_and_when_the_date_is_rendered() -> None:
+    view = profile_view(profile("llama3_1").with_rules(mask_source="generation"), _ex(U, A)).view
+    assert view is not None
+    assert any("no {% generation %} blocks" in n for n in view.notes)
+    assert _trained_text(view) == ["hello there<|eot_id|>"]
+    view = profile_view(profile("gptoss"), _ex(U, A)).view
+    assert view is not None
+    assert any("strftime_now" in n for n in view.notes)

@@ -59,6 +59,8 @@ class Located:
 
     content: tuple[int, int] | None = None
     content_full: bool = True  # the whole text was found (not only a stripped or post-</think> part)
+    moved: bool = False  # not after the previous message, but elsewhere (DeepSeek-V3 gathers system
+    # messages at the top): rendered, so not dropped; its characters stay with the message around them
     calls_end: int | None = None  # end of the last tool-call piece found
     calls_missing: list[str] | None = None
     header_start: int | None = None  # where the generation prompt begins (assistants)
@@ -222,6 +224,10 @@ def locate(
                     loc.content_full = whole
                     cursor = at + len(c)
                     break
+            else:
+                loc.moved = any(
+                    _find(rendered, c, prelude_end, n, ctl) >= 0 for c, w in _candidates(text, m.role) if w
+                )
         calls = d.get("tool_calls") or []
         if calls:
             at_lo = loc.content[1] if loc.content else lo

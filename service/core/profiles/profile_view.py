@@ -276,9 +276,18 @@ def _spans_for(
         for a, b in injected_runs(rendered, s, e, ctl, names):
             add(at, a, i, role, part, False, reason)
             add(a, b, i, role, PART_INJECTED, False, "text the template adds (in no message): not trained")
-            where = "before the first message" if i is None else f"in message {i}'s turn ({role})"
+            if i is None:
+                where = "before the first message" if part == PART_PRELUDE else "after the last message"
+            else:
+                where = f"in the header of message {i} ({role})"
             findings.append(
-                Finding("template_injects_text", f"the template writes {_quote(rendered[a:b])} {where}", i)
+                Finding(
+                    "template_injects_text",
+                    f"the template writes {_quote(rendered[a:b])} {where}, text that is in no message "
+                    "(a default system prompt, a date, tool instructions): the model is trained with it "
+                    "as context",
+                    i,
+                )
             )
             at = b
         add(at, e, i, role, part, False, reason)
@@ -405,21 +414,27 @@ def _token_labels(spans: list[CharSpan], offsets: list[tuple[int, int]], n: int)
     """Per token, the index of the span that labels it (see the module docstring). Spans tile the text
     in order and token starts never decrease, so one forward walk does it."""
     labels: list[int] = []
+    append = labels.append
+    ends = [sp.end for sp in spans]
+    starts = [sp.start for sp in spans]
+    trained = [sp.trained for sp in spans]
     j = 0
     last = len(spans) - 1
     for start, end in offsets:
-        while j < last and spans[j].end <= start:
+        while j < last and ends[j] <= start:
             j += 1
+        if trained[j] or ends[j] >= end:
+            append(j)
+            continue
         chosen = j
-        if not spans[j].trained:
-            k = j + 1
-            stop = end if end > start else start + 1
-            while k <= last and spans[k].start < stop:
-                if spans[k].trained:
-                    chosen = k
-                    break
-                k += 1
-        labels.append(chosen)
+        k = j + 1
+        stop = end if end > start else start + 1
+        while k <= last and starts[k] < stop:
+            if trained[k]:
+                chosen = k
+                break
+            k += 1
+        append(chosen)
     return labels
 
 
@@ -430,28 +445,30 @@ def _span_at(spans: list[CharSpan], starts: list[int], p: int) -> CharSpan:
 def _segments(
     rendered: str, ids: list[int], offsets: list[tuple[int, int]], spans: list[CharSpan], labels: list[int]
 ) -> list[Segment]:
+    """Runs of tokens with the same label; each segment's text runs from its first token's start to the
+    next segment's, so the texts concatenate to the render."""
+    n = len(ids)
+    if n == 0:
+        return []
+    changes = [t for t in range(1, n) if labels[t] != labels[t - 1]]
     segments: list[Segment] = []
-    bounds: list[int] = []
-    label_prev = -1
-    key_prev: tuple[Any, ...] | None = None
-    current: list[int] = []
-    for t, (token, label) in enumerate(zip(ids, labels, strict=True)):
-        if label != label_prev:
-            sp = spans[label]
-            key = (sp.message_index, sp.part, sp.trained, sp.reason)
-            label_prev = label
-            if key != key_prev:
-                start = offsets[t][0] if t else 0
-                if bounds:
-                    start = max(start, bounds[-1])
-                bounds.append(start)
-                current = []
-                segments.append(Segment("", current, sp.message_index, sp.role, sp.trained, sp.reason))
-                key_prev = key
-        current.append(token)
-    bounds.append(len(rendered))
-    for k, seg in enumerate(segments):
-        seg.text = rendered[bounds[k] : bounds[k + 1]]
+    start_token = 0
+    start_char = 0
+    prev_key: tuple[Any, ...] | None = None
+    for t in [*changes, n]:
+        sp = spans[labels[start_token]]
+        key = (sp.message_index, sp.part, sp.trained, sp.reason)
+        if key == prev_key:  # a different span with the same label: one segment
+            segments[-1].token_ids.extend(ids[start_token:t])
+        else:
+            if segments:
+                at = max(offsets[start_token][0], start_char)
+                segments[-1].text = rendered[start_char:at]
+                start_char = at
+            segments.append(Segment("", ids[start_token:t], sp.message_index, sp.role, sp.trained, sp.reason))
+            prev_key = key
+        start_token = t
+    segments[-1].text = rendered[start_char:]
     return segments
 
 
@@ -481,7 +498,9 @@ def _rejection(
     for k in range(1, len(msgs) + 1):
         try:
             render_dicts(profile, msgs[:k], tools)
-        except TemplateRaised:
+        except TemplateRaised as e:
+            if e.message != error.message and k < len(msgs):
+                continue  # a prefix refused for another reason (Qwen3: "No user query found")
             role = msgs[k - 1].get("role")
             return Finding(
                 "template_rejects_conversation",
@@ -618,7 +637,7 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
 
     for i, (m, loc) in enumerate(zip(example.messages, located, strict=True)):
         body = text_of(m)
-        if body and loc.content is None:
+        if body and loc.content is None and not loc.moved:
             findings.append(
                 Finding(
                     "template_drops_content",
@@ -700,5 +719,20 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
         billed_tokens=total,
         trained_tokens=sum(mask),
         total_tokens=total,
+        notes=_notes(profile),
     )
     return ProfileResult(view, findings, text)
+
+
+def _notes(profile: ModelProfile) -> list[str]:
+    notes: list[str] = []
+    if profile.rules.mask_source == "generation" and not has_generation_blocks(profile):
+        notes.append(
+            "mask_source generation: this template has no {% generation %} blocks, so the span rule decides"
+        )
+    if "strftime_now" in profile.chat_template:
+        notes.append(
+            "the template writes today's date (strftime_now), as transformers renders it: the rendered "
+            "text, and so the tokens, change from one day to the next"
+        )
+    return notes
