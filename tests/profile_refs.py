@@ -19,6 +19,7 @@ Both files are written to a temporary directory at test time and never ship.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib
@@ -26,6 +27,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -211,7 +213,9 @@ FAMILY_KEYS = ("llama3_1", "qwen2_5", "qwen3", "gemma3", "deepseekv3", "phi3_5",
 @functools.cache
 def _workdir() -> Path:
     """Where fixture files (Gemma/Phi tokenizers, the uncompressed o200k ranks) are written, once per process."""
-    return Path(tempfile.mkdtemp(prefix="tuneset-profile-refs-"))
+    path = Path(tempfile.mkdtemp(prefix="tuneset-profile-refs-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @functools.cache
