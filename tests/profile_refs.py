@@ -19,6 +19,7 @@ Both files are written to a temporary directory at test time and never ship.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import importlib
@@ -26,6 +27,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -211,7 +213,9 @@ FAMILY_KEYS = ("llama3_1", "qwen2_5", "qwen3", "gemma3", "deepseekv3", "phi3_5",
 @functools.cache
 def _workdir() -> Path:
     """Where fixture files (Gemma/Phi tokenizers, the uncompressed o200k ranks) are written, once per process."""
-    return Path(tempfile.mkdtemp(prefix="tuneset-profile-refs-"))
+    path = Path(tempfile.mkdtemp(prefix="tuneset-profile-refs-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 
 
 @functools.cache
@@ -680,6 +684,17 @@ def irregular_conversations() -> dict[str, ChatExample]:
         "empty_assistant": chat(U("Say nothing."), A("")),
         "empty_user": chat(U(""), A("You said nothing.")),
         "empty_system": chat(S(""), U("hi"), A("hello")),
+        "content_parts": chat(
+            {
+                "role": "user",
+                "content": [{"type": "text", "text": "Two "}, {"type": "text", "text": "parts."}],
+            },
+            {"role": "assistant", "content": [{"type": "text", "text": "Joined."}]},
+        ),
+        "named_user": chat(
+            {"role": "user", "name": "alice", "content": "Hi, I am Alice."}, A("Hello Alice.")
+        ),
+        "whitespace_only": chat(U("\n"), A("\n"), U(" "), A("  \n")),
         "whitespace_edges": chat(U("  padded  \n"), A("\n\n  spaced out answer \n\n")),
         "two_systems": chat(S("First rule."), U("hi"), S("Second rule."), A("ok")),
         "other_family_markers": chat(U(other_markers), A(other_markers)),
@@ -701,6 +716,38 @@ def irregular_conversations() -> dict[str, ChatExample]:
             A("Rain in Oslo."),
             tools=[WEATHER_TOOL],
         ),
+        # content a search for message text can find in the wrong place
+        "echo": chat(U("ok"), A("ok"), U("ok"), A("ok")),
+        "role_words": chat(S("system"), U("user"), A("assistant"), U("model"), A("user")),
+        "single_chars": chat(U("a"), A("a"), U("\n"), A(" ")),
+        "answer_in_question": chat(U("Repeat after me: the answer is 42"), A("the answer is 42")),
+        "answer_in_next_question": chat(U("q"), A("yes"), U("yes? yes"), A("yes")),
+        "think_only": chat(U("Think."), A("<think>\nonly thinking\n</think>")),
+        "reasoning_history": chat(
+            U("1+1?"),
+            A("<think>\none and one\n</think>\n\n2"),
+            U("2+2?"),
+            A("<think>\ntwo and two\n</think>\n\n4"),
+        ),
+        "string_arguments": chat(
+            U("Run it."),
+            A(
+                None,
+                tool_calls=[
+                    {"id": "s1", "type": "function", "function": {"name": "run", "arguments": "ls -la"}}
+                ],
+            ),
+            {"role": "tool", "tool_call_id": "s1", "content": "ls -la: done"},
+            A("Done."),
+        ),
+        "result_repeats_arguments": chat(
+            U("Echo Paris."),
+            A(None, tool_calls=[_call("get_weather", {"city": "Paris"}, "e1")]),
+            {"role": "tool", "tool_call_id": "e1", "content": '{"city": "Paris"}'},
+            A('{"city": "Paris"}'),
+            tools=[WEATHER_TOOL],
+        ),
+        "long_conversation": chat(S("Count."), *[m for i in range(10) for m in (U(f"{i}?"), A(f"{i}."))]),
         "two_tool_calls": chat(
             U("Paris and Oslo?"),
             A(

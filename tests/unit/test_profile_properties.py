@@ -17,9 +17,9 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from service.core.profiles import profile_view
 
 from service.core.conversation import ChatExample
+from service.core.profiles import profile_view
 from tests.profile_refs import (
     FAMILY_KEYS,
     families,
@@ -140,3 +140,37 @@ def test_masks_never_cover_a_non_assistant_or_weight_zero_token(key: str, exampl
             assert m.role == "assistant"
             assert m.weight != 0
             assert s.role == "assistant"
+
+
+@st.composite
+def echoing_conversations(draw: st.DrawFn) -> ChatExample:
+    """Messages drawn from a small pool of texts, so the same text recurs in several messages and roles
+    (a locator that searches for a message's text can pick the wrong occurrence)."""
+    pool = draw(st.lists(_with_markers(LATIN + GREEK), min_size=1, max_size=3))
+    n = draw(st.integers(2, 6))
+    roles = [("user", "assistant")[i % 2] for i in range(n)]
+    if draw(st.booleans()):
+        roles = ["system", *roles]
+    messages: list[dict[str, Any]] = []
+    for r in roles:
+        m: dict[str, Any] = {"role": r, "content": draw(st.sampled_from(pool))}
+        if r == "assistant" and draw(st.integers(0, 3)) == 0:
+            m["weight"] = 0
+        messages.append(m)
+    return msgspec.convert({"messages": messages}, ChatExample)
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+@PROPERTY_SETTINGS
+@given(example=echoing_conversations())
+def test_masks_equal_the_training_templates_on_conversations_that_repeat_text(
+    key: str, example: ChatExample
+) -> None:
+    """The reference mask comparison (test_profile_reference.check_masks, with its documented rules)
+    on generated conversations whose messages repeat each other's text."""
+    from tests.unit.test_profile_reference import check_masks
+
+    f = families()[key]
+    if reference_error(f, example) is not None:
+        return
+    check_masks(f, profile(key), example)

@@ -362,11 +362,6 @@ def _touches(offsets: tuple[int, int], span: tuple[int, int]) -> bool:
     return offsets[0] < span[1] and span[0] < offsets[1]
 
 
-def _inside(offsets: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
-    """Every character of the token lies in one of `spans`."""
-    return all(any(a <= c < b for a, b in spans) for c in range(offsets[0], offsets[1]))
-
-
 def _trained_by_message(view: TrainingView) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for s in view.segments:
@@ -431,7 +426,7 @@ def check_masks(f: Family, p: ModelProfile, example: ChatExample) -> list[int] |
         for i, (ours, theirs) in enumerate(zip(expected, ref.mask, strict=True)):
             if ours != theirs:  # every difference is one the rules explain, and only there
                 assert theirs == 1, f"token {i} trained by tuneset's rule, not by the training template"
-                assert _inside(ref.offsets[i], documented), (
+                assert any(_touches(ref.offsets[i], d) for d in documented), (
                     f"token {i} {ref.text[slice(*ref.offsets[i])]!r}: undocumented difference"
                 )
         mask = view.labels_mask()
@@ -445,8 +440,11 @@ def check_masks(f: Family, p: ModelProfile, example: ChatExample) -> list[int] |
     think = _original_turns_have_think(original) if f.key == "qwen3" else []
     by_message = _trained_by_message(view)
     for j, t in enumerate(turns):
-        if f.key == "llama3_1" and example.messages[t.message_index].tool_calls:
+        m = example.messages[t.message_index]
+        if f.key == "llama3_1" and m.tool_calls:
             continue  # llama3_training has no tool-call branch (see MASK_RULES)
+        if f.key == "qwen3" and not think[j] and text_of(m).startswith("\n"):
+            continue  # the training template writes content.lstrip("\n") here, the model's template the content
         want: list[int] = []
         if t.message_index in trained:
             core = trained[t.message_index]
@@ -583,7 +581,11 @@ def test_dropped_content_is_reported_exactly_where_transformers_drops_it(key: st
     for case, example in IRREGULAR.items():
         if reference_error(f, example) is not None:
             continue
-        assert _findings(key, example, "template_drops_content") == dropped_by_reference(f, example), case
+        # A whitespace-only message that a template trims away (Llama, Gemma) may be reported or not:
+        # "dropped" is a matter of taste there, so those messages are left out of the comparison.
+        blank = {i for i, m in enumerate(example.messages) if text_of(m) and not text_of(m).strip()}
+        found = _findings(key, example, "template_drops_content") - blank
+        assert found == dropped_by_reference(f, example) - blank, case
 
 
 def _end_of_last_turn(f: Family, text: str) -> int:
@@ -739,4 +741,44 @@ def test_hf_model_folder_gives_the_same_profile(key: str, template_file: bool, t
     assert p.template_sha256 == profile(key).template_sha256
     assert (p.bos_token, p.eos_token) == (f.bos_token, f.eos_token)
     for case in ("plain", "multi_turn", "other_family_markers", "trailing_user"):
+        check_against_reference(f, p, IRREGULAR[case])
+
+
+@pytest.mark.parametrize("key", FAMILY_KEYS)
+def test_each_message_text_is_attributed_to_its_own_message(key: str) -> None:
+    """Wherever transformers renders a message's text, the segments tuneset gives that message hold it
+    (so its mask and its findings are about the right characters)."""
+    f, p = fam(key), profile(key)
+    for case, example in {**IRREGULAR, **data_sample(SAMPLE_EVERY)}.items():
+        if reference_error(f, example) is not None:
+            continue
+        view = profile_view(p, example).view
+        assert view is not None
+        dropped = dropped_by_reference(f, example)
+        for i, m in enumerate(example.messages):
+            text = text_of(m).strip()
+            if not text or i in dropped:
+                continue
+            own = "".join(s.text for s in view.segments if s.message_index == i)
+            assert text in own or json.dumps(text)[1:-1] in own, (
+                f"{case}: message {i} ({m.role}) {text[:60]!r} is not in its segments {own[:120]!r}"
+            )
+
+
+@pytest.mark.parametrize("key", [k for k in FAMILY_KEYS if fam(k).kind == "tiktoken"])
+def test_rank_file_with_only_a_preset_gives_the_same_profile(key: str) -> None:
+    """`--tokenizer tokenizer.model --chat-template T --tiktoken-preset P` with no tokenizer_config: the
+    preset alone supplies the special tokens and bos/eos the model's own tokenizer_config has."""
+    from service.core.profiles import profile_from_files
+
+    f = fam(key)
+    p = profile_from_files(
+        name=key,
+        tokenizer=f.tokenizer_bytes(),
+        tokenizer_filename=f.tokenizer_filename,
+        chat_template=f.template,
+        tiktoken_preset=f.tiktoken_preset,
+    )
+    assert (p.bos_token, p.eos_token) == (f.bos_token, f.eos_token)
+    for case in ("plain", "multi_turn", "tool_calls", "other_family_markers", "reasoning_in_content"):
         check_against_reference(f, p, IRREGULAR[case])
