@@ -1,4 +1,4 @@
-"""The core is pure: standard library, msgspec, tiktoken, xxhash and numpy only; no web, queue or Redis imports."""
+"""The core is pure: standard library, msgspec, tiktoken, tokenizers, jinja2, xxhash and numpy only; no web, queue or Redis imports."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 CORE = ROOT / "service" / "core"
-ALLOWED_THIRD_PARTY = {"msgspec", "tiktoken", "xxhash", "numpy"}
+ALLOWED_THIRD_PARTY = {"msgspec", "tiktoken", "tokenizers", "jinja2", "xxhash", "numpy"}  # tokenizers, jinja2: model profiles
 
 
 def _imports(path: Path) -> list[str]:
