@@ -10,7 +10,14 @@ import pytest
 
 ROOT = Path(__file__).parents[2]
 CORE = ROOT / "service" / "core"
-ALLOWED_THIRD_PARTY = {"msgspec", "tiktoken", "tokenizers", "jinja2", "xxhash", "numpy"}  # tokenizers, jinja2: model profiles
+ALLOWED_THIRD_PARTY = {
+    "msgspec",
+    "tiktoken",
+    "tokenizers",
+    "jinja2",
+    "xxhash",
+    "numpy",
+}  # tokenizers, jinja2: model profiles
 
 
 def _imports(path: Path) -> list[str]:
