@@ -294,6 +294,14 @@ def _duplicates(spec: BuildSpec, processor: Processor, rows: list[shards.Row]) -
     return out
 
 
+def split_keys(rows: list[shards.Row]) -> list[bytes]:
+    """The key each row is split by: its line's first example's. The windows of one long
+    conversation and the per-turn examples of one line share their turns, so they all land on
+    one side; a validation example never holds a training example's trained turn as context."""
+    first: dict[int, bytes] = {}
+    return [first.setdefault(row.line, row.key) for row in rows]
+
+
 def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     ctx = Context(job_id, settings)
     if not ctx.live or ctx.cancel_if_asked():
@@ -309,7 +317,7 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     parts = [shards.decode(ctx.blobs.get(ctx.key(f"work/shard-{i:05d}.summary"))) for i in range(len(plan))]
     rows = [row for part in parts for row in part.rows]
     duplicates = _duplicates(spec, processor, rows)
-    kept_keys = [row.key for i, row in enumerate(rows) if not _drops(duplicates.get(i))]
+    kept_keys = [k for i, k in enumerate(split_keys(rows)) if not _drops(duplicates.get(i))]
     try:
         validation_flags = iter(assign(kept_keys, spec.split or SplitSpec(), processor.model.min_examples))
     except SplitError as e:
