@@ -608,6 +608,7 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
     control = [offsets[t] for t, i in enumerate(ids) if i in control_ids]
     ctl = ControlIndex(control, tag_spans(text, _tags(profile), control))
 
+    # the prelude: what the template writes with no messages, when the render starts with it, else a bos
     empty = _empty_render(profile) if tools is None else _try_render(profile, [], tools)
     prelude_end = 0
     if empty and text.startswith(empty):
@@ -616,18 +617,6 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
         prelude_end = len(profile.bos_token)
     names = structural_names(example, msgs)
     located = locate(text, example, msgs, ctl, generation_prompts(profile), prelude_end)
-    if located:
-        first = min(
-            (
-                a
-                for a in (
-                    loc.header_start or (loc.content[0] if loc.content else None) for loc in located[:1]
-                )
-                if a is not None
-            ),
-            default=prelude_end,
-        )
-        prelude_end = min(prelude_end, first)
     trained = trained_messages(example, profile)
     for i in trained:
         if not text_of(example.messages[i]) and located[i].content is None:
