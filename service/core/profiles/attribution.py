@@ -221,7 +221,7 @@ def anchor_contents(
     order.sort()
     out: dict[int, tuple[tuple[int, int], bool]] = {}
     pos_r = pos_s = 0
-    for s_at, k in order:
+    for j, (s_at, k) in enumerate(order):
         piece = skeleton[pos_s:s_at]
         if not rendered.startswith(piece, pos_r):
             break
@@ -237,6 +237,11 @@ def anchor_contents(
                 break
         if found is None and not text.strip():
             found = (0, True)  # whitespace the template trims away
+        if found is None:
+            nxt = order[j + 1][0] if j + 1 < len(order) else len(skeleton)
+            after = skeleton[s_at + 1 : nxt]
+            if after and rendered.startswith(after, start):
+                found = (0, False)  # the template writes none of it (Qwen3's reasoning-only history turn)
         if found is None:
             break
         out[k] = ((start, start + found[0]), found[1])
