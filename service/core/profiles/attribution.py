@@ -61,6 +61,7 @@ class Located:
     content_full: bool = True  # the whole text was found (not only a stripped or post-</think> part)
     moved: bool = False  # not after the previous message, but elsewhere (DeepSeek-V3 gathers system
     # messages at the top): rendered, so not dropped; its characters stay with the message around them
+    moved_at: tuple[int, int] | None = None  # where a moved message's text is, when known exactly
     calls_end: int | None = None  # end of the last tool-call piece found
     calls_missing: list[str] | None = None
     header_start: int | None = None  # where the generation prompt begins (assistants)
@@ -181,6 +182,73 @@ def _find(text: str, needle: str, lo: int, hi: int, ctl: ControlIndex, *, word: 
     return first
 
 
+SENTINEL_BASE = 0xE000  # private-use characters: one stands in for each message's text in the skeleton
+SENTINEL_MAX = 0x1900
+
+
+def skeleton_messages(example: ChatExample, messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """The messages with each non-empty text replaced by its own sentinel character (None: too many)."""
+    if len(messages) > SENTINEL_MAX:
+        return None
+    out = []
+    for k, (m, d) in enumerate(zip(example.messages, messages, strict=True)):
+        stand_in = text_of(m) and isinstance(d.get("content"), str)
+        out.append({**d, "content": chr(SENTINEL_BASE + k)} if stand_in else d)
+    return out
+
+
+def anchor_contents(
+    rendered: str, example: ChatExample, skeleton: str
+) -> dict[int, tuple[tuple[int, int], bool]]:
+    """Where each message's text is, exactly, read off the skeleton render (every text a sentinel).
+
+    Walking the skeleton in order, the template text between two sentinels must be what the real render
+    holds after the previous text; the next text then starts right there, so a short or repeated text
+    is never found inside a header, a default system prompt or another message. The walk stops at the
+    first place the two renders disagree (a template that branches on the text); messages after it are
+    searched for as before. Sentinels out of message order (DeepSeek-V3 gathers system prompts at the
+    top) are placed too."""
+    texts = [text_of(m) for m in example.messages]
+    order: list[tuple[int, int]] = []
+    for k, t in enumerate(texts):
+        if not t:
+            continue
+        ch = chr(SENTINEL_BASE + k)
+        at = skeleton.find(ch)
+        if at < 0 or skeleton.find(ch, at + 1) >= 0:
+            return {}
+        order.append((at, k))
+    order.sort()
+    out: dict[int, tuple[tuple[int, int], bool]] = {}
+    pos_r = pos_s = 0
+    for j, (s_at, k) in enumerate(order):
+        piece = skeleton[pos_s:s_at]
+        if not rendered.startswith(piece, pos_r):
+            break
+        start = pos_r + len(piece)
+        text = texts[k]
+        found: tuple[int, bool] | None = None
+        for cand, whole in _candidates(text, example.messages[k].role):
+            c = cand
+            if c.startswith('"') and piece.endswith('"') and len(c) >= 2 and c.endswith('"'):
+                c = c[1:-1]  # written through tojson: the quotes are template text around the sentinel
+            if rendered.startswith(c, start):
+                found = (len(c), whole)
+                break
+        if found is None and not text.strip():
+            found = (0, True)  # whitespace the template trims away
+        if found is None:
+            nxt = order[j + 1][0] if j + 1 < len(order) else len(skeleton)
+            after = skeleton[s_at + 1 : nxt]
+            if after and rendered.startswith(after, start):
+                found = (0, False)  # the template writes none of it (Qwen3's reasoning-only history turn)
+        if found is None:
+            break
+        out[k] = ((start, start + found[0]), found[1])
+        pos_r, pos_s = start + found[0], s_at + 1
+    return out
+
+
 _ARGS_WINDOW = 256  # characters between a tool call's name and its arguments
 
 
@@ -199,24 +267,39 @@ def locate(
     ctl: ControlIndex,
     gen_prompts: list[str],
     prelude_end: int,
+    anchored: dict[int, tuple[tuple[int, int], bool]] | None = None,
 ) -> list[Located]:
-    """Locate every message's content, tool calls and generation start, in order."""
+    """Locate every message's content, tool calls and generation start, in order (`anchored`: texts
+    placed exactly by `anchor_contents`)."""
+    anchored = anchored or {}
     out: list[Located] = []
     cursor = prelude_end
     n = len(rendered)
-    for m, d in zip(example.messages, messages, strict=True):
+    for k, (m, d) in enumerate(zip(example.messages, messages, strict=True)):
         loc = Located()
         text = text_of(m)
         lo = cursor
+        exact = anchored.get(k)
+        if exact is not None and exact[0][0] < cursor:
+            loc.moved, loc.moved_at = True, exact[0]
+            exact = None
         if m.role == "assistant":
             for prompt in gen_prompts:
-                at = _find(rendered, prompt, cursor, n, ctl, word=False)
+                if exact is not None:  # the last generation prompt before the text, in this message's turn
+                    at = rendered.rfind(prompt, cursor, exact[0][0])
+                    while at >= 0 and ctl.cuts(at, at + len(prompt)):
+                        at = rendered.rfind(prompt, cursor, at + len(prompt) - 1)
+                else:
+                    at = _find(rendered, prompt, cursor, n, ctl, word=False)
                 if at >= 0:
                     loc.header_start, loc.generation_start = at, at + len(prompt)
                     break
             if loc.generation_start is not None:
                 lo = loc.generation_start
-        if text:
+        if exact is not None:
+            loc.content, loc.content_full = exact
+            cursor = exact[0][1]
+        elif text and not loc.moved:
             for c, whole in _candidates(text, m.role):
                 at = _find(rendered, c, lo, n, ctl)
                 if at >= 0:

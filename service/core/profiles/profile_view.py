@@ -41,9 +41,11 @@ from service.core.profiles.attribution import (
     CharSpan,
     ControlIndex,
     Located,
+    anchor_contents,
     injected_runs,
     locate,
     place_turns,
+    skeleton_messages,
     structural_names,
     tag_spans,
     template_tags,
@@ -388,6 +390,33 @@ def _spans_for(
     return spans, findings
 
 
+def _carve_moved(spans: list[CharSpan], example: ChatExample, located: list[Located]) -> list[CharSpan]:
+    """Give a moved message's text (DeepSeek-V3's gathered system prompts) to that message: it is
+    context wherever the template puts it."""
+    for i, loc in enumerate(located):
+        if loc.moved_at is None or loc.moved_at[1] <= loc.moved_at[0]:
+            continue
+        a, b = loc.moved_at
+        role = example.messages[i].role
+        out: list[CharSpan] = []
+        for sp in spans:
+            if sp.end <= a or sp.start >= b:
+                out.append(sp)
+                continue
+            if sp.start < a:
+                out.append(CharSpan(sp.start, a, sp.message_index, sp.role, sp.part, sp.trained, sp.reason))
+            lo, hi = max(sp.start, a), min(sp.end, b)
+            reason = f"{role} message (the template moves it here): context, not trained"
+            if out and out[-1].message_index == i and out[-1].end == lo:
+                out[-1].end = hi
+            else:
+                out.append(CharSpan(lo, hi, i, role, PART_CONTENT, False, reason))
+            if sp.end > b:
+                out.append(CharSpan(b, sp.end, sp.message_index, sp.role, sp.part, sp.trained, sp.reason))
+        spans = out
+    return spans
+
+
 def _apply_generation(spans: list[CharSpan], gen: list[tuple[int, int]], trained: set[int]) -> list[CharSpan]:
     """Re-decide `trained` from the template's {% generation %} blocks (inside trained messages only)."""
     cuts = sorted({p for s, e in gen for p in (s, e)})
@@ -616,13 +645,17 @@ def profile_view(profile: ModelProfile, example: ChatExample) -> ProfileResult:
     elif profile.bos_token and text.startswith(profile.bos_token):
         prelude_end = len(profile.bos_token)
     names = structural_names(example, msgs)
-    located = locate(text, example, msgs, ctl, generation_prompts(profile), prelude_end)
+    skeleton_msgs = skeleton_messages(example, msgs)
+    skeleton = _try_render(profile, skeleton_msgs, tools) if skeleton_msgs is not None else None
+    anchored = anchor_contents(text, example, skeleton) if skeleton is not None else {}
+    located = locate(text, example, msgs, ctl, generation_prompts(profile), prelude_end, anchored)
     trained = trained_messages(example, profile)
     for i in trained:
         if not text_of(example.messages[i]) and located[i].content is None:
             _place_empty(profile, msgs, tools, text, i, located[i])
     epilogue = place_turns(text, located, ctl, prelude_end)
     spans, findings = _spans_for(text, example, located, trained, profile, ctl, prelude_end, epilogue, names)
+    spans = _carve_moved(spans, example, located)
 
     for i, (m, loc) in enumerate(zip(example.messages, located, strict=True)):
         body = text_of(m)
