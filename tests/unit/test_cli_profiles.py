@@ -423,7 +423,10 @@ def test_mask_sources_disagree_against_transformers_assistant_masks(tmp_path: Pa
         ref.convert_tokens_to_ids(EOS),
     ]
     roles = [seg["role"] for seg in view["segments"] for _ in seg["token_ids"]]
-    assert [roles[i] for i in differ] == ["assistant", "assistant"]  # the header is the reply's own (untrained)
+    assert [roles[i] for i in differ] == [
+        "assistant",
+        "assistant",
+    ]  # the header is the reply's own (untrained)
     [p] = problems({"problems_detail": view["findings"]}, "mask_sources_disagree")
     assert EOS in p["message"]
     report = json.loads(invoke("validate", data, *args, "--json", "--per-example").stdout)
