@@ -18,6 +18,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 
+from service.core.accounting import Accountant
 from service.core.conversation import ChatExample, text_of
 from service.core.templates import ChatTemplate, Piece, compile_template
 from service.core.tokens import encode_text
@@ -48,6 +49,23 @@ class TemplateDocuments:
         self._special: dict[str, int] = {}
         self._constants: dict[tuple[Piece, ...], tuple[list[int], list[tuple[int, str]]]] = {}
         self._system: OrderedDict[str, list[int]] = OrderedDict()
+        self._known: dict[str, list[int]] | None = None
+
+    def reuse(self, accountant: Accountant) -> bool:
+        """Take the ids the build's accountant computes for each message's text (it has just
+        encoded the example) instead of encoding them again, when its encoding splits and merges
+        ordinary text exactly as the template's does (the same pre-tokenizer pattern and ranks;
+        special tokens never enter ordinary text): then its ids of a text are `encode_text`'s,
+        which is what this class would compute. False, and nothing shared, otherwise."""
+        mine, theirs = self.enc, accountant.enc
+        if mine._pat_str != theirs._pat_str or not (
+            mine._mergeable_ranks is theirs._mergeable_ranks
+            or mine._mergeable_ranks == theirs._mergeable_ranks
+        ):
+            return False
+        accountant.keep_ids = True
+        self._known = accountant.kept
+        return True
 
     def pieces(self, literal: str, **values: str) -> list[Piece]:
         key = (literal, tuple(values.items()))
@@ -89,6 +107,11 @@ class TemplateDocuments:
         return got
 
     def _encode(self, text: str, cache: bool) -> list[int]:
+        known = self._known
+        if known is not None:
+            got = known.get(text)
+            if got is not None:
+                return got
         if not cache or len(text) < SYSTEM_CACHE_MIN_CHARS:
             return encode_text(self.enc, text)
         got = self._system.get(text)
