@@ -63,7 +63,8 @@ def test_lean_documents_equal_the_view_on_real_conversations(template: str) -> N
             example = msgspec.convert({"messages": messages}, ChatExample)
             assert _as_lists(docs.doc(example)) == _expected(example, template)  # cached prompt too
     if template == "harmony":  # the common case went through the per-role frames, not piece by piece
-        assert docs._frames and None not in docs._frames.values()
+        assert docs._frames
+        assert None not in docs._frames.values()
 
 
 def test_template_source_names_the_rank_file_and_the_template() -> None:
