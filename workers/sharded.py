@@ -203,6 +203,8 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         scratch.mkdir(parents=True, exist_ok=True)
         spill_dir = Path(tempfile.mkdtemp(prefix=f"tuneset-shard-{index:05d}-", dir=scratch))
         spills = {tag: SpillWriter(source.info, spill_dir / tag) for tag, source in sources.items()}
+        for source in sources.values():  # the accountant has just encoded each output example's texts
+            source.reuse(processor.accountant)
         try:
             lines = _shard_lines(ctx, shard)
             offset = shard["offset"]

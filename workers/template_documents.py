@@ -18,6 +18,7 @@ from __future__ import annotations
 from array import array
 from collections import OrderedDict
 
+from service.core.accounting import Accountant
 from service.core.conversation import ChatExample, text_of
 from service.core.templates import ChatTemplate, Piece, compile_template
 from service.core.tokens import encode_text
@@ -26,6 +27,10 @@ from service.core.view import _safe_boundary
 SYSTEM_CACHE = 256  # distinct system prompts kept encoded
 SYSTEM_CACHE_MIN_CHARS = 64  # shorter ones are cheaper to encode than to look up
 PIECE_CACHE = 4096  # filled template pieces kept (per role, name, call id)
+
+
+# before a message's text: ids, mask, the open text run's last text; after it: ids, mask
+_Frame = tuple["array[int]", bytes, str | None, "array[int]", bytes]
 
 
 class _Seg:
@@ -48,6 +53,24 @@ class TemplateDocuments:
         self._special: dict[str, int] = {}
         self._constants: dict[tuple[Piece, ...], tuple[list[int], list[tuple[int, str]]]] = {}
         self._system: OrderedDict[str, list[int]] = OrderedDict()
+        self._known: dict[str, list[int]] | None = None
+        self._frames: dict[tuple[str, bool, bool], _Frame | None] = {}
+
+    def reuse(self, accountant: Accountant) -> bool:
+        """Take the ids the build's accountant computes for each message's text (it has just
+        encoded the example) instead of encoding them again, when its encoding splits and merges
+        ordinary text exactly as the template's does (the same pre-tokenizer pattern and ranks;
+        special tokens never enter ordinary text): then its ids of a text are `encode_text`'s,
+        which is what this class would compute. False, and nothing shared, otherwise."""
+        mine, theirs = self.enc, accountant.enc
+        if mine._pat_str != theirs._pat_str or not (
+            mine._mergeable_ranks is theirs._mergeable_ranks
+            or mine._mergeable_ranks == theirs._mergeable_ranks
+        ):
+            return False
+        accountant.keep_ids = True
+        self._known = accountant.kept
+        return True
 
     def pieces(self, literal: str, **values: str) -> list[Piece]:
         key = (literal, tuple(values.items()))
@@ -89,6 +112,11 @@ class TemplateDocuments:
         return got
 
     def _encode(self, text: str, cache: bool) -> list[int]:
+        known = self._known
+        if known is not None:
+            got = known.get(text)
+            if got is not None:
+                return got
         if not cache or len(text) < SYSTEM_CACHE_MIN_CHARS:
             return encode_text(self.enc, text)
         got = self._system.get(text)
@@ -119,7 +147,110 @@ class TemplateDocuments:
                 mask += (b"\x01" if seg.trained else b"\x00") * len(seg.ids)
         return ids, bytes(mask), turns
 
+    def _frame(self, role: str, trained: bool, final: bool) -> _Frame | None:
+        """What `_plain` writes around a message's text, for a message of this role, trained flag
+        and place: (ids, mask, open tail) before the text, (ids, mask) after it. Computed once:
+        when every part opens with a special token, none depends on what came before. None
+        when a part does not (or is empty): then `_plain_steps` walks the message piece by piece."""
+        key = (role, trained, final)
+        if key in self._frames:
+            return self._frames[key]
+        frame: _Frame | None = None
+        t = self.t
+        shown = t.role_names.get(role, role)
+        if role == "assistant" and t.assistant_header is not None:
+            header = self.pieces(t.assistant_header, role=shown)
+        else:
+            header = self.pieces(t.header, role=shown) + self.pieces(t.header_end)
+        parts = [(header, False)]
+        if role == "assistant" and t.assistant_generated:
+            parts.append((self.pieces(t.assistant_generated), trained))
+        end = self.pieces(t.last_end if final and t.last_end else t.end)
+        if all(p and p[0][0] for p, _ in parts) and end and end[0][0]:
+            ids: list[int] = []
+            mask = bytearray()
+            tail: str | None = None
+            for pieces, flag in parts:
+                got, run = self._constant(pieces)
+                ids += got
+                mask += (b"\x01" if flag else b"\x00") * len(got)
+                tail = run[-1][1] if run else None
+            ok = True
+            if role == "system" and t.system_prefix:
+                ok = tail is None or _safe_boundary(tail, t.system_prefix)
+                got = encode_text(self.enc, t.system_prefix)
+                ids += got
+                mask += b"\x00" * len(got)
+                tail = t.system_prefix
+            close, run = self._constant(end)
+            close_ids = list(close)
+            close_mask = (b"\x01" if trained and t.train_end else b"\x00") * len(close)
+            after = run[-1][1] if run else None
+            if t.after_end:
+                ok = ok and (after is None or _safe_boundary(after, t.after_end))
+                got = encode_text(self.enc, t.after_end)
+                close_ids += got
+                close_mask += b"\x00" * len(got)
+            if ok:
+                frame = (array("i", ids), bytes(mask), tail, array("i", close_ids), close_mask)
+        self._frames[key] = frame  # three roles, two flags, two places: no bound needed
+        return frame
+
     def _plain(self, example: ChatExample) -> tuple[array[int], bytes, array[int]] | None:
+        """`_plain_steps` with each message's frame (`_frame`) written whole: the same result, a
+        few array writes per message rather than a call per piece."""
+        t = self.t
+        ids: array[int] = array("i")
+        mask = bytearray()
+        turns: array[int] = array("i")
+        frames = self._frames
+        messages = example.messages
+        last = len(messages) - 1
+        for i, m in enumerate(messages):
+            role = m.role
+            if (
+                role not in ("system", "user", "assistant")
+                or m.name is not None
+                or m.tool_call_id is not None
+                or m.tool_calls
+                or m.function_call is not None
+            ):
+                return None
+            trained = role == "assistant" and m.weight != 0
+            final = i == last and role == "assistant" and bool(t.last_end)
+            key = (role, trained, final)
+            frame = frames[key] if key in frames else self._frame(role, trained, final)
+            if frame is None:
+                return self._plain_steps(example)
+            n = len(ids)
+            if n and (not turns or turns[-1] != n):
+                turns.append(n)
+            open_ids, open_mask, tail, close_ids, close_mask = frame
+            ids.extend(open_ids)
+            mask += open_mask
+            value = text_of(m)
+            if value:
+                if tail is not None and not _safe_boundary(tail, value):
+                    return None
+                got = self._encode(value, role == "system")
+                ids.extend(got)
+                mask += (b"\x01" if trained else b"\x00") * len(got)
+            ids.extend(close_ids)
+            mask += close_mask
+        if t.priming:
+            n = len(ids)
+            if n and (not turns or turns[-1] != n):
+                turns.append(n)
+            priming = self.pieces(t.priming)
+            if priming:
+                if not priming[0][0]:
+                    return None
+                got, _ = self._constant(priming)
+                ids.extend(got)
+                mask += b"\x00" * len(got)
+        return ids, bytes(mask), turns
+
+    def _plain_steps(self, example: ChatExample) -> tuple[array[int], bytes, array[int]] | None:
         """The common case in one pass, straight into the arrays: messages of system, user and
         assistant with no name, call or call id, under a template whose every piece opens with a
         special token and whose texts all meet their neighbours at safe points (so every text is

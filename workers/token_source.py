@@ -27,6 +27,7 @@ from service.core.templates import ChatTemplate, get_template
 from service.core.view import TrainingView, build_view
 
 if TYPE_CHECKING:
+    from service.core.accounting import Accountant
     from service.core.profiles import ModelProfile
 
 ViewFn = Callable[[ChatExample], TrainingView | None]
@@ -63,6 +64,12 @@ class TokenSource:
     view: ViewFn
     info: SourceInfo
     documents: DocumentFn | None = None
+    reuse_ids: Callable[[Accountant], bool] | None = None
+
+    def reuse(self, accountant: Accountant) -> bool:
+        """Let `document` take the ids `accountant` kept for the example it last accounted,
+        where they are exactly the ids it would compute (see `TemplateDocuments.reuse`)."""
+        return self.reuse_ids is not None and self.reuse_ids(accountant)
 
     def __call__(self, example: ChatExample) -> TrainingView | None:
         return self.view(example)
@@ -93,7 +100,8 @@ def template_source(name: str) -> TokenSource:
     )
     from workers.template_documents import TemplateDocuments
 
-    return TokenSource(lambda example: build_view(example, template), info, TemplateDocuments(template).doc)
+    documents = TemplateDocuments(template)
+    return TokenSource(lambda example: build_view(example, template), info, documents.doc, documents.reuse)
 
 
 def profile_source(profile: ModelProfile) -> TokenSource:

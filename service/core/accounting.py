@@ -84,6 +84,11 @@ class Accountant:
         self._join_tokens = (
             len(self.enc.encode_ordinary(JOIN)) if self.enc._pat_str in _JOINABLE_PATTERNS else None
         )
+        # With `keep_ids`, the ids of each plain text `chat` tokenizes, for the last example only:
+        # a build's token pass under a template of the same encoding takes them instead of
+        # tokenizing the text again (`workers.template_documents.TemplateDocuments.reuse`).
+        self.keep_ids = False
+        self.kept: dict[str, list[int]] = {}
 
     @classmethod
     def for_model(cls, model: ModelInfo) -> Accountant:
@@ -149,6 +154,15 @@ class Accountant:
         except UnicodeEncodeError:  # lone surrogates: the wrapper's own retry
             return len(self.enc.encode_ordinary(text))
 
+    def _kept(self, text: str) -> int:
+        """Tokens of a string of at most CHUNK_CHARS, its ids kept: `encode_text`'s ids of it."""
+        try:
+            ids = self._core_encode(text)
+        except UnicodeEncodeError:
+            ids = self.enc.encode_ordinary(text)
+        self.kept[text] = ids
+        return len(ids)
+
     def _joined(self, texts: list[str]) -> int:
         """The tokens of stripped, non-empty texts of at most CHUNK_CHARS each, with one call (see JOIN)."""
         if len(texts) == 1:
@@ -197,7 +211,10 @@ class Accountant:
             billed = REPLY_PRIMING + TOKENS_PER_MESSAGE * len(example.messages)
             trained = 0
             small = self._small
-            join = self._join_tokens is not None
+            keep = self.keep_ids
+            if keep:
+                self.kept.clear()
+            join = self._join_tokens is not None and not keep
             trained_texts: list[str] = []  # counted after the loop, in one call each (see JOIN)
             other_texts: list[str] = []
             for m in example.messages:
@@ -215,6 +232,8 @@ class Accountant:
                     if join and content and content.strip() is content:
                         (trained_texts if is_trained else other_texts).append(content)
                         body = 0
+                    elif keep:
+                        body = self._kept(content)
                     else:
                         body = self._plain(content)
                 else:

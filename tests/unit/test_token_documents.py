@@ -16,6 +16,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from service.core.accounting import Accountant
 from service.core.conversation import ChatExample
 from service.core.encodings import BUILTIN_ENCODINGS
 from service.core.outputs import Outputs
@@ -61,6 +62,9 @@ def test_lean_documents_equal_the_view_on_real_conversations(template: str) -> N
         for messages in (convo["messages"], [system, *convo["messages"]]):
             example = msgspec.convert({"messages": messages}, ChatExample)
             assert _as_lists(docs.doc(example)) == _expected(example, template)  # cached prompt too
+    if template == "harmony":  # the common case went through the per-role frames, not piece by piece
+        assert docs._frames
+        assert None not in docs._frames.values()
 
 
 def test_template_source_names_the_rank_file_and_the_template() -> None:
@@ -102,3 +106,45 @@ def test_a_spec_names_a_template_or_a_profile_not_both() -> None:
     with pytest.raises(msgspec.ValidationError, match="not both"):
         msgspec.convert({"tokenized": {"template": "chatml", "profile": "mine"}}, Outputs)
     assert msgspec.convert({"tokenized": {}}, Outputs).tokenized.template == "harmony"  # type: ignore[union-attr]
+
+
+def _agree(template: str, encoding: str) -> bool:
+    spec, model = BUILTIN_ENCODINGS[get_template(template).encoding], BUILTIN_ENCODINGS[encoding]
+    return (spec.ranks, spec.pattern) == (model.ranks, model.pattern)
+
+
+def _reusing(template: str, encoding: str) -> tuple[Accountant, TemplateDocuments]:
+    accountant, docs = Accountant(encoding), TemplateDocuments(get_template(template))
+    assert docs.reuse(accountant) is _agree(template, encoding)
+    assert accountant.keep_ids is _agree(template, encoding)
+    return accountant, docs
+
+
+@pytest.mark.parametrize("encoding", ["o200k_base", "cl100k_base"])
+@pytest.mark.parametrize("template", TEMPLATES)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(example=conversations())
+def test_documents_from_the_accountants_ids_equal_the_view(
+    template: str, encoding: str, example: ChatExample
+) -> None:
+    """A build's token pass takes the ids its accountant kept (when the encodings agree): the
+    documents are still the view's, and the accountant's counts are those it gives without."""
+    accountant, docs = _reusing(template, encoding)
+    assert accountant.chat(example) == Accountant(encoding).chat(example)
+    assert _as_lists(docs.doc(example)) == _expected(example, template)
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_documents_from_the_accountants_ids_on_real_conversations(template: str) -> None:
+    accountant, docs = _reusing(template, "o200k_base")
+    plain = Accountant("o200k_base")
+    convos = mtbench_conversations() + sharegpt_conversations()[:200]
+    system = {"role": "system", "content": "You answer questions about our product, briefly and politely."}
+    for convo in convos:
+        for messages in (convo["messages"], [system, *convo["messages"]]):
+            example = msgspec.convert({"messages": messages}, ChatExample)
+            assert accountant.chat(example) == plain.chat(example)
+            assert _as_lists(docs.doc(example)) == _expected(example, template)
+    kept = accountant.kept  # only the last example's texts are held
+    assert set(kept) <= {m.content for m in example.messages}
+    assert bool(kept) is _agree(template, "o200k_base")
