@@ -80,7 +80,9 @@ def test_the_readme_names_only_shipped_files() -> None:
     for command in cli_commands():
         for word in command.split():
             if re.search(r"\.(jsonl|json)$", word) and not word.startswith(("-o", "train", "dpo")):
-                assert (ROOT / word).exists() or word in ("train.jsonl", "dpo.jsonl"), (command, word)
+                # the model-profile examples name the reference files `make install` puts in .venv
+                shipped = (ROOT / word).exists() or (word.startswith(".venv/") and any(ROOT.glob(word)))
+                assert shipped or word in ("train.jsonl", "dpo.jsonl"), (command, word)
 
 
 @pytest.mark.slow
