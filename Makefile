@@ -23,8 +23,13 @@ lint: install  ## ruff and mypy --strict
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked mypy
 
+# The unit tests (CPU-bound) run beside the rest (integration tests mostly wait on redis-server and
+# worker processes), so the whole suite takes about the integration tests' time; both must pass.
 test: lint chromium  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
-	$(UV) run --locked pytest -q
+	@$(UV) run --locked pytest -q -p no:cacheprovider tests/unit > .pytest-unit.log 2>&1 & unit=$$!; \
+	$(UV) run --locked pytest -q --ignore=tests/unit; rest=$$?; \
+	wait $$unit; units=$$?; echo "--- tests/unit:"; cat .pytest-unit.log; rm -f .pytest-unit.log; \
+	exit $$(( rest != 0 || units != 0 ))
 
 chromium:  ## Headless Chromium for the report screenshot test (Debian's package)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
