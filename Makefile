@@ -23,11 +23,13 @@ lint: install  ## ruff and mypy --strict
 	$(UV) run --locked ruff format --check .
 	$(UV) run --locked mypy
 
-# The unit tests (CPU-bound) run beside the rest (integration tests mostly wait on redis-server and
-# worker processes), so the whole suite takes about the integration tests' time; both must pass.
+# The unit tests (CPU-bound) run beside the rest, and the rest (integration, fault and API tests,
+# which mostly wait on redis-server and worker processes) run on TEST_JOBS pytest-xdist processes,
+# each with its own redis-server; both lanes must pass. `make test TEST_JOBS=0` runs the rest serially.
+TEST_JOBS ?= 2
 test: lint chromium  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
 	@$(UV) run --locked pytest -q -p no:cacheprovider tests/unit > .pytest-unit.log 2>&1 & unit=$$!; \
-	$(UV) run --locked pytest -q --ignore=tests/unit; rest=$$?; \
+	$(UV) run --locked pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist load --ignore=tests/unit; rest=$$?; \
 	wait $$unit; units=$$?; echo "--- tests/unit:"; cat .pytest-unit.log; rm -f .pytest-unit.log; \
 	exit $$(( rest != 0 || units != 0 ))
 
