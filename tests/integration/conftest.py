@@ -53,7 +53,7 @@ def worker(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60  # a worker imports pyarrow, tokenizers, ...: slow on a busy machine
         while b"ready." not in log.read_bytes():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start:\n{log.read_text()}")
