@@ -163,8 +163,8 @@ def test_a_build_with_upload_and_fine_tune_creates_the_waiting_jobs(
     started = r.json()
     assert started["callback_secret"].startswith("whsec_")
     assert [task for task, _ in enqueued] == ["tuneset.build"]  # the others wait for the build
-    upload = state.job(started["upload_job_id"])
-    fine_tune = state.job(started["fine_tune_job_id"])
+    upload = state.jobs.get(started["upload_job_id"])
+    fine_tune = state.jobs.get(started["fine_tune_job_id"])
     assert upload is not None
     assert fine_tune is not None
     assert (upload["status"], upload["stage"], fine_tune["stage"]) == ("queued", "waiting", "waiting")
@@ -175,7 +175,7 @@ def test_a_build_with_upload_and_fine_tune_creates_the_waiting_jobs(
         "suffix": "support",
         "hyperparameters": {"n_epochs": 2},
     }
-    build = state.job(started["job_id"])
+    build = state.jobs.get(started["job_id"])
     assert build is not None
     assert build["spec"]["upload_job"] == upload["id"]
     assert started["callback_secret"] not in str(build["spec"])  # stored encrypted
