@@ -19,6 +19,7 @@ from pydantic import SecretStr
 import service.api.builds
 import service.api.providers
 from service.api.app import create_app
+from service.queue import queue_of
 from service.settings import Settings
 from service.store.secrets import new_key
 from service.store.state import State
@@ -233,12 +234,12 @@ def test_the_provider_webhook_receiver_takes_a_fresh_signed_event_and_refuses_a_
     body = b'{"id":"evt_1","object":"event","type":"fine_tuning.job.succeeded","created_at":1,"data":{"id":"ftjob-1"}}'
     polls: list[Any] = []
     monkeypatch.setattr(
-        service.api.providers, "enqueue", lambda s, task, args, queue=None: polls.append((task, args, queue))
+        service.api.providers, "enqueue", lambda s, task, args: polls.append((task, args, queue_of(s, task)))
     )
     now = int(time.time())
     fresh = client.post(created["webhook_url"], content=body, headers=sign(secret, "evt_1", now, body))
     stale = client.post(created["webhook_url"], content=body, headers=sign(secret, "evt_1", now - 3600, body))
     assert fresh.status_code == 200, fresh.text
     assert fresh.json() == {"received": True, "job_id": "job_follower"}
-    assert polls == [("tuneset.fine_tune_poll", ["job_follower"], "tuneset.io")]  # only the fresh one
+    assert polls == [("tuneset.fine_tune_poll", ["job_follower"], "tuneset.io")]  # only the fresh one, to io
     assert_problem(stale, 400)
