@@ -329,13 +329,7 @@ def _finalize(
         artifacts += [_store_file(ctx, name, path, sha256) for name, path, sha256 in jsonl]
         if selected.packed is not None:
             packing = _pack(ctx, selected.packed, len(parts), side_of, artifacts, work)
-            if isinstance(packing.get("error"), str):
-                ctx.fail(
-                    ErrorCode.profile_changed,
-                    packing["error"],
-                    result={"shards": len(plan)},
-                    stored=artifacts,
-                )
+            if _profile_mismatch(ctx, packing, len(plan), artifacts):
                 return
         if selected.tokenized is not None:
             tokenized = _tokenize(
@@ -347,13 +341,7 @@ def _finalize(
                 artifacts,
                 work,
             )
-            if isinstance(tokenized.get("error"), str):
-                ctx.fail(
-                    ErrorCode.profile_changed,
-                    tokenized["error"],
-                    result={"shards": len(plan)},
-                    stored=artifacts,
-                )
+            if _profile_mismatch(ctx, tokenized, len(plan), artifacts):
                 return
     if selected.report is not None:
         dropped = [p for p in duplicates.values() if _drops(p)]
@@ -395,6 +383,17 @@ def _finalize(
         ctx.fail(ErrorCode.validation_failed, message, result=result)
         return
     ctx.blobs.delete_prefix(ctx.key("work/"))
+
+
+def _profile_mismatch(
+    ctx: JobContext, output: dict[str, Any], shards_n: int, artifacts: list[dict[str, Any]]
+) -> bool:
+    """A token-level output whose shards were tokenized by another version of its profile fails
+    the build (`profile_changed`), and what the build had stored goes."""
+    if not isinstance(output.get("error"), str):
+        return False
+    ctx.fail(ErrorCode.profile_changed, output["error"], result={"shards": shards_n}, stored=artifacts)
+    return True
 
 
 def _split_report(split: SplitSpec | None, summary: Summary, validation: SplitSide) -> SplitReport | None:

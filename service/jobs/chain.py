@@ -60,25 +60,18 @@ def plan_followers(
     that waits for it; both wait. Returns their ids. The build's spec names the upload (its
     creator writes `upload_job`), so create them before the build."""
     fine_tune_job = new_job_id() if fine_tune_options is not None else None
+    common: dict[str, Any] = {
+        "build_job": build_job,
+        "provider_id": provider_id,
+        "provider": provider,
+        "callback": callback,
+    }
     if upload_job is None:
         upload_job = new_job_id()
-        upload = UploadSpec(
-            build_job=build_job,
-            provider_id=provider_id,
-            provider=provider,
-            callback=callback,
-            fine_tune_job=fine_tune_job,
-        )
+        upload = UploadSpec(**common, fine_tune_job=fine_tune_job)
         jobs.create(tenant, upload, job_id=upload_job, stage=WAITING)
     if fine_tune_options is not None and fine_tune_job is not None:
-        fine_tune = FineTuneSpec(
-            build_job=build_job,
-            upload_job=upload_job,
-            provider_id=provider_id,
-            provider=provider,
-            options=fine_tune_options,
-            callback=callback,
-        )
+        fine_tune = FineTuneSpec(**common, upload_job=upload_job, options=fine_tune_options)
         jobs.create(tenant, fine_tune, job_id=fine_tune_job, stage=WAITING)
     return upload_job, fine_tune_job
 
