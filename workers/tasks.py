@@ -17,7 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
-from service.jobs import Code, ErrorCode
+from service.jobs import ErrorCode
 from service.queue import (
     BUILD_TASK,
     DELIVER_TASK,
@@ -38,13 +38,10 @@ PROVIDER_RETRIES = 20  # with backoff capped at 5 minutes: about 1.5 hours of pr
 _dispatchers: list[Dispatcher] = []  # the one this worker process runs, once it is ready
 
 
-def _fail(job_id: str, code: Code, message: str) -> None:
-    JobContext(job_id).fail(code, message)
-
-
 def _time_limit(job_id: str, what: str = "build") -> None:
     limit = runtime().settings.build_time_limit_s
-    _fail(job_id, ErrorCode.time_limit_exceeded, f"a {what} step ran longer than its {limit} s limit")
+    message = f"a {what} step ran longer than its {limit} s limit"
+    JobContext(job_id).fail(ErrorCode.time_limit_exceeded, message)
 
 
 def _through_outages(step: Callable[..., None], *args: Any, patience_s: float = 180.0) -> None:
@@ -67,33 +64,34 @@ def _through_outages(step: Callable[..., None], *args: Any, patience_s: float = 
         except (SoftTimeLimitExceeded, Transient):  # the task retries these later, its own way
             raise
         except Exception as e:  # a bug must end the job, not leave it running forever
-            _fail(str(args[0]), ErrorCode.internal_error, f"a build step failed: {type(e).__name__}")
+            JobContext(str(args[0])).fail(
+                ErrorCode.internal_error, f"a build step failed: {type(e).__name__}"
+            )
             raise
+
+
+def _build_step(step: Callable[..., None], job_id: str, *args: Any) -> None:
+    """A build step; one that outlives its soft time limit fails the build."""
+    try:
+        _through_outages(step, job_id, *args)
+    except SoftTimeLimitExceeded:
+        _time_limit(job_id)
 
 
 @app.task(name=BUILD_TASK)  # type: ignore[untyped-decorator]
 def build(job_id: str) -> None:
     """Plan a build and fan it out into shard tasks."""
-    try:
-        _through_outages(plan_build, job_id)
-    except SoftTimeLimitExceeded:
-        _time_limit(job_id)
+    _build_step(plan_build, job_id)
 
 
 @app.task(name=SHARD_TASK)  # type: ignore[untyped-decorator]
 def build_shard(job_id: str, index: int) -> None:
-    try:
-        _through_outages(run_shard, job_id, index)
-    except SoftTimeLimitExceeded:
-        _time_limit(job_id)
+    _build_step(run_shard, job_id, index)
 
 
 @app.task(name=FINALIZE_TASK)  # type: ignore[untyped-decorator]
 def build_finalize(job_id: str) -> None:
-    try:
-        _through_outages(finalize_build, job_id)
-    except SoftTimeLimitExceeded:
-        _time_limit(job_id)
+    _build_step(finalize_build, job_id)
 
 
 def _provider_step(task: Task, step: Callable[..., None], job_id: str) -> None:
@@ -104,7 +102,7 @@ def _provider_step(task: Task, step: Callable[..., None], job_id: str) -> None:
         _time_limit(job_id, "provider")
     except Transient as e:
         if task.request.retries >= PROVIDER_RETRIES:
-            _fail(job_id, ErrorCode.provider_unavailable, f"the provider stayed unavailable ({e})")
+            JobContext(job_id).fail(ErrorCode.provider_unavailable, f"the provider stayed unavailable ({e})")
             return
         raise task.retry(
             countdown=min(300, 2 ** (task.request.retries + 1)), max_retries=PROVIDER_RETRIES
