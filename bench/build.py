@@ -61,6 +61,7 @@ from bench.validate_throughput import (
     turn_pools,
 )
 from service.core.conversation import ChatExample
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.run import free_port, start_redis, stop, worker_command
 from service.settings import Settings
@@ -335,7 +336,7 @@ def run_build(
         spec: dict[str, Any] = {"dataset_id": dataset.id, "recipe": {}, "shard_size": shard_size}
         if outputs is not None:
             spec["outputs"] = outputs
-        job = state.create_job(TENANT, "build", spec)
+        job = state.jobs.create(TENANT, decode_spec("build", spec))
         job_id = job["id"]
         with RssSampler([p.pid for p in procs]) as sampler:
             stage_s: dict[str, float] = {}
@@ -343,7 +344,7 @@ def run_build(
             enqueue(settings, BUILD_TASK, [job_id])
             deadline = time.monotonic() + BUILD_TIMEOUT_S
             while True:
-                now = state.job(job_id) or {}
+                now = state.jobs.get(job_id) or {}
                 sampler.stage = stage = str(now.get("stage", "?"))
                 stage_s.setdefault(stage, time.perf_counter() - start)
                 if now.get("status") in TERMINAL:

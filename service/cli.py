@@ -24,8 +24,8 @@ from rich.table import Table
 from rich.text import Text
 
 from service.core import pipeline
-from service.core.accounting import Accountant
 from service.core.conversation import ChatExample, PreferenceExample, chat_of
+from service.core.example_view import view_for
 from service.core.formats import FORMATS, FormatError, Record, parse_format, read_records
 from service.core.models import ModelError, ModelTable, load_table
 from service.core.problems import CODES, codes_markdown
@@ -49,7 +49,6 @@ from service.core.templates import (
     ChatTemplate,
     TemplateError,
     get_template,
-    provider_template,
 )
 from service.core.view import TrainingView, build_view
 
@@ -472,35 +471,6 @@ def print_problems(groups: list[pipeline.ProblemGroup], console: Console) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
-
-
-def view_for(
-    example: ChatExample | PreferenceExample,
-    model: str | None,
-    template: str | None,
-    table: ModelTable,
-    *,
-    train_eot: bool = True,
-) -> TrainingView:
-    """The training view of one example (for DPO: the prompt and the preferred reply) for a
-    provider model or a chat template; `train_eot=False` leaves end-of-turn tokens untrained."""
-    chat = chat_of(example)
-    if template is not None:
-        chosen = get_template(template)
-        if not train_eot:
-            chosen = msgspec.structs.replace(chosen, name=f"{chosen.name}-no-eot", train_end=False)
-        return build_view(chat, chosen)
-    info = table.resolve(model or pipeline.DEFAULT_MODEL)
-    billed = Accountant.for_model(info).chat(chat).billed  # the same scope as the view
-    standin = provider_template(info.encoding)
-    view = build_view(chat, standin, target=info.name, billed_tokens=billed)
-    view.notes.append(
-        f"{info.name} uses {info.encoding}; the provider's chat-format tokens are drawn as "
-        f"{standin.encoding} stand-ins, so the token ids are {standin.encoding} ids"
-    )
-    if isinstance(example, PreferenceExample):
-        view.notes.append("a preference example: shown and counted as its prompt with the preferred reply")
-    return view
 
 
 @main.command()

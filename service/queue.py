@@ -1,19 +1,48 @@
-"""Enqueue tasks by name: the API never imports the workers, only agrees on task names."""
+"""Task names and their queues, defined once, and enqueueing by name.
+
+The API never imports the workers: both sides agree on the names here. The worker decorators
+(`workers.tasks`), the broker routes (`workers.app`), the sharded build's fan-out and every
+`enqueue` read them from this module, so a task cannot be sent to a queue its worker does not
+route it to.
+"""
 
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, Literal
 
 from celery import Celery
 
 from service.settings import Settings
 
-BUILD_TASK = "tuneset.build"
-UPLOAD_TASK = "tuneset.upload"  # the io queue: send a build's files to a provider
-FINE_TUNE_TASK = "tuneset.fine_tune"  # the io queue: start a provider fine-tuning job
-FINE_TUNE_POLL_TASK = "tuneset.fine_tune_poll"  # the io queue: follow it to a terminal state
-DELIVER_TASK = "tuneset.deliver"  # the io queue: one webhook delivery attempt
+BUILD_TASK = "tuneset.build"  # plan a build and fan it out into shards
+SHARD_TASK = "tuneset.build_shard"  # one shard of a build
+FINALIZE_TASK = "tuneset.build_finalize"  # merge a build's shards into its artifacts
+UPLOAD_TASK = "tuneset.upload"  # send a build's files to a provider
+FINE_TUNE_TASK = "tuneset.fine_tune"  # start a provider fine-tuning job
+FINE_TUNE_POLL_TASK = "tuneset.fine_tune_poll"  # follow it to a terminal state
+DELIVER_TASK = "tuneset.deliver"  # one webhook delivery attempt
+
+Lane = Literal["cpu", "io"]
+LANES: dict[str, Lane] = {
+    BUILD_TASK: "cpu",
+    SHARD_TASK: "cpu",
+    FINALIZE_TASK: "cpu",
+    UPLOAD_TASK: "io",
+    FINE_TUNE_TASK: "io",
+    FINE_TUNE_POLL_TASK: "io",
+    DELIVER_TASK: "io",
+}  # cpu: tokenizing and writing files; io: waiting on providers and webhook receivers
+
+
+def queue_of(settings: Settings, task: str) -> str:
+    """The queue `task` runs on (TUNESET_CPU_QUEUE or TUNESET_IO_QUEUE)."""
+    return settings.io_queue if LANES[task] == "io" else settings.cpu_queue
+
+
+def routes(settings: Settings) -> dict[str, dict[str, str]]:
+    """Celery's `task_routes`: every task to its queue."""
+    return {task: {"queue": queue_of(settings, task)} for task in LANES}
 
 
 @cache
@@ -24,6 +53,8 @@ def _client(broker_url: str) -> Celery:
     return app
 
 
-def enqueue(settings: Settings, task: str, args: list[Any], queue: str | None = None) -> None:
-    """Send `task` to the broker; call only after the state it acts on is committed."""
-    _client(settings.redis_url).send_task(task, args=args, queue=queue or settings.cpu_queue)
+def enqueue(settings: Settings, task: str, args: list[Any], countdown: float | None = None) -> None:
+    """Send `task` to its queue; call only after the state it acts on is committed."""
+    _client(settings.redis_url).send_task(
+        task, args=args, queue=queue_of(settings, task), countdown=countdown
+    )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from celery import Celery
 
+from service.queue import routes
 from service.settings import Settings, get_settings
 
 
@@ -28,21 +29,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         task_soft_time_limit=max(1, settings.build_time_limit_s * 9 // 10),
         task_ignore_result=True,
         task_default_queue=settings.cpu_queue,
-        task_routes={
-            **{
-                name: {"queue": settings.cpu_queue}
-                for name in ("tuneset.build", "tuneset.build_shard", "tuneset.build_finalize")
-            },
-            **{
-                name: {"queue": settings.io_queue}
-                for name in (
-                    "tuneset.upload",
-                    "tuneset.fine_tune",
-                    "tuneset.fine_tune_poll",
-                    "tuneset.deliver",
-                )
-            },
-        },
+        task_routes=routes(settings),
         broker_connection_retry_on_startup=True,
         broker_transport_options={
             "visibility_timeout": settings.visibility_timeout_s,

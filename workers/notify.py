@@ -1,13 +1,13 @@
 """Announcing job endings: webhook deliveries, the next job of a build → upload → fine-tune chain,
 and the delivery attempts themselves.
 
-A job's terminal transition pushes its id onto a Redis list in the same atomic step
-(`State.transition`). The dispatcher thread of every worker takes ids from it (kept aside until
+A job's ending pushes its id onto a Redis list in the same atomic step (`service.jobs.Jobs`).
+The dispatcher thread of every worker takes ids from it (kept aside until
 done, put back if a worker died mid-way), and for each:
 - creates one delivery per matching subscription and per job callback, with ids derived from the
   job and the target, so announcing twice sends once;
 - starts the job that waited for this one (upload after a build, fine-tune after an upload) or,
-  when this one failed or was cancelled, ends the waiting ones the same way.
+  when this one failed or was cancelled, ends the waiting one the same way (`service.jobs.chain`).
 It also claims due deliveries and enqueues one `tuneset.deliver` task each. The delivery task signs
 (the same `webhook-id` on every attempt, a fresh timestamp), POSTs through the SSRF-guarded client,
 records the attempt and schedules the next one with backoff and jitter, or gives up.
@@ -27,32 +27,33 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
-from service.queue import DELIVER_TASK, FINE_TUNE_TASK, UPLOAD_TASK, enqueue
-from service.settings import Settings, get_settings
+from service.jobs import TERMINAL, Jobs, spec_of
+from service.jobs.chain import after_ending, links
+from service.queue import DELIVER_TASK, enqueue
+from service.settings import Settings
 from service.ssrf import Allowlist, guarded_client
 from service.store.secrets import MissingSecretKey, SecretBox
-from service.store.state import TERMINAL, State
 from service.store.webhooks import WebhookStore
 from service.webhooks.schedule import next_delay
 from service.webhooks.send import send_once
 from service.webhooks.signing import sign
+from workers.runtime import Runtime, runtime
 
 log = logging.getLogger("tuneset.notify")
 _rng = random.SystemRandom()
 
 
-def _webhooks(settings: Settings, state: State) -> WebhookStore | None:
+def _webhooks(settings: Settings, r: redis.Redis) -> WebhookStore | None:
     """The webhook store, or None without a secret key (nothing can have been registered then)."""
     try:
         box = SecretBox.from_settings(settings)
     except MissingSecretKey:
         return None  # nothing can have been registered without a key
-    return WebhookStore(state.r, box, settings.webhook_disable_after)
+    return WebhookStore(r, box, settings.webhook_disable_after)
 
 
 def payload_of(job: dict[str, Any]) -> dict[str, Any]:
     """What the caller receives: `{type, timestamp, job_id, kind, status, result | error, ...}`."""
-    spec = job.get("spec") or {}
     finished = job.get("finished_at") or time.time()
     out: dict[str, Any] = {
         "type": f"{job['kind']}.{job['status']}",
@@ -61,9 +62,7 @@ def payload_of(job: dict[str, Any]) -> dict[str, Any]:
         "kind": job["kind"],
         "status": job["status"],
     }
-    for link in ("build_job", "upload_job", "fine_tune_job"):
-        if spec.get(link):
-            out[f"{link}_id"] = spec[link]
+    out.update(links(spec_of(job)))
     if job.get("error"):
         out["error"] = job["error"]
     else:
@@ -78,13 +77,16 @@ def _delivery_id(job: dict[str, Any], target: str) -> str:
     return f"msg_{finished_ms:012x}{digest}"
 
 
-def announce(settings: Settings, state: State, store: WebhookStore | None, job_id: str) -> None:
-    """Start or end the job's followers, and create its deliveries (none without a secret key:
+def announce(settings: Settings, jobs: Jobs, store: WebhookStore | None, job_id: str) -> None:
+    """Start or end the job's follower, and create its deliveries (none without a secret key:
     then nothing can have been registered)."""
-    job = state.job(job_id)
+    job = jobs.get(job_id)
     if job is None or job["status"] not in TERMINAL:
         return
-    _start_or_end_followers(settings, state, job)
+    start = after_ending(jobs, job)
+    if start is not None:
+        task, follower = start
+        enqueue(settings, task, [follower])
     if store is None:
         return
     event_type = f"{job['kind']}.{job['status']}"
@@ -94,35 +96,19 @@ def announce(settings: Settings, state: State, store: WebhookStore | None, job_i
         store.create_delivery(
             tenant, sub.id, sub.url, None, event_type, body, delivery_id=_delivery_id(job, sub.id)
         )
-    callback = (job.get("spec") or {}).get("callback")
-    if callback:
-        secret = store.box.decrypt(callback["secret"])
+    callback = spec_of(job).callback
+    if callback is not None:
+        secret = store.box.decrypt(callback.secret)
         store.create_delivery(
-            tenant, None, callback["url"], secret, event_type, body, delivery_id=_delivery_id(job, "callback")
+            tenant, None, callback.url, secret, event_type, body, delivery_id=_delivery_id(job, "callback")
         )
 
 
-def _start_or_end_followers(settings: Settings, state: State, job: dict[str, Any]) -> None:
-    spec = job.get("spec") or {}
-    follower = {"build": spec.get("upload_job"), "upload": spec.get("fine_tune_job")}.get(job["kind"])
-    if not follower:
-        return
-    if job["status"] == "succeeded":
-        task = UPLOAD_TASK if job["kind"] == "build" else FINE_TUNE_TASK
-        enqueue(settings, task, [follower], queue=settings.io_queue)
-        return
-    # the follower waits for this job, which will never succeed: it ends the same way (failed or
-    # cancelled), and its own ending is announced in turn
-    status = job["status"]
-    error = {"code": f"{job['kind']}_{status}", "message": f"the {job['kind']} job {job['id']} {status}"}
-    state.transition(follower, {"queued"}, status, stage=status, error=error)
-
-
-def deliver(delivery_id: str, settings: Settings | None = None) -> None:
+def deliver(delivery_id: str) -> None:
     """One attempt at a pending delivery; a delivered or failed one is left alone."""
-    settings = settings or get_settings()
-    state = State.from_url(settings.redis_url)
-    store = _webhooks(settings, state)
+    rt = runtime()
+    settings = rt.settings
+    store = _webhooks(settings, rt.state.r)
     delivery = store.delivery(delivery_id) if store is not None else None
     if store is None or delivery is None or delivery.status != "pending":
         return
@@ -143,9 +129,10 @@ class Dispatcher(threading.Thread):
     """One per worker process: turns endings into deliveries and follow-up jobs, and due
     deliveries into tasks. Several may run (one per worker); each item goes to one of them."""
 
-    def __init__(self, settings: Settings | None = None, interval_s: float = 0.5) -> None:
+    def __init__(self, rt: Runtime | None = None, interval_s: float = 0.5) -> None:
         super().__init__(name="tuneset-dispatcher", daemon=True)
-        self.settings = settings or get_settings()
+        self.rt = rt or runtime()
+        self.settings = self.rt.settings
         self.interval_s = interval_s
         self.stopping = threading.Event()
 
@@ -153,16 +140,16 @@ class Dispatcher(threading.Thread):
         self.stopping.set()
 
     def run(self) -> None:
-        state = State.from_url(self.settings.redis_url)
-        store = _webhooks(self.settings, state)
+        jobs = self.rt.jobs
+        store = _webhooks(self.settings, self.rt.state.r)
         pause = self.interval_s
         recovered = False
         while not self.stopping.is_set():
             try:
                 if not recovered:
-                    state.requeue_unfinished_notifications()
+                    jobs.requeue_unfinished_notifications()
                     recovered = True
-                self.step(state, store)
+                self.step(jobs, store)
                 pause = self.interval_s
             except (redis.RedisError, OperationalError) as e:  # Redis is away: wait for it
                 log.warning("dispatcher: %s; retrying in %.1f s", type(e).__name__, pause)
@@ -172,12 +159,12 @@ class Dispatcher(threading.Thread):
                 log.exception("dispatcher step failed")
                 self.stopping.wait(pause)
 
-    def step(self, state: State, store: WebhookStore | None) -> None:
-        job_id = state.take_notification(self.interval_s)
+    def step(self, jobs: Jobs, store: WebhookStore | None) -> None:
+        job_id = jobs.take_notification(self.interval_s)
         if job_id is not None:
-            announce(self.settings, state, store, job_id)
-            state.notified(job_id)
+            announce(self.settings, jobs, store, job_id)
+            jobs.notified(job_id)
         if store is None:
             return
         for delivery_id in store.claim_due(time.time(), 50, lease_s=self.settings.webhook_timeout_s * 3 + 60):
-            enqueue(self.settings, DELIVER_TASK, [delivery_id], queue=self.settings.io_queue)
+            enqueue(self.settings, DELIVER_TASK, [delivery_id])

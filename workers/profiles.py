@@ -11,10 +11,8 @@ from __future__ import annotations
 import threading
 
 from service.core.profiles import ModelProfile
-from service.settings import get_settings
-from service.store.blobs import blob_store_from_settings
 from service.store.profiles import ProfileStore
-from service.store.state import State
+from workers.runtime import runtime
 
 _store: list[ProfileStore] = []
 _lock = threading.Lock()
@@ -23,10 +21,8 @@ _lock = threading.Lock()
 def profile_store() -> ProfileStore:
     with _lock:
         if not _store:
-            settings = get_settings()
-            _store.append(
-                ProfileStore(State.from_url(settings.redis_url).r, blob_store_from_settings(settings))
-            )
+            rt = runtime()  # the process's Redis pool and blob store
+            _store.append(ProfileStore(rt.state.r, rt.blobs))
         return _store[0]
 
 

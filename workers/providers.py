@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import openai
 
+from service.jobs import Code, ErrorCode, FineTuneSpec, ProviderCode, UploadSpec
 from service.providers.client import (
     FineTuneRequest,
     ProviderFileRejected,
@@ -41,12 +42,11 @@ from service.providers.client import (
     wait_processed,
 )
 from service.queue import FINE_TUNE_POLL_TASK, enqueue
-from service.settings import Settings, get_settings
 from service.ssrf import Allowlist, UrlRefused
-from service.store.blobs import BlobStore, blob_store_from_settings
+from service.store.blobs import BlobStore
 from service.store.providers import ProviderStore
 from service.store.secrets import MissingSecretKey, SecretBox
-from service.store.state import TERMINAL, State
+from workers.context import JobContext
 
 log = logging.getLogger("tuneset.providers")
 SIDES = ("train", "validation")
@@ -57,33 +57,31 @@ class Transient(Exception):
 
 
 class _Failed(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: Code, message: str) -> None:
         super().__init__(message)
         self.code, self.message = code, message
 
 
-class _Step:
-    def __init__(self, job_id: str, settings: Settings | None) -> None:
-        self.settings = settings or get_settings()
-        self.state = State.from_url(self.settings.redis_url)
-        self.job_id = job_id
-        self.job = self.state.job(job_id) or {}
-        self.spec: dict[str, Any] = self.job.get("spec") or {}
+class _Step(JobContext):
+    """A provider step's job: its context, the provider's client, and how a refusal ends it."""
 
     @property
-    def live(self) -> bool:
-        return bool(self.job) and self.job["status"] not in TERMINAL
+    def provider(self) -> UploadSpec | FineTuneSpec:
+        spec = self.spec
+        assert isinstance(spec, UploadSpec | FineTuneSpec), f"job {self.job_id} is not a provider step"
+        return spec
 
     def client(self) -> openai.OpenAI:
         try:
             store = ProviderStore(self.state.r, SecretBox.from_settings(self.settings))
         except MissingSecretKey as e:
-            raise _Failed("not_configured", str(e)) from None
-        creds = store.credentials(self.spec["provider_id"])
+            raise _Failed(ErrorCode.not_configured, str(e)) from None
+        spec = self.provider
+        creds = store.credentials(spec.provider_id)
         if creds is None:
-            raise _Failed("provider_deleted", f"the provider {self.spec.get('provider')!r} no longer exists")
+            raise _Failed(ErrorCode.provider_deleted, f"the provider {spec.provider!r} no longer exists")
         profile = ProviderProfile(
-            name=str(self.spec.get("provider")),
+            name=spec.provider,
             base_url=creds.base_url,
             api_key=creds.api_key,
             kind="azure" if creds.kind == "azure" else "openai",
@@ -92,15 +90,6 @@ class _Step:
         allow = Allowlist.from_settings(self.settings)
         return make_client(profile, allow=allow, max_retries=2, timeout=120.0)
 
-    def fail(self, code: str, message: str) -> None:
-        self.state.transition(
-            self.job_id,
-            {"queued", "running"},
-            "failed",
-            stage="failed",
-            error={"code": code, "message": message},
-        )
-
     def guarded(self, step: Any) -> None:
         """Run `step`; a provider refusal fails the job with its message and code, trouble retries."""
         try:
@@ -108,17 +97,19 @@ class _Step:
         except _Failed as e:
             self.fail(e.code, e.message)
         except ProviderFileRejected as e:
-            self.fail(e.code, f"the provider rejected file {e.file_id}: {e.message}")
+            self.fail(ProviderCode(e.code), f"the provider rejected file {e.file_id}: {e.message}")
         except UrlRefused as e:
             if is_transient(e):  # the host did not resolve: DNS may answer later
                 raise Transient(e.reason) from e
             # Its host now resolves somewhere the guard refuses (DNS rebinding, a changed record):
             # nothing was sent. The reason names host and address, never the key.
-            self.fail("url_refused", f"the provider's base_url is refused by the SSRF guard: {e.reason}")
+            self.fail(
+                ErrorCode.url_refused, f"the provider's base_url is refused by the SSRF guard: {e.reason}"
+            )
         except openai.APIStatusError as e:
             if is_transient(e):
                 raise Transient(f"HTTP {e.status_code}") from e
-            self.fail(str(e.code or f"http_{e.status_code}"), _provider_message(e))
+            self.fail(ProviderCode(str(e.code or f"http_{e.status_code}")), _provider_message(e))
         except Exception as e:
             if is_transient(e):
                 raise Transient(type(e).__name__) from e
@@ -184,50 +175,47 @@ def _assemble(blobs: BlobStore, parts: list[dict[str, Any]], path: Path) -> None
                 out.write(chunk)
 
 
-def run_upload(job_id: str, settings: Settings | None = None) -> None:
-    step = _Step(job_id, settings)
+def run_upload(job_id: str) -> None:
+    step = _Step(job_id)
     if not step.live:
         return
-    step.state.transition(job_id, {"queued"}, "running", stage="uploading")
+    step.start("uploading")
     step.guarded(lambda: _upload(step))
 
 
 def _upload(step: _Step) -> None:
-    state, settings, spec = step.state, step.settings, step.spec
-    build = state.job(spec["build_job"]) or {}
+    jobs, settings, spec = step.jobs, step.settings, step.provider
+    build = jobs.get(spec.build_job) or {}
     if build.get("status") != "succeeded":
-        raise _Failed("build_not_succeeded", f"the build job {spec['build_job']} has not succeeded")
+        raise _Failed(ErrorCode.build_not_succeeded, f"the build job {spec.build_job} has not succeeded")
     client = step.client()
-    blobs = blob_store_from_settings(settings)
     files: dict[str, str] = {}
     work = Path(tempfile.mkdtemp(prefix="tuneset-upload-"))
     sides = {side: parts for side in SIDES if (parts := _parts(build, side))}
     try:
         for side, parts in sides.items():
-            if step.state.cancel_requested(step.job_id):
-                state.transition(step.job_id, {"running"}, "cancelled", stage="cancelled")
+            if step.cancel_if_asked():
                 return
-            files[side] = _upload_side(step, client, blobs, parts, side, work)
-            state.update_result(step.job_id, provider=spec.get("provider"), files=files)
-            state.progress(step.job_id, f"uploaded {side}", len(files), len(sides))
+            files[side] = _upload_side(step, client, step.blobs, parts, side, work)
+            jobs.update_result(step.job_id, provider=spec.provider, files=files)
+            jobs.progress(step.job_id, f"uploaded {side}", len(files), len(sides))
         for side, file_id in files.items():
-            state.progress(step.job_id, f"processing {side}", 0, 0)
+            jobs.progress(step.job_id, f"processing {side}", 0, 0)
             wait_processed(client, file_id, settings.provider_processing_timeout_s)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"provider": spec.get("provider"), "files": files, "build_job_id": spec["build_job"]}
-    state.transition(step.job_id, {"running"}, "succeeded", stage="done", result=result)
+    step.succeed({"provider": spec.provider, "files": files, "build_job_id": spec.build_job})
 
 
 def _upload_side(
     step: _Step, client: openai.OpenAI, blobs: BlobStore, parts: list[dict[str, Any]], side: str, work: Path
 ) -> str:
-    record = f"tuneset:upload:{step.spec['build_job']}:{step.spec['provider_id']}:{side}"
-    known = step.state.r.hget(record, "file_id")
+    spec = step.provider
+    known = step.jobs.uploaded_file(spec.build_job, spec.provider_id, side)
     if known:
-        return str(known)
+        return known
     size = sum(int(p["size"]) for p in parts)
-    filename = f"tuneset-{step.spec['build_job']}-{side}.jsonl"
+    filename = f"tuneset-{spec.build_job}-{side}.jsonl"
     path = work / filename
 
     def find() -> str | None:  # stored by an attempt whose answer was lost, or that died after it
@@ -246,30 +234,31 @@ def _upload_side(
         )
 
     file_id = create_once(find, create)
-    step.state.r.hset(record, mapping={"file_id": file_id, "filename": filename, "bytes": size})
-    log.info("uploaded %s of build %s as %s", side, step.spec["build_job"], file_id)
+    step.jobs.record_upload(spec.build_job, spec.provider_id, side, file_id, filename, size)
+    log.info("uploaded %s of build %s as %s", side, spec.build_job, file_id)
     return file_id
 
 
 # -- fine-tune ---------------------------------------------------------------------------------
 
 
-def run_fine_tune(job_id: str, settings: Settings | None = None) -> None:
-    step = _Step(job_id, settings)
+def run_fine_tune(job_id: str) -> None:
+    step = _Step(job_id)
     if not step.live:
         return
-    step.state.transition(job_id, {"queued"}, "running", stage="creating")
+    step.start("creating")
     step.guarded(lambda: _create(step))
 
 
 def _create(step: _Step) -> None:
-    state, spec = step.state, step.spec
-    upload = state.job(spec["upload_job"]) or {}
+    jobs, spec = step.jobs, step.spec
+    assert isinstance(spec, FineTuneSpec)
+    upload = jobs.get(spec.upload_job) or {}
     if upload.get("status") != "succeeded":
-        raise _Failed("upload_not_succeeded", f"the upload job {spec['upload_job']} has not succeeded")
+        raise _Failed(ErrorCode.upload_not_succeeded, f"the upload job {spec.upload_job} has not succeeded")
     files = (upload.get("result") or {}).get("files") or {}
     client = step.client()
-    provider_job_id = state.r.hget(f"tuneset:job:{step.job_id}", "provider_job_id")
+    provider_job_id = jobs.provider_job(step.job_id)
     if not provider_job_id:
 
         def find() -> str | None:
@@ -277,12 +266,12 @@ def _create(step: _Step) -> None:
             return existing.id if existing is not None else None
 
         def create() -> str:
-            options = dict(spec.get("options") or {})
+            options = dict(spec.options)
             hyper = options.pop("hyperparameters", None) or {}
             metadata = {
                 **(options.pop("metadata", None) or {}),
                 "tuneset_job": step.job_id,
-                "tuneset_build": str(spec["build_job"]),
+                "tuneset_build": spec.build_job,
             }
             request = msgspec.convert(
                 {
@@ -297,31 +286,29 @@ def _create(step: _Step) -> None:
             return create_fine_tune(client.with_options(max_retries=0), request).id
 
         provider_job_id = create_once(find, create)
-        pipe = state.r.pipeline()
-        pipe.hset(f"tuneset:job:{step.job_id}", "provider_job_id", provider_job_id)
-        pipe.set(f"tuneset:ftjob:{spec['provider_id']}:{provider_job_id}", step.job_id)
-        pipe.execute()
-    state.update_result(step.job_id, provider=spec.get("provider"), provider_job_id=str(provider_job_id))
-    state.progress(step.job_id, "validating_files", 0, 0)
-    enqueue(step.settings, FINE_TUNE_POLL_TASK, [step.job_id, 0], queue=step.settings.io_queue)
+        jobs.record_provider_job(step.job_id, spec.provider_id, provider_job_id)
+    jobs.update_result(step.job_id, provider=spec.provider, provider_job_id=provider_job_id)
+    jobs.progress(step.job_id, "validating_files", 0, 0)
+    enqueue(step.settings, FINE_TUNE_POLL_TASK, [step.job_id, 0])
 
 
-def poll_fine_tune(job_id: str, settings: Settings | None = None) -> bool:
+def poll_fine_tune(job_id: str) -> bool:
     """Read the provider job once and record it; True when the tuneset job has ended."""
-    step = _Step(job_id, settings)
+    step = _Step(job_id)
     if not step.live:
         return True
-    provider_job_id = step.state.r.hget(f"tuneset:job:{job_id}", "provider_job_id")
+    provider_job_id = step.jobs.provider_job(job_id)
     if not provider_job_id:
         return False  # not created yet: the create step enqueues the first poll
 
     def read() -> None:
+        assert provider_job_id is not None
         client = step.client()
-        if step.state.cancel_requested(job_id):
-            client.fine_tuning.jobs.cancel(str(provider_job_id))
-        snap = job_status(client, str(provider_job_id))
+        if step.jobs.cancel_requested(job_id):
+            client.fine_tuning.jobs.cancel(provider_job_id)
+        snap = job_status(client, provider_job_id)
         record: dict[str, Any] = {
-            "provider": step.spec.get("provider"),
+            "provider": step.provider.provider,
             "provider_job_id": snap.id,
             "provider_status": snap.status,
             "trained_tokens": snap.trained_tokens,
@@ -329,28 +316,19 @@ def poll_fine_tune(job_id: str, settings: Settings | None = None) -> bool:
             "events": msgspec.to_builtins(snap.events[-100:]),
             "checkpoints": msgspec.to_builtins(snap.checkpoints),
         }
-        step.state.update_result(job_id, **record)
-        step.state.progress(job_id, snap.status, 0, 0)
+        step.jobs.update_result(job_id, **record)
+        step.jobs.progress(job_id, snap.status, 0, 0)
         if not snap.done:
             return
-        result = {**((step.state.job(job_id) or {}).get("result") or {}), **record}
+        result = {**((step.jobs.get(job_id) or {}).get("result") or {}), **record}
         if snap.status == "succeeded":
-            step.state.transition(job_id, {"running"}, "succeeded", stage="done", result=result)
+            step.succeed(result)
         elif snap.status == "cancelled":
-            step.state.transition(job_id, {"running"}, "cancelled", stage="cancelled", result=result)
+            step.jobs.cancel(job_id, result=result)
+        elif snap.error is not None:
+            step.fail(ProviderCode(snap.error.code), snap.error.message, result=result)
         else:
-            error = snap.error
-            step.state.transition(
-                job_id,
-                {"running"},
-                "failed",
-                stage="failed",
-                result=result,
-                error={
-                    "code": error.code if error else "fine_tune_failed",
-                    "message": error.message if error else "the provider's fine-tuning job failed",
-                },
-            )
+            step.fail(ErrorCode.fine_tune_failed, "the provider's fine-tuning job failed", result=result)
 
     step.guarded(read)  # ends the job when the provider's has ended, or fails it on a refusal
-    return (step.state.job(job_id) or {}).get("status") not in ("queued", "running")
+    return (step.jobs.get(job_id) or {}).get("status") not in ("queued", "running")

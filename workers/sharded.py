@@ -34,19 +34,19 @@ import numpy as np
 
 from service.core import shards
 from service.core.conversation import chat_of
-from service.core.dedupe import DedupeSpec, find_duplicates, signature
+from service.core.dedupe import find_duplicates, signature
 from service.core.formats import Format, read_records
 from service.core.models import extend, load_table
-from service.core.outputs import JsonlOutput, Outputs, PackedSpec, TokenizedSpec, default_outputs
+from service.core.outputs import JsonlOutput, Outputs, PackedSpec, TokenizedSpec
 from service.core.packing import Planner
-from service.core.pipeline import BuildInfo, OutputExample, Processor, Recipe, Summary
+from service.core.pipeline import BuildInfo, OutputExample, Processor, Summary
 from service.core.problems import Action, Problem, problem
 from service.core.report_html import render_html
 from service.core.split import SplitError, SplitReport, SplitSide, SplitSpec, assign
-from service.queue import enqueue
-from service.settings import Settings, get_settings
-from service.store.blobs import BlobStore, blob_store_from_settings, job_prefix
-from service.store.state import TERMINAL, State
+from service.jobs import BuildSpec, ErrorCode
+from service.queue import FINALIZE_TASK, SHARD_TASK, enqueue
+from service.store.blobs import BlobStore
+from workers.context import JobContext
 from workers.jsonl_output import RollingJsonl
 from workers.packed_output import PackedWriter, PieceRefs, manifest_bytes, stream_groups
 from workers.resilience import best_effort, until_recorded
@@ -55,79 +55,20 @@ from workers.token_spill import ShardDocs, SpillReader, SpillWriter, spill_keys
 from workers.tokenized_output import SIDES, TokenizedWriter
 from workers.tokenized_output import manifest_of as tokenized_manifest
 
-SHARD_TASK = "tuneset.build_shard"
-FINALIZE_TASK = "tuneset.build_finalize"
-DEFAULT_SHARD_SIZE = 5000
 MAX_ATTEMPTS = 3  # a shard that keeps killing its worker fails the build instead of looping
 _json = msgspec.json.Encoder()
 
-# KEYS[1] done set, KEYS[2] job hash; ARGV: shard index, its examples. Returns how many are done.
-_COMPLETE = """
-if redis.call('SADD', KEYS[1], ARGV[1]) == 1 then
-  redis.call('HINCRBY', KEYS[2], 'done', ARGV[2])
-end
-return redis.call('SCARD', KEYS[1])
-"""
+
+def _processor(spec: BuildSpec, cls: type[Processor] = Processor) -> Processor:
+    return cls(spec.recipe, extend(load_table(), spec.models) if spec.models else None)
 
 
-class BuildSpec(msgspec.Struct, kw_only=True):
-    """What a build job carries: the dataset, the recipe and how to cut it."""
-
-    dataset_id: str
-    recipe: Recipe = msgspec.field(default_factory=Recipe)
-    shard_size: int = DEFAULT_SHARD_SIZE
-    dedupe: DedupeSpec | None = None  # given: duplicates are dropped (exact, and near when asked)
-    split: SplitSpec | None = None
-    outputs: Outputs = msgspec.field(default_factory=default_outputs)
-    models: dict[str, Any] | None = None  # the upload provider's own models-table entries
-    profiles: dict[str, str] | None = None  # model profile name -> content hash when submitted
-
-    def processor(self, cls: type[Processor] = Processor) -> Processor:
-        return cls(self.recipe, extend(load_table(), self.models) if self.models else None)
-
-
-class Context:
-    def __init__(
-        self,
-        job_id: str,
-        settings: Settings | None = None,
-        state: State | None = None,
-        blobs: BlobStore | None = None,
-    ) -> None:
-        self.job_id = job_id
-        self.settings = settings or get_settings()
-        self.state = state or State.from_url(self.settings.redis_url)
-        self.blobs = blobs or blob_store_from_settings(self.settings)
-        job = self.state.job(job_id)
-        self.job = job or {}
-        self.tenant: str = self.job.get("tenant", "")
-
-    @property
-    def live(self) -> bool:
-        return bool(self.job) and self.job["status"] not in TERMINAL
-
-    def key(self, name: str) -> str:
-        return job_prefix(self.tenant, self.job_id) + name
-
-    def spec(self) -> BuildSpec:
-        raw = dict(self.job.get("spec") or {})
-        raw.setdefault("recipe", {})
-        return msgspec.convert(raw, BuildSpec)
-
-    def cancel_if_asked(self) -> bool:
-        if not self.state.cancel_requested(self.job_id):
-            return False
-        self.state.transition(self.job_id, {"queued", "running"}, "cancelled", stage="cancelled")
-        self.blobs.delete_prefix(self.key("work/"))
-        return True
-
-
-def plan_build(job_id: str, settings: Settings | None = None) -> None:
-    ctx = Context(job_id, settings)
+def plan_build(job_id: str) -> None:
+    ctx = JobContext(job_id)
     if not ctx.live or ctx.cancel_if_asked():
         return
-    ctx.state.transition(job_id, {"queued"}, "running", stage="planning")
-    spec = ctx.spec()
+    ctx.start("planning")
+    spec = ctx.build
     plan: list[dict[str, Any]] = []
     offset = 0
     for batch in ctx.state.batches(spec.dataset_id):
@@ -137,20 +78,20 @@ def plan_build(job_id: str, settings: Settings | None = None) -> None:
             plan.append({"key": batch["key"], "start": start, "end": end, "offset": offset + start})
         offset += n
     ctx.blobs.put(ctx.key("work/plan.json"), json.dumps(plan).encode())
-    ctx.state.r.hset(f"tuneset:job:{job_id}", mapping={"shards": len(plan)})
-    ctx.state.progress(job_id, "shards", 0, offset)
+    ctx.jobs.set_shards(job_id, len(plan))
+    ctx.jobs.progress(job_id, "shards", 0, offset)
     if not plan:
         enqueue(ctx.settings, FINALIZE_TASK, [job_id])
     for index in range(len(plan)):
         enqueue(ctx.settings, SHARD_TASK, [job_id, index])
 
 
-def _kind_format(ctx: Context, spec: BuildSpec) -> Format:
+def _kind_format(ctx: JobContext, spec: BuildSpec) -> Format:
     dataset = ctx.state.get_dataset(ctx.tenant, spec.dataset_id) or {}
     return "preference" if dataset.get("kind") == "preference" else "openai"
 
 
-def _shard_lines(ctx: Context, shard: dict[str, Any]) -> list[bytes]:
+def _shard_lines(ctx: JobContext, shard: dict[str, Any]) -> list[bytes]:
     lines = ctx.blobs.get(shard["key"]).split(b"\n")
     return [line + b"\n" for line in lines[shard["start"] : shard["end"]]]
 
@@ -164,22 +105,20 @@ class _ShardProcessor(Processor):
         return outputs, False
 
 
-def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None:
-    ctx = Context(job_id, settings)
+def run_shard(job_id: str, index: int) -> None:
+    ctx = JobContext(job_id)
     if not ctx.live or ctx.cancel_if_asked():
         return
     plan = json.loads(ctx.blobs.get(ctx.key("work/plan.json")))
     shard = plan[index]
-    if int(ctx.state.r.hincrby(f"tuneset:job:{job_id}", f"shard_attempts:{index}", 1)) > MAX_ATTEMPTS:  # type: ignore[arg-type]
-        error = {"code": "too_many_attempts", "message": f"shard {index} failed {MAX_ATTEMPTS} times"}
-        ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
-        ctx.blobs.delete_prefix(ctx.key("work/"))
+    if ctx.jobs.count_shard_attempt(job_id, index) > MAX_ATTEMPTS:
+        ctx.fail(ErrorCode.too_many_attempts, f"shard {index} failed {MAX_ATTEMPTS} times")
         return
     marker = ctx.key(f"work/shard-{index:05d}.done")
     if not ctx.blobs.exists(marker):
-        spec = ctx.spec()
+        spec = ctx.build
         fmt = _kind_format(ctx, spec)
-        processor = spec.processor(_ShardProcessor)
+        processor = _processor(spec, _ShardProcessor)
         part = shards.ShardSummary(index=index, format=fmt)
         out: list[bytes] = []
         tags = token_tags(spec.outputs)
@@ -189,15 +128,11 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
                 for tag, token_spec in _unique(tags).items()
             }
         except (LookupError, ValueError) as e:  # the profile was deleted, or its files no longer load
-            message = f"the build's model profile cannot be loaded: {e}"
-            error = {"code": "profile_unavailable", "message": message}
-            ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
-            ctx.blobs.delete_prefix(ctx.key("work/"))
+            ctx.fail(ErrorCode.profile_unavailable, f"the build's model profile cannot be loaded: {e}")
             return
         changed = _changed_profile(spec, sources)
         if changed is not None:
-            ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=changed)
-            ctx.blobs.delete_prefix(ctx.key("work/"))
+            ctx.fail(ErrorCode.profile_changed, changed)
             return
         scratch = ctx.settings.data_dir / "tmp"  # beside a local blob store: spill files move, not copy
         scratch.mkdir(parents=True, exist_ok=True)
@@ -238,18 +173,13 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         del spills
         ctx.blobs.put(ctx.key(f"work/shard-{index:05d}.summary"), shards.encode(part))
         ctx.blobs.put(marker, b"")
-        if ctx.state.cancel_requested(job_id):  # cancelled while this shard ran: leave nothing behind
-            ctx.cancel_if_asked()
+        if ctx.cancel_if_asked():  # cancelled while this shard ran: leave nothing behind
             return
-    done_set = f"tuneset:job:{job_id}:shards_done"
     examples = shard["end"] - shard["start"]
-    reply: Any = until_recorded(
-        lambda: ctx.state.r.eval(_COMPLETE, 2, done_set, f"tuneset:job:{job_id}", str(index), str(examples))
-    )
-    completed = int(reply)
-    job = ctx.state.job(job_id) or {}
+    completed = until_recorded(lambda: ctx.jobs.complete_shard(job_id, index, examples))
+    job = ctx.jobs.get(job_id) or {}
     best_effort(
-        lambda: ctx.state.event(
+        lambda: ctx.jobs.event(
             job_id,
             "progress",
             {
@@ -304,17 +234,17 @@ def split_keys(rows: list[shards.Row]) -> list[bytes]:
     return [first.setdefault(row.line, row.key) for row in rows]
 
 
-def finalize_build(job_id: str, settings: Settings | None = None) -> None:
-    ctx = Context(job_id, settings)
+def finalize_build(job_id: str) -> None:
+    ctx = JobContext(job_id)
     if not ctx.live or ctx.cancel_if_asked():
         return
-    spec = ctx.spec()
+    spec = ctx.build
     plan = json.loads(ctx.blobs.get(ctx.key("work/plan.json")))
-    totals = ctx.state.job(job_id) or {}
+    totals = ctx.jobs.get(job_id) or {}
     best_effort(
-        lambda: ctx.state.progress(job_id, "finalizing", totals.get("done", 0), totals.get("total", 0))
+        lambda: ctx.jobs.progress(job_id, "finalizing", totals.get("done", 0), totals.get("total", 0))
     )
-    processor = spec.processor()
+    processor = _processor(spec)
     summary = Summary(processor)
     parts = [shards.decode(ctx.blobs.get(ctx.key(f"work/shard-{i:05d}.summary"))) for i in range(len(plan))]
     rows = [row for part in parts for row in part.rows]
@@ -323,7 +253,7 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     try:
         validation_flags = iter(assign(kept_keys, spec.split or SplitSpec(), processor.model.min_examples))
     except SplitError as e:
-        _fail(ctx, {"code": "split_failed", "message": str(e)}, {"shards": len(plan)})
+        ctx.fail(ErrorCode.split_failed, str(e), result={"shards": len(plan)})
         return
     scratch = ctx.settings.data_dir / "tmp"  # beside a local blob store: finished files move, not copy
     scratch.mkdir(parents=True, exist_ok=True)
@@ -335,7 +265,7 @@ def finalize_build(job_id: str, settings: Settings | None = None) -> None:
 
 
 def _finalize(
-    ctx: Context,
+    ctx: JobContext,
     spec: BuildSpec,
     plan: list[Any],
     processor: Processor,
@@ -346,7 +276,6 @@ def _finalize(
     validation_flags: Iterator[bool],
     work: Path,
 ) -> None:
-    job_id = ctx.job_id
     selected = spec.outputs
     max_bytes = (selected.openai_jsonl or JsonlOutput()).max_file_bytes
     train, validation = (RollingJsonl(work, stem, max_bytes) for stem in ("train", "validation"))
@@ -400,8 +329,7 @@ def _finalize(
         artifacts += [_store_file(ctx, name, path, sha256) for name, path, sha256 in jsonl]
         if selected.packed is not None:
             packing = _pack(ctx, selected.packed, len(parts), side_of, artifacts, work)
-            if isinstance(packing.get("error"), dict):
-                _fail_stored(ctx, packing["error"], {"shards": len(plan)}, artifacts)
+            if _profile_mismatch(ctx, packing, len(plan), artifacts):
                 return
         if selected.tokenized is not None:
             tokenized = _tokenize(
@@ -413,8 +341,7 @@ def _finalize(
                 artifacts,
                 work,
             )
-            if isinstance(tokenized.get("error"), dict):
-                _fail_stored(ctx, tokenized["error"], {"shards": len(plan)}, artifacts)
+            if _profile_mismatch(ctx, tokenized, len(plan), artifacts):
                 return
     if selected.report is not None:
         dropped = [p for p in duplicates.values() if _drops(p)]
@@ -429,9 +356,7 @@ def _finalize(
         artifacts.insert(1, _store(ctx, "report.html", page.encode()))
     if packing is not None:
         del packing["fill"]  # for the report page's sequence-fill chart only; not kept in the job result
-    if ctx.cancel_if_asked():  # asked while finalizing: no final artifacts stay behind
-        for artifact in artifacts:
-            ctx.blobs.delete_prefix(artifact["key"])
+    if ctx.cancel_if_asked(stored=artifacts):  # asked while finalizing: no final artifacts stay behind
         return
     result: dict[str, Any] = {
         "artifacts": artifacts,
@@ -448,19 +373,27 @@ def _finalize(
     if tokenized is not None:
         result["tokenized"] = tokenized
     if report.ok:
-        until_recorded(
-            lambda: ctx.state.transition(job_id, {"running"}, "succeeded", stage="done", result=result)
-        )
+        ctx.succeed(result)
     else:
         failing = sorted({p.code for p in report.problems if p.action == "fail"})
-        error = {
-            "code": "validation_failed",
-            "message": f"{report.examples_failed} example(s) failed the recipe's policies "
-            f"({', '.join(failing)}); see report.json",
-        }
-        _fail(ctx, error, result)
+        message = (
+            f"{report.examples_failed} example(s) failed the recipe's policies "
+            f"({', '.join(failing)}); see report.json"
+        )
+        ctx.fail(ErrorCode.validation_failed, message, result=result)
         return
     ctx.blobs.delete_prefix(ctx.key("work/"))
+
+
+def _profile_mismatch(
+    ctx: JobContext, output: dict[str, Any], shards_n: int, artifacts: list[dict[str, Any]]
+) -> bool:
+    """A token-level output whose shards were tokenized by another version of its profile fails
+    the build (`profile_changed`), and what the build had stored goes."""
+    if not isinstance(output.get("error"), str):
+        return False
+    ctx.fail(ErrorCode.profile_changed, output["error"], result={"shards": shards_n}, stored=artifacts)
+    return True
 
 
 def _split_report(split: SplitSpec | None, summary: Summary, validation: SplitSide) -> SplitReport | None:
@@ -476,7 +409,7 @@ def _split_report(split: SplitSpec | None, summary: Summary, validation: SplitSi
     )
 
 
-def _build_info(ctx: Context, spec: BuildSpec) -> BuildInfo:
+def _build_info(ctx: JobContext, spec: BuildSpec) -> BuildInfo:
     return BuildInfo(
         job_id=ctx.job_id,
         dataset_id=spec.dataset_id,
@@ -545,35 +478,35 @@ def _profiles() -> LoadProfile:
     return load
 
 
-def _changed_profile(spec: BuildSpec, sources: dict[str, TokenSource]) -> dict[str, str] | None:
-    """A profile replaced (same name, other files) since the build was submitted fails the build:
-    its tokens would not be the ones the recipe was checked against."""
+def _changed_profile(spec: BuildSpec, sources: dict[str, TokenSource]) -> str | None:
+    """A profile replaced (same name, other files) since the build was submitted fails the build
+    (`profile_changed`, with this message): its tokens would not be the ones the recipe was
+    checked against."""
     for source in sources.values():
         info = source.info
         wanted = (spec.profiles or {}).get(info.profile or "")
         if info.profile is not None and wanted is not None and wanted != info.profile_hash:
-            return {
-                "code": "profile_changed",
-                "message": f"model profile {info.profile!r} was replaced after the build was submitted "
-                f"(content hash {wanted[:12]} then, {(info.profile_hash or '')[:12]} now); build again",
-            }
+            return (
+                f"model profile {info.profile!r} was replaced after the build was submitted "
+                f"(content hash {wanted[:12]} then, {(info.profile_hash or '')[:12]} now); build again"
+            )
     return None
 
 
-def _one_source(source: SourceInfo | None, docs: ShardDocs, shard: int) -> SourceInfo | dict[str, str]:
-    """Every shard must have used the same tokenizer and template (a profile replaced mid-build would not)."""
+def _one_source(source: SourceInfo | None, docs: ShardDocs, shard: int) -> SourceInfo | str:
+    """Every shard must have used the same tokenizer and template (a profile replaced mid-build
+    would not); else the message the build fails with (`profile_changed`)."""
     if source is None or docs.source == source:
         return docs.source
-    return {
-        "code": "profile_changed",
-        "message": f"shard {shard} was tokenized with another version of profile {docs.source.profile!r} "
+    return (
+        f"shard {shard} was tokenized with another version of profile {docs.source.profile!r} "
         f"than shard 0 (tokenizer {docs.source.tokenizer_sha256[:12]} vs {source.tokenizer_sha256[:12]}); "
-        "build again",
-    }
+        "build again"
+    )
 
 
 def _pack(
-    ctx: Context,
+    ctx: JobContext,
     packed: PackedSpec,
     shards_n: int,
     side_of: bytearray,
@@ -595,7 +528,7 @@ def _pack(
         for shard in range(shards_n):
             docs = reader.index(shard)
             checked = _one_source(source, docs, shard)
-            if isinstance(checked, dict):
+            if isinstance(checked, str):
                 return {"error": checked}
             source = checked
             starts = docs.starts.tolist()
@@ -643,7 +576,7 @@ def _pack(
 
 
 def _tokenize(
-    ctx: Context,
+    ctx: JobContext,
     spec: TokenizedSpec,
     tag: str,
     shards_n: int,
@@ -662,7 +595,7 @@ def _tokenize(
         for shard in range(shards_n):
             docs = reader.index(shard)
             checked = _one_source(source, docs, shard)
-            if isinstance(checked, dict):
+            if isinstance(checked, str):
                 return {"error": checked}
             source = checked
             starts = docs.starts.tolist()
@@ -707,7 +640,7 @@ def _route(data: bytes, sides: list[str], train: RollingJsonl, validation: Rolli
             validation.write(line)
 
 
-def _store_file(ctx: Context, name: str, path: Path, sha256: str) -> dict[str, Any]:
+def _store_file(ctx: JobContext, name: str, path: Path, sha256: str) -> dict[str, Any]:
     """Store a finished work file (moved, not copied, where the store allows it)."""
     size = path.stat().st_size
     key = ctx.key(name)
@@ -719,25 +652,7 @@ def _drops(p: Problem | None) -> bool:
     return p is not None and p.action in ("drop", "fix", "fail")
 
 
-def _fail(ctx: Context, error: dict[str, str], result: dict[str, Any]) -> None:
-    until_recorded(
-        lambda: ctx.state.transition(
-            ctx.job_id, {"running"}, "failed", stage="failed", error=error, result=result
-        )
-    )
-    ctx.blobs.delete_prefix(ctx.key("work/"))
-
-
-def _fail_stored(
-    ctx: Context, error: dict[str, str], result: dict[str, Any], artifacts: list[dict[str, Any]]
-) -> None:
-    """Fail the build and remove what it had already stored: a failed build keeps no outputs."""
-    for artifact in artifacts:
-        ctx.blobs.delete_prefix(artifact["key"])
-    _fail(ctx, error, result)
-
-
-def _store(ctx: Context, name: str, data: bytes) -> dict[str, Any]:
+def _store(ctx: JobContext, name: str, data: bytes) -> dict[str, Any]:
     key = ctx.key(name)
     ctx.blobs.put(key, data)
     return {"name": name, "key": key, "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}

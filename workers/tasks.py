@@ -1,4 +1,9 @@
-"""Named tasks: thin wrappers over functions that tests call directly."""
+"""Named tasks: thin wrappers over the steps, under the names `service.queue` defines.
+
+A step that cannot finish ends its job through the one `fail` (`workers.context.JobContext`):
+a time limit with `time_limit_exceeded`, a bug with `internal_error`, a provider that stays
+away with `provider_unavailable`.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +14,34 @@ from typing import Any
 import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
-from service.settings import get_settings
-from service.store.state import State
+from service.jobs import ErrorCode
+from service.queue import (
+    BUILD_TASK,
+    DELIVER_TASK,
+    FINALIZE_TASK,
+    FINE_TUNE_POLL_TASK,
+    FINE_TUNE_TASK,
+    SHARD_TASK,
+    UPLOAD_TASK,
+)
 from workers.app import app
+from workers.context import JobContext
 from workers.notify import Dispatcher, deliver
 from workers.providers import Transient, poll_fine_tune, run_fine_tune, run_upload
+from workers.runtime import reset_runtime, runtime
 from workers.sharded import finalize_build, plan_build, run_shard
 
 PROVIDER_RETRIES = 20  # with backoff capped at 5 minutes: about 1.5 hours of provider outage
 _dispatchers: list[Dispatcher] = []  # the one this worker process runs, once it is ready
 
 
-def _fail(job_id: str, code: str, message: str) -> None:
-    settings = get_settings()
-    State.from_url(settings.redis_url).transition(
-        job_id, {"queued", "running"}, "failed", stage="failed", error={"code": code, "message": message}
-    )
-
-
-def _time_limit(job_id: str) -> None:
-    _fail(
-        job_id,
-        "time_limit_exceeded",
-        f"a build step ran longer than its {get_settings().build_time_limit_s} s limit",
-    )
+def _time_limit(job_id: str, what: str = "build") -> None:
+    limit = runtime().settings.build_time_limit_s
+    message = f"a {what} step ran longer than its {limit} s limit"
+    JobContext(job_id).fail(ErrorCode.time_limit_exceeded, message)
 
 
 def _through_outages(step: Callable[..., None], *args: Any, patience_s: float = 180.0) -> None:
@@ -58,33 +64,34 @@ def _through_outages(step: Callable[..., None], *args: Any, patience_s: float = 
         except (SoftTimeLimitExceeded, Transient):  # the task retries these later, its own way
             raise
         except Exception as e:  # a bug must end the job, not leave it running forever
-            _fail(str(args[0]), "internal_error", f"a build step failed: {type(e).__name__}")
+            JobContext(str(args[0])).fail(
+                ErrorCode.internal_error, f"a build step failed: {type(e).__name__}"
+            )
             raise
 
 
-@app.task(name="tuneset.build")  # type: ignore[untyped-decorator]
+def _build_step(step: Callable[..., None], job_id: str, *args: Any) -> None:
+    """A build step; one that outlives its soft time limit fails the build."""
+    try:
+        _through_outages(step, job_id, *args)
+    except SoftTimeLimitExceeded:
+        _time_limit(job_id)
+
+
+@app.task(name=BUILD_TASK)  # type: ignore[untyped-decorator]
 def build(job_id: str) -> None:
     """Plan a build and fan it out into shard tasks."""
-    try:
-        _through_outages(plan_build, job_id)
-    except SoftTimeLimitExceeded:
-        _time_limit(job_id)
+    _build_step(plan_build, job_id)
 
 
-@app.task(name="tuneset.build_shard")  # type: ignore[untyped-decorator]
+@app.task(name=SHARD_TASK)  # type: ignore[untyped-decorator]
 def build_shard(job_id: str, index: int) -> None:
-    try:
-        _through_outages(run_shard, job_id, index)
-    except SoftTimeLimitExceeded:
-        _time_limit(job_id)
+    _build_step(run_shard, job_id, index)
 
 
-@app.task(name="tuneset.build_finalize")  # type: ignore[untyped-decorator]
+@app.task(name=FINALIZE_TASK)  # type: ignore[untyped-decorator]
 def build_finalize(job_id: str) -> None:
-    try:
-        _through_outages(finalize_build, job_id)
-    except SoftTimeLimitExceeded:
-        _time_limit(job_id)
+    _build_step(finalize_build, job_id)
 
 
 def _provider_step(task: Task, step: Callable[..., None], job_id: str) -> None:
@@ -92,44 +99,40 @@ def _provider_step(task: Task, step: Callable[..., None], job_id: str) -> None:
     try:
         _through_outages(step, job_id)
     except SoftTimeLimitExceeded:
-        _fail(
-            job_id,
-            "time_limit_exceeded",
-            f"a provider step ran longer than {get_settings().build_time_limit_s} s",
-        )
+        _time_limit(job_id, "provider")
     except Transient as e:
         if task.request.retries >= PROVIDER_RETRIES:
-            _fail(job_id, "provider_unavailable", f"the provider stayed unavailable ({e})")
+            JobContext(job_id).fail(ErrorCode.provider_unavailable, f"the provider stayed unavailable ({e})")
             return
         raise task.retry(
             countdown=min(300, 2 ** (task.request.retries + 1)), max_retries=PROVIDER_RETRIES
         ) from e
 
 
-@app.task(name="tuneset.upload", bind=True)  # type: ignore[untyped-decorator]
+@app.task(name=UPLOAD_TASK, bind=True)  # type: ignore[untyped-decorator]
 def upload(self: Task, job_id: str) -> None:
     """Send a succeeded build's files to the provider, once."""
     _provider_step(self, run_upload, job_id)
 
 
-@app.task(name="tuneset.fine_tune", bind=True)  # type: ignore[untyped-decorator]
+@app.task(name=FINE_TUNE_TASK, bind=True)  # type: ignore[untyped-decorator]
 def fine_tune(self: Task, job_id: str) -> None:
     """Create the provider fine-tuning job (once) and start following it."""
     _provider_step(self, run_fine_tune, job_id)
 
 
-@app.task(name="tuneset.fine_tune_poll", bind=True)  # type: ignore[untyped-decorator]
+@app.task(name=FINE_TUNE_POLL_TASK, bind=True)  # type: ignore[untyped-decorator]
 def fine_tune_poll(self: Task, job_id: str, n: int | None = None) -> None:
     """Read the provider job. The polling chain (n given) polls again with backoff until the job
     ends; a poll asked for by a provider webhook (n None) reads once."""
     ended: list[bool] = []
     _provider_step(self, lambda j: ended.append(poll_fine_tune(j)), job_id)
     if n is not None and not (ended and ended[0]):
-        countdown = min(get_settings().provider_poll_interval_s, 0.5 * 2**n)
+        countdown = min(runtime().settings.provider_poll_interval_s, 0.5 * 2**n)
         self.apply_async(args=[job_id, n + 1], countdown=countdown)
 
 
-@app.task(name="tuneset.deliver")  # type: ignore[untyped-decorator]
+@app.task(name=DELIVER_TASK)  # type: ignore[untyped-decorator]
 def deliver_webhook(delivery_id: str) -> None:
     """One attempt at a webhook delivery."""
     deliver(delivery_id)
@@ -144,6 +147,12 @@ def _warm_tokenizer(**_: Any) -> None:
     from service.core.pipeline import DEFAULT_MODEL
 
     get_encoding(load_table().resolve(DEFAULT_MODEL).encoding).encode_ordinary("warm up")
+
+
+@worker_process_init.connect  # type: ignore[untyped-decorator]
+def _fresh_runtime(**_: Any) -> None:
+    """A pool child builds its own runtime: its parent's Redis pool and blob store stay its parent's."""
+    reset_runtime()
 
 
 @worker_ready.connect  # type: ignore[untyped-decorator]

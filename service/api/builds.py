@@ -1,7 +1,7 @@
 """Builds: POST /v1/datasets/{id}/builds checks the recipe, records a queued job, then enqueues it.
 
 The job is committed to Redis before the task is sent, so a worker never receives a job id it
-cannot find. The API names the task (`tuneset.build`); it never imports the workers. A model
+cannot find. The API names the task (`service.jobs.chain.task_of`); it never imports the workers. A model
 profile a token-level output names (`outputs.packed.profile`, `outputs.tokenized.profile`) must
 exist when the build is submitted (else 422 `unknown_profile`); its content hash then is kept in
 the job's spec.
@@ -27,8 +27,9 @@ from service.core.models import ModelError, ModelTable, extend
 from service.core.outputs import Outputs, default_outputs
 from service.core.packing import DEFAULT_TEMPLATE
 from service.core.templates import TemplateError, get_template
-from service.queue import BUILD_TASK, enqueue
-from service.store.state import State, new_id
+from service.jobs import BuildSpec, Callback, ErrorCode, Jobs, new_job_id
+from service.jobs.chain import plan_followers, task_of
+from service.queue import enqueue
 from service.webhooks.signing import new_secret
 
 log = logging.getLogger("tuneset.api")
@@ -118,36 +119,32 @@ def start_build(
     models = provider["models"] if provider else None
     recipe = recipe_of(data, services, extend(services.table, models) if models else None)
     callback, callback_secret = callback_of(data.callback_url, services)
-    spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": msgspec.to_builtins(recipe)}
-    spec["outputs"] = msgspec.to_builtins(outputs)
-    if profiles:
-        spec["profiles"] = profiles  # each model profile's content hash when the build was submitted
-    for option in ("dedupe", "split", "shard_size"):
-        value = getattr(data, option)
-        if value is not None:
-            spec[option] = msgspec.to_builtins(value)
-    if models:
-        spec["models"] = models
-    if callback:
-        spec["callback"] = callback
-    job_id = new_id("job")
+    spec = BuildSpec(
+        dataset_id=dataset_id,
+        recipe=recipe,
+        outputs=outputs,
+        profiles=profiles or None,  # each model profile's content hash when the build was submitted
+        dedupe=data.dedupe,
+        split=data.split,
+        models=models,
+        callback=callback,
+    )
+    if data.shard_size is not None:
+        spec.shard_size = data.shard_size
+    jobs = state.jobs
+    job_id = new_job_id()
     started = BuildStarted(job_id=job_id, callback_secret=callback_secret)
     if provider is not None:
         started.upload_job_id, started.fine_tune_job_id = plan_followups(
-            state, tenant, job_id, provider, data.fine_tune, recipe.model, str(dataset["kind"]), callback
+            jobs, tenant, job_id, provider, data.fine_tune, recipe.model, str(dataset["kind"]), callback
         )
-        spec["upload_job"] = started.upload_job_id
-    state.create_job(tenant, "build", spec, job_id=job_id)
+        spec.upload_job = started.upload_job_id
+    jobs.create(tenant, spec, job_id=job_id)
     try:
-        enqueue(services.settings, BUILD_TASK, [job_id])
+        enqueue(services.settings, task_of("build"), [job_id])
     except Exception as e:
         log.error("could not enqueue build %s: %s", job_id, type(e).__name__)
-        state.transition(
-            job_id,
-            {"queued"},
-            "failed",
-            error={"code": "enqueue_failed", "message": "the broker is unreachable"},
-        )
+        jobs.fail(job_id, ErrorCode.enqueue_failed, "the broker is unreachable")
         raise ApiProblem(
             503, "unavailable", "the job queue is unreachable; retry later", headers={"Retry-After": "5"}
         ) from None
@@ -172,52 +169,34 @@ def _upload_provider(
     return provider
 
 
-def callback_of(url: str | None, services: Services) -> tuple[dict[str, str] | None, str | None]:
+def callback_of(url: str | None, services: Services) -> tuple[Callback | None, str | None]:
     """The job's callback (its signing secret encrypted) and the secret, shown once to the caller."""
     if url is None:
         return None, None
     box = secret_box(services)
     guarded_url(url, services, "callback_url")
     secret = new_secret()
-    return {"url": url, "secret": box.encrypt(secret)}, secret
+    return Callback(url=url, secret=box.encrypt(secret)), secret
 
 
 def plan_followups(
-    state: State,
+    jobs: Jobs,
     tenant: str,
     build_job: str,
     provider: dict[str, Any],
     fine_tune: FineTuneOptions | None,
     model: str,
     dataset_kind: str,
-    callback: dict[str, str] | None,
+    callback: Callback | None,
     upload_job: str | None = None,
-) -> tuple[str | None, str | None]:
-    """Create the upload job (unless `upload_job` exists) and the fine-tune job that wait for it.
-
-    They are queued with stage `waiting`; when the build (or the upload) ends, the worker that
-    announces its ending starts the next job or, on failure, ends the waiting ones too."""
-    fine_tune_job = new_id("job") if fine_tune is not None else None
-    common: dict[str, Any] = {
-        "build_job": build_job,
-        "provider_id": provider["id"],
-        "provider": provider["name"],
-    }
-    if callback:
-        common["callback"] = callback
-    if upload_job is None:
-        upload_job = new_id("job")
-        upload_spec = {**common, "fine_tune_job": fine_tune_job} if fine_tune_job else common
-        state.create_job(tenant, "upload", upload_spec, job_id=upload_job, stage="waiting")
-    if fine_tune is not None and fine_tune_job is not None:
+) -> tuple[str, str | None]:
+    """Create the upload job (unless `upload_job` exists) and the fine-tune job that wait for it
+    (`service.jobs.chain`); the fine-tune trains `model`, with DPO on a preference dataset."""
+    options: dict[str, Any] | None = None
+    if fine_tune is not None:
         options = msgspec.to_builtins(fine_tune)
         options.setdefault("model", model)
         options.setdefault("method", "dpo" if dataset_kind == "preference" else "supervised")
-        state.create_job(
-            tenant,
-            "fine_tune",
-            {**common, "upload_job": upload_job, "options": options},
-            job_id=fine_tune_job,
-            stage="waiting",
-        )
-    return upload_job, fine_tune_job
+    return plan_followers(
+        jobs, tenant, build_job, provider["id"], provider["name"], options, callback, upload_job=upload_job
+    )

@@ -12,8 +12,8 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from service.api import Services
 from service.api.errors import not_found, problems
 from service.api.schemas import CURSOR_PATTERN, Dataset, DatasetCreate, DatasetPage
+from service.jobs import TERMINAL
 from service.store.blobs import job_prefix
-from service.store.state import TERMINAL
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
 Cursor = Annotated[
@@ -88,12 +88,11 @@ class DatasetController(Controller):
         for job_id in state.delete_dataset(tenant, dataset_id):
             # the files go even when the job's record has already expired (job retention)
             services.blobs.delete_prefix(job_prefix(tenant, job_id))
-            job = state.tenant_job(tenant, job_id)
+            job = state.jobs.tenant_job(tenant, job_id)
             if job is None:
                 continue
             if job["status"] not in TERMINAL:
-                state.request_cancel(job_id)
-                state.transition(job_id, {"queued"}, "cancelled")
-            state.forget_artifacts(job_id)
+                state.jobs.request_cancel(job_id)
+            state.jobs.forget_artifacts(job_id)
         # ids have a fixed length, so no other dataset's keys share this prefix
         services.blobs.delete_prefix(f"{tenant}/{dataset_id}/")

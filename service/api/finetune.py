@@ -20,8 +20,9 @@ from service.api.builds import callback_of, plan_followups
 from service.api.errors import ApiProblem, not_found, problems
 from service.api.providers import provider_store
 from service.api.schemas import FineTuneOptions, FineTuneRequest, JobStarted
-from service.queue import FINE_TUNE_TASK, UPLOAD_TASK, enqueue
-from service.store.state import State
+from service.jobs import BuildSpec, Jobs, UploadSpec, spec_of
+from service.jobs.chain import task_of
+from service.queue import enqueue
 
 
 @post(
@@ -40,25 +41,30 @@ def start_fine_tune(
 ) -> Response[JobStarted]:
     """Start a provider fine-tuning job from a succeeded build (uploading its files first if they
     are not at the provider yet) or from a succeeded upload job."""
-    state = services.state
-    job = state.tenant_job(tenant, job_id)
+    state, jobs = services.state, services.state.jobs
+    job = jobs.tenant_job(tenant, job_id)
     if job is None or job["kind"] not in ("build", "upload"):
         raise not_found("build or upload job", job_id)
     if job["status"] != "succeeded":
         raise ApiProblem(
             409, "job-not-succeeded", f"the {job['kind']} job is {job['status']}; it must succeed first"
         )
-    build = job if job["kind"] == "build" else state.job(job["spec"]["build_job"]) or {}
-    upload = job if job["kind"] == "upload" else _upload_of(state, build)
+    spec = spec_of(job)
+    build = jobs.get(spec.build_job) if isinstance(spec, UploadSpec) else job
+    build_spec = spec_of(build) if build is not None else None
+    if build is None or not isinstance(build_spec, BuildSpec):
+        raise not_found("build or upload job", job_id)  # the build has expired
+    upload = job if job["kind"] == "upload" else _upload_of(jobs, build_spec)
+    uploaded_to = _uploaded_to(upload)
     if upload is not None and upload["status"] != "succeeded":
         raise ApiProblem(
             409, "upload-not-finished", f"the build's upload job {upload['id']} is {upload['status']}"
         )
-    provider_name = data.provider or (upload["spec"]["provider"] if upload else None)
+    provider_name = data.provider or uploaded_to
     if provider_name is None:
         raise ApiProblem(422, "invalid-request", "name the provider: the build has not been uploaded")
-    if upload is not None and provider_name != upload["spec"]["provider"]:
-        raise ApiProblem(422, "invalid-request", f"the build was uploaded to {upload['spec']['provider']!r}")
+    if uploaded_to is not None and provider_name != uploaded_to:
+        raise ApiProblem(422, "invalid-request", f"the build was uploaded to {uploaded_to!r}")
     provider = provider_store(services).get(tenant, provider_name)
     if provider is None:
         raise ApiProblem(422, "invalid-request", f"no provider {provider_name!r}; create it at /v1/providers")
@@ -67,23 +73,23 @@ def start_fine_tune(
         {k: v for k, v in msgspec.to_builtins(data).items() if k not in ("provider", "callback_url")},
         FineTuneOptions,
     )
-    dataset = state.get_dataset(tenant, build.get("spec", {}).get("dataset_id", "")) or {}
+    dataset = state.get_dataset(tenant, build_spec.dataset_id) or {}
     upload_id, fine_tune_id = plan_followups(
-        state,
+        jobs,
         tenant,
         str(build["id"]),
         provider,
         options,
-        str(build["spec"]["recipe"].get("model")),
+        build_spec.recipe.model,
         str(dataset.get("kind", "chat")),
         callback,
         upload_job=str(upload["id"]) if upload else None,
     )
     assert fine_tune_id is not None
-    if upload is None:
-        enqueue(services.settings, UPLOAD_TASK, [upload_id], queue=services.settings.io_queue)
+    if upload is None:  # the chain goes on from the upload, which the new fine-tune waits for
+        enqueue(services.settings, task_of("upload"), [upload_id])
     else:
-        enqueue(services.settings, FINE_TUNE_TASK, [fine_tune_id], queue=services.settings.io_queue)
+        enqueue(services.settings, task_of("fine_tune"), [fine_tune_id])
     return Response(
         JobStarted(job_id=fine_tune_id, upload_job_id=None if upload else upload_id, callback_secret=secret),
         status_code=202,
@@ -91,6 +97,11 @@ def start_fine_tune(
     )
 
 
-def _upload_of(state: State, build: dict[str, Any]) -> dict[str, Any] | None:
-    upload_id = (build.get("spec") or {}).get("upload_job")
-    return state.job(upload_id) if upload_id else None
+def _upload_of(jobs: Jobs, build: BuildSpec) -> dict[str, Any] | None:
+    return jobs.get(build.upload_job) if build.upload_job else None
+
+
+def _uploaded_to(upload: dict[str, Any] | None) -> str | None:
+    """The provider profile an upload job sends to."""
+    spec = spec_of(upload) if upload else None
+    return spec.provider if isinstance(spec, UploadSpec) else None

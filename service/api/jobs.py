@@ -16,8 +16,8 @@ from service.api.datasets import Cursor, Limit, page_ids
 from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import Artifact, ArtifactList, Job, JobError, JobPage, JobStatus, Progress
 from service.api.streams import event_stream
+from service.jobs import TERMINAL
 from service.store.blobs import BlobNotFound
-from service.store.state import TERMINAL
 
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -72,7 +72,7 @@ class JobController(Controller):
     tags = ("jobs",)
 
     def _job(self, services: Services, tenant: str, job_id: str) -> dict[str, Any]:
-        job = services.state.tenant_job(tenant, job_id)
+        job = services.state.jobs.tenant_job(tenant, job_id)
         if job is None:
             raise not_found("job", job_id)
         return job
@@ -98,14 +98,14 @@ class JobController(Controller):
         state = services.state
         if status is None:
             ids, next_cursor = page_ids(services, tenant, "jobs", cursor, limit)
-            page = [job_out(j) for j in state.tenant_jobs(tenant, ids)]
+            page = [job_out(j) for j in state.jobs.tenant_jobs(tenant, ids)]
             return JobPage(items=page, next_cursor=next_cursor)
         items: list[Job] = []
         after = cursor
         scanned = 0
         while scanned < SCAN_LIMIT:
             ids = state.list_ids(tenant, "jobs", after, limit)
-            for job in state.tenant_jobs(tenant, ids):
+            for job in state.jobs.tenant_jobs(tenant, ids):
                 if job["status"] == status:
                     items.append(job_out(job))
                     if len(items) == limit:
@@ -126,12 +126,10 @@ class JobController(Controller):
         self, job_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
     ) -> Job:
         """Ask a job to stop: a queued job is cancelled at once, a running one at its next check."""
-        state = services.state
         job = self._job(services, tenant, job_id)
         if job["status"] in TERMINAL and job["status"] != "cancelled":
             raise ApiProblem(409, "job-finished", f"the job already {job['status']}")
-        state.request_cancel(job_id)
-        state.transition(job_id, {"queued"}, "cancelled")
+        services.state.jobs.request_cancel(job_id)
         return job_out(self._job(services, tenant, job_id))
 
     @get(

@@ -203,8 +203,8 @@ def _receive(
     except Exception as e:  # InvalidWebhookSignatureError, stale timestamps, malformed bodies
         raise ApiProblem(400, "invalid-signature", f"the webhook is not valid: {e}") from None
     provider_job = str(getattr(getattr(event, "data", None), "id", "") or "")
-    job_id = services.state.r.get(f"tuneset:ftjob:{provider_id}:{provider_job}") if provider_job else None
+    job_id = services.state.jobs.job_of_provider_job(provider_id, provider_job) if provider_job else None
     if job_id:
-        enqueue(services.settings, FINE_TUNE_POLL_TASK, [str(job_id)], queue=services.settings.io_queue)
+        enqueue(services.settings, FINE_TUNE_POLL_TASK, [job_id])
     log.info("provider webhook %s for %s", getattr(event, "type", "?"), provider_job or "?")
     return WebhookAck(received=True, job_id=str(job_id) if job_id else None)

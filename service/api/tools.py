@@ -31,9 +31,9 @@ from service.api.schemas import (
     ProblemItem,
     ProfileName,
 )
-from service.cli import view_for
 from service.core import pipeline
 from service.core.conversation import Example, chat_of
+from service.core.example_view import view_for
 from service.core.formats import convert_value, detect_format
 from service.core.models import ModelError
 from service.core.profiles import profile_view

@@ -1,6 +1,6 @@
 """Job events for many concurrent followers, read with `redis.asyncio` on one event loop.
 
-The synchronous `State.events` serves scripts and tests; a Server-Sent
+The synchronous `Jobs.events` serves scripts and tests; a Server-Sent
 Events stream must not use them: each blocking XREAD holds a thread and a Redis connection for
 as long as the client listens, so a few streams on a job that never ends exhaust the API.
 
@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 import redis
 import redis.asyncio as aredis
 
-from service.store.state import TERMINAL, events_key, job_key
+from service.jobs import TERMINAL
+from service.jobs.keys import events_key, job_key
 
 log = logging.getLogger("tuneset.events")
 

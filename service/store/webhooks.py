@@ -21,7 +21,7 @@ import redis
 from service.store.secrets import SecretBox
 from service.store.state import P, new_id
 from service.store.state import now as _now
-from service.webhooks.send import Attempt
+from service.webhooks.attempt import Attempt
 from service.webhooks.signing import new_secret
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]

@@ -5,17 +5,11 @@ from __future__ import annotations
 import time
 
 import httpx
-import msgspec
 
 from service.ssrf import UrlRefused
+from service.webhooks.attempt import Attempt
 
-
-class Attempt(msgspec.Struct, kw_only=True):
-    at: float  # wall-clock start, epoch seconds
-    status_code: int | None  # None when no response arrived
-    latency_ms: float
-    error: str | None
-    ok: bool
+__all__ = ["Attempt", "send_once"]
 
 
 def send_once(client: httpx.Client, url: str, body: bytes, headers: dict[str, str]) -> Attempt:

@@ -20,9 +20,11 @@ import service.api.builds
 from service.api.app import create_app
 from service.api.batches import request_fingerprint
 from service.cli import main as cli
+from service.jobs import ErrorCode, decode_spec
+from service.jobs.keys import job_key
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
-from service.store.state import State, job_key
+from service.store.state import State
 from tests.conftest import DATA, jsonl, mtbench_conversations
 
 Client = TestClient[Litestar]
@@ -73,7 +75,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch, state: State) -> list[tuple[str, l
     calls: list[tuple[str, list[Any], str | None]] = []
 
     def fake(settings: Settings, task: str, args: list[Any], queue: str | None = None) -> None:
-        job = state.job(args[0])
+        job = state.jobs.get(args[0])
         assert job is not None, "enqueued before the job existed"
         assert job["status"] == "queued", "enqueued before the job was committed"
         calls.append((task, args, job["status"]))
@@ -519,7 +521,7 @@ def test_start_build_creates_a_queued_job_then_enqueues(
         "result",
         "error",
     }
-    spec = state.job(job_id)
+    spec = state.jobs.get(job_id)
     assert spec is not None
     assert spec["spec"]["dataset_id"] == ds
     assert spec["spec"]["recipe"]["policies"] == {"consecutive_same_role": "fix"}
@@ -545,7 +547,7 @@ def test_outputs_select_files_and_the_jsonl_size_limit_is_checked(
     }
     r = client.post(f"/v1/datasets/{ds}/builds", json=recipe, headers=auth(key))
     assert r.status_code == 202, r.text
-    spec = state.job(r.json()["job_id"])
+    spec = state.jobs.get(r.json()["job_id"])
     assert spec is not None
     outputs = spec["spec"]["outputs"]
     assert set(outputs) == {"openai_jsonl", "packed", "tokenized", "report"}
@@ -595,12 +597,14 @@ def test_an_unreachable_broker_fails_the_job_and_answers_503(
 
 
 def test_jobs_get_list_filter_and_cancel(client: Client, key: str, state: State) -> None:
-    created = [state.create_job("acme", "build", {"dataset_id": "ds_x"})["id"] for _ in range(6)]
+    created = [
+        state.jobs.create("acme", decode_spec("build", {"dataset_id": "ds_x"}))["id"] for _ in range(6)
+    ]
     ids = sorted(created)  # ids sort by creation time only to the millisecond
-    state.transition(ids[1], {"queued"}, "running")
-    state.progress(ids[1], "validate", 3, 10)
-    state.transition(ids[2], {"queued"}, "running")
-    state.transition(ids[2], {"running"}, "failed", error={"code": "boom", "message": "it broke"})
+    state.jobs.start(ids[1], "planning")
+    state.jobs.progress(ids[1], "validate", 3, 10)
+    state.jobs.start(ids[2], "planning")
+    state.jobs.fail(ids[2], ErrorCode.internal_error, "it broke")
 
     running = client.get(f"/v1/jobs/{ids[1]}", headers=auth(key)).json()
     assert (running["status"], running["stage"], running["progress"]) == (
@@ -611,7 +615,7 @@ def test_jobs_get_list_filter_and_cancel(client: Client, key: str, state: State)
     assert running["started_at"] is not None
     assert running["finished_at"] is None
     failed = client.get(f"/v1/jobs/{ids[2]}", headers=auth(key)).json()
-    assert failed["error"] == {"code": "boom", "message": "it broke"}
+    assert failed["error"] == {"code": "internal_error", "message": "it broke"}
     assert failed["finished_at"] is not None
 
     everything = client.get("/v1/jobs", headers=auth(key)).json()
@@ -640,12 +644,12 @@ def test_jobs_get_list_filter_and_cancel(client: Client, key: str, state: State)
 
 
 def test_job_events_over_sse_resume_after_last_event_id(client: Client, key: str, state: State) -> None:
-    job_id = state.create_job("acme", "build", {"dataset_id": "ds_x"})["id"]
-    state.transition(job_id, {"queued"}, "running")
-    state.progress(job_id, "validate", 5, 10)
-    state.event(job_id, "log", {"message": "halfway"})
-    state.progress(job_id, "validate", 10, 10)
-    state.transition(job_id, {"running"}, "succeeded", result={"examples": 10})
+    job_id = state.jobs.create("acme", decode_spec("build", {"dataset_id": "ds_x"}))["id"]
+    state.jobs.start(job_id, "planning")
+    state.jobs.progress(job_id, "validate", 5, 10)
+    state.jobs.event(job_id, "log", {"message": "halfway"})
+    state.jobs.progress(job_id, "validate", 10, 10)
+    state.jobs.succeed(job_id, {"examples": 10})
 
     with client.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth(key)) as r:
         assert r.status_code == 200
@@ -655,7 +659,7 @@ def test_job_events_over_sse_resume_after_last_event_id(client: Client, key: str
     assert json.loads(events[0]["data"]) == {"status": "queued"}
     assert json.loads(events[2]["data"]) == {"stage": "validate", "done": 5, "total": 10}
     assert json.loads(events[-1]["data"]) == {"status": "succeeded"}
-    stored = state.events(job_id)
+    stored = state.jobs.events(job_id)
     assert [e["id"] for e in events] == [event_id for event_id, _, _ in stored]
 
     resume = events[2]["id"]
@@ -673,7 +677,7 @@ def test_artifacts_list_and_streamed_download(
     client: Client, key: str, state: State, settings: Settings
 ) -> None:
     dataset_id = state.create_dataset("acme", "d", "chat", None)["id"]
-    job_id = state.create_job("acme", "build", {"dataset_id": dataset_id})["id"]
+    job_id = state.jobs.create("acme", decode_spec("build", {"dataset_id": dataset_id}))["id"]
     assert client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth(key)).json() == {"items": []}
     blobs = LocalBlobStore(settings.blob_root)
     report = json.dumps({"ok": True}).encode()
@@ -690,7 +694,8 @@ def test_artifacts_list_and_streamed_download(
         {"name": "train.jsonl", "key": f"acme/jobs/{job_id}/train.jsonl", "size": len(data), "sha256": "cd"},
         {"name": "elsewhere.json", "key": f"globex/jobs/{job_id}/x.json", "size": 1, "sha256": "ef"},
     ]
-    state.transition(job_id, {"queued"}, "succeeded", result={"artifacts": artifacts})
+    state.jobs.start(job_id, "planning")
+    state.jobs.succeed(job_id, {"artifacts": artifacts})
 
     listed = client.get(f"/v1/jobs/{job_id}/artifacts", headers=auth(key)).json()["items"]
     assert [(a["name"], a["size"]) for a in listed] == [(a["name"], a["size"]) for a in artifacts]
@@ -714,7 +719,7 @@ def test_deleting_a_dataset_deletes_the_files_of_builds_whose_records_expired(
     dataset_id = client.post("/v1/datasets", json={"name": "d", "kind": "chat"}, headers=auth(key)).json()[
         "id"
     ]
-    job_id = state.create_job("acme", "build", {"dataset_id": dataset_id})["id"]
+    job_id = state.jobs.create("acme", decode_spec("build", {"dataset_id": dataset_id}))["id"]
     blobs = LocalBlobStore(settings.blob_root)
     blobs.put(f"acme/jobs/{job_id}/train.jsonl", jsonl(*GOOD))
     state.r.delete(job_key(job_id))  # as its retention ran out

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from service.jobs import decode_spec
 from service.store import events as feed_module
 from service.store.events import Event, EventFeed
 from service.store.state import State
@@ -13,8 +14,8 @@ from service.store.state import State
 
 def test_followers_get_exactly_their_events_and_a_slow_one_is_bounded(redis_url: str) -> None:
     state = State.from_url(redis_url)
-    job = state.create_job("acme", "build", {})["id"]
-    first = state.event(job, "log", {"n": 0})
+    job = state.jobs.create("acme", decode_spec("build", {"dataset_id": "ds_x"}))["id"]
+    first = state.jobs.event(job, "log", {"n": 0})
     total = 3 * feed_module.MAX_QUEUED
 
     async def scenario() -> None:
@@ -30,7 +31,9 @@ def test_followers_get_exactly_their_events_and_a_slow_one_is_bounded(redis_url:
             assert feed.following == 2
             assert not any(w.done() for w in waiting)
 
-            await asyncio.to_thread(lambda: [state.event(job, "log", {"n": n}) for n in range(1, total + 1)])
+            await asyncio.to_thread(
+                lambda: [state.jobs.event(job, "log", {"n": n}) for n in range(1, total + 1)]
+            )
             got_start: list[Event | None] = [await waiting[0]]
             got_first: list[Event | None] = [await waiting[1]]
             while len(got_first) < total:
@@ -43,7 +46,7 @@ def test_followers_get_exactly_their_events_and_a_slow_one_is_bounded(redis_url:
             for got in (got_first, got_start):
                 assert [e.data for e in got if e] == [f'{{"n": {n}}}' for n in range(1, total + 1)]
 
-            await asyncio.to_thread(state.transition, job, {"queued"}, "succeeded")
+            await asyncio.to_thread(state.jobs.request_cancel, job)
             for follower in (from_start, from_first):
                 ending = [e async for e in follower]
                 assert [e.type for e in ending if e] == ["status"]

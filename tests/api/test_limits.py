@@ -29,6 +29,7 @@ from service.api import schemas
 from service.api.app import create_app
 from service.cli import openapi_yaml
 from service.core.packing import SEQ_LEN_MAX
+from service.jobs import ErrorCode
 from service.run import free_port
 from service.settings import Settings
 from service.store.secrets import new_key
@@ -425,11 +426,11 @@ def test_a_finished_job_expires_and_a_queued_one_does_not(
         assert 1200 < ttl <= 1234  # the app's TUNESET_JOB_RETENTION_S
     assert _ttls(state, waiting) == (-1, -1)
     running = State.from_url(settings.redis_url)
-    assert running.transition(waiting, {"queued"}, "running")
+    assert running.jobs.start(waiting, "planning")
     assert _ttls(state, waiting) == (-1, -1)
     # a worker's State knows no setting: the job keeps the retention it was created with
     assert running.job_retention_s != 1234
-    assert running.transition(waiting, {"running"}, "failed", error={"code": "x", "message": "y"})
+    assert running.jobs.fail(waiting, ErrorCode.internal_error, "y")
     assert 1200 < _ttls(state, waiting)[0] <= 1234
 
 

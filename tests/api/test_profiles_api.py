@@ -447,7 +447,7 @@ def test_a_build_naming_an_unknown_profile_is_422_at_submit(
     recipe = {"outputs": {"packed": {"profile": "deepseek-v3"}, "tokenized": {"profile": "deepseek-v3"}}}
     r = client.post(f"/v1/datasets/{ds}/builds", json=recipe, headers=auth(key))
     assert r.status_code == 202, r.text
-    job = state.job(r.json()["job_id"])
+    job = state.jobs.get(r.json()["job_id"])
     assert job is not None
     assert job["spec"]["outputs"]["packed"]["profile"] == "deepseek-v3"
     assert job["spec"]["outputs"]["tokenized"]["profile"] == "deepseek-v3"

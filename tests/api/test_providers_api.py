@@ -19,6 +19,7 @@ from pydantic import SecretStr
 import service.api.builds
 import service.api.providers
 from service.api.app import create_app
+from service.queue import queue_of
 from service.settings import Settings
 from service.store.secrets import new_key
 from service.store.state import State
@@ -163,8 +164,8 @@ def test_a_build_with_upload_and_fine_tune_creates_the_waiting_jobs(
     started = r.json()
     assert started["callback_secret"].startswith("whsec_")
     assert [task for task, _ in enqueued] == ["tuneset.build"]  # the others wait for the build
-    upload = state.job(started["upload_job_id"])
-    fine_tune = state.job(started["fine_tune_job_id"])
+    upload = state.jobs.get(started["upload_job_id"])
+    fine_tune = state.jobs.get(started["fine_tune_job_id"])
     assert upload is not None
     assert fine_tune is not None
     assert (upload["status"], upload["stage"], fine_tune["stage"]) == ("queued", "waiting", "waiting")
@@ -175,7 +176,7 @@ def test_a_build_with_upload_and_fine_tune_creates_the_waiting_jobs(
         "suffix": "support",
         "hyperparameters": {"n_epochs": 2},
     }
-    build = state.job(started["job_id"])
+    build = state.jobs.get(started["job_id"])
     assert build is not None
     assert build["spec"]["upload_job"] == upload["id"]
     assert started["callback_secret"] not in str(build["spec"])  # stored encrypted
@@ -233,12 +234,12 @@ def test_the_provider_webhook_receiver_takes_a_fresh_signed_event_and_refuses_a_
     body = b'{"id":"evt_1","object":"event","type":"fine_tuning.job.succeeded","created_at":1,"data":{"id":"ftjob-1"}}'
     polls: list[Any] = []
     monkeypatch.setattr(
-        service.api.providers, "enqueue", lambda s, task, args, queue=None: polls.append((task, args, queue))
+        service.api.providers, "enqueue", lambda s, task, args: polls.append((task, args, queue_of(s, task)))
     )
     now = int(time.time())
     fresh = client.post(created["webhook_url"], content=body, headers=sign(secret, "evt_1", now, body))
     stale = client.post(created["webhook_url"], content=body, headers=sign(secret, "evt_1", now - 3600, body))
     assert fresh.status_code == 200, fresh.text
     assert fresh.json() == {"received": True, "job_id": "job_follower"}
-    assert polls == [("tuneset.fine_tune_poll", ["job_follower"], "tuneset.io")]  # only the fresh one
+    assert polls == [("tuneset.fine_tune_poll", ["job_follower"], "tuneset.io")]  # only the fresh one, to io
     assert_problem(stale, 400)

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
@@ -38,7 +39,7 @@ def test_a_line_with_one_duplicate_window_stays_counted(settings: Settings, work
         "dedupe": {"exact": True},
         "shard_size": 1,  # the duplicate is found across shards, at the finalize
     }
-    job = state.create_job("acme", "build", spec)
+    job = state.jobs.create("acme", decode_spec("build", spec))
     enqueue(settings, BUILD_TASK, [job["id"]])
     done = _wait(state, job["id"], timeout=120)
     assert done["status"] == "succeeded", done

@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 
 from service.core.conversation import ChatExample
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
@@ -29,12 +30,12 @@ def _dataset(state: State, blobs: LocalBlobStore, tenant: str, examples: list[di
 def _wait(state: State, job_id: str, timeout: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        job = state.job(job_id)
+        job = state.jobs.get(job_id)
         assert job is not None
         if job["status"] in TERMINAL:
             return job
         time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {state.job(job_id)}")
+    raise AssertionError(f"job {job_id} did not finish: {state.jobs.get(job_id)}")
 
 
 def test_a_build_succeeds_in_a_real_worker(settings: Settings, worker: subprocess.Popen[bytes]) -> None:
@@ -42,7 +43,9 @@ def test_a_build_succeeds_in_a_real_worker(settings: Settings, worker: subproces
     blobs = LocalBlobStore(settings.blob_root)
     examples = mtbench_conversations() + sharegpt_conversations()[:200]
     dataset_id = _dataset(state, blobs, "acme", examples)
-    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {"model": "gpt-4o-mini"}})
+    job = state.jobs.create(
+        "acme", decode_spec("build", {"dataset_id": dataset_id, "recipe": {"model": "gpt-4o-mini"}})
+    )
     enqueue(settings, BUILD_TASK, [job["id"]])
 
     done = _wait(state, job["id"])
@@ -58,7 +61,7 @@ def test_a_build_succeeds_in_a_real_worker(settings: Settings, worker: subproces
     assert len(train) == report["examples_out"] == done["result"]["examples_out"]
     assert artifacts["train.jsonl"]["size"] == len(blobs.get(artifacts["train.jsonl"]["key"]))
 
-    events = state.events(done["id"])
+    events = state.jobs.events(done["id"])
     kinds = [kind for _, kind, _ in events]
     assert kinds[0] == "status"
     assert "progress" in kinds
@@ -72,7 +75,7 @@ def test_a_build_that_breaks_the_policies_fails_with_its_report(
     state = State.from_url(settings.redis_url)
     blobs = LocalBlobStore(settings.blob_root)
     dataset_id = _dataset(state, blobs, "acme", mtbench_conversations()[:5])  # fewer than the minimum of 10
-    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}})
+    job = state.jobs.create("acme", decode_spec("build", {"dataset_id": dataset_id, "recipe": {}}))
     enqueue(settings, BUILD_TASK, [job["id"]])
     done = _wait(state, job["id"])
     assert done["status"] == "failed"
@@ -85,7 +88,7 @@ def test_a_cancelled_queued_build_never_runs(settings: Settings, worker: subproc
     state = State.from_url(settings.redis_url)
     blobs = LocalBlobStore(settings.blob_root)
     dataset_id = _dataset(state, blobs, "acme", mtbench_conversations())
-    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}})
-    state.request_cancel(job["id"])
+    job = state.jobs.create("acme", decode_spec("build", {"dataset_id": dataset_id, "recipe": {}}))
+    state.jobs.request_cancel(job["id"])
     enqueue(settings, BUILD_TASK, [job["id"]])
     assert _wait(state, job["id"])["status"] == "cancelled"

@@ -15,6 +15,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import trl
 
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
@@ -75,7 +76,7 @@ def _start(settings: Settings, dataset_id: str, content_hash: str) -> dict[str, 
         },
         "profiles": {"gemma-like": content_hash},
     }
-    job = state.create_job("acme", "build", spec)
+    job = state.jobs.create("acme", decode_spec("build", spec))
     enqueue(settings, BUILD_TASK, [job["id"]])
     return _wait(state, job["id"], timeout=180)
 

@@ -7,6 +7,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.run import free_port, start_redis, stop
 from service.settings import Settings
@@ -33,11 +34,11 @@ def test_a_redis_restart_mid_build(tmp_path: Path) -> None:
         blobs = LocalBlobStore(settings.blob_root)
         examples = distinct_sharegpt(60)
         dataset_id = _dataset(state, blobs, "acme", examples)
-        job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}})
+        job = state.jobs.create("acme", decode_spec("build", {"dataset_id": dataset_id, "recipe": {}}))
         worker = _start_worker(settings, settings.data_dir / "worker.log")
         enqueue(settings, BUILD_TASK, [job["id"]])
         deadline = time.monotonic() + 30
-        while (state.job(job["id"]) or {}).get("done", 0) == 0:
+        while (state.jobs.get(job["id"]) or {}).get("done", 0) == 0:
             assert time.monotonic() < deadline, "the build never started"
             time.sleep(0.05)
         stop(redis)  # SIGTERM: redis-server flushes its AOF and exits
@@ -48,13 +49,13 @@ def test_a_redis_restart_mid_build(tmp_path: Path) -> None:
         # timeout (kombu 5.6 restores unacked messages slowly: about a minute more)
         done = _wait(state, job["id"], timeout=300)
         assert done["status"] in {"succeeded", "failed"}
-        statuses = [json.loads(d)["status"] for _, k, d in state.events(job["id"]) if k == "status"]
+        statuses = [json.loads(d)["status"] for _, k, d in state.jobs.events(job["id"]) if k == "status"]
         assert statuses.count(done["status"]) == 1
         assert len([s for s in statuses if s in {"succeeded", "failed", "cancelled"}]) == 1
 
         assert worker.poll() is None, (settings.data_dir / "worker.log").read_text()  # the worker survived
         second_ds = _dataset(state, blobs, "acme", mtbench_conversations())
-        second = state.create_job("acme", "build", {"dataset_id": second_ds, "recipe": {}})
+        second = state.jobs.create("acme", decode_spec("build", {"dataset_id": second_ds, "recipe": {}}))
         enqueue(settings, BUILD_TASK, [second["id"]])
         assert _wait(state, second["id"], timeout=60)["status"] == "succeeded"  # and keeps consuming
     finally:

@@ -22,6 +22,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from service.core.conversation import ChatExample
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.run import free_port, stop
 from service.settings import Settings
@@ -129,7 +130,7 @@ def _dataset(state: State, stores: list[BlobStore], examples: list[dict[str, Any
 def _build(settings: Settings, blobs: BlobStore, dataset_id: str) -> dict[str, Any]:
     """Run the build; it succeeds in 7 shards and leaves no work files. Returns the job."""
     state = State.from_url(settings.redis_url)
-    job = state.create_job("acme", "build", {"dataset_id": dataset_id, **SPEC})
+    job = state.jobs.create("acme", decode_spec("build", {"dataset_id": dataset_id, **SPEC}))
     enqueue(settings, BUILD_TASK, [job["id"]])
     done = _wait(state, job["id"], timeout=180)
     assert done["status"] == "succeeded", done

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.run import stop
 from service.settings import Settings
@@ -42,7 +43,7 @@ def _build(settings: Settings, dataset_id: str) -> dict[str, str]:
             "packed": {"seq_len": 2048, "template": "chatml", "rows_per_shard": 100},
         },
     }
-    job = state.create_job("acme", "build", spec)
+    job = state.jobs.create("acme", decode_spec("build", spec))
     enqueue(settings, BUILD_TASK, [job["id"]])
     done = _wait(state, job["id"], timeout=120)
     assert done["status"] == "succeeded", done
@@ -133,7 +134,7 @@ def test_dedupe_and_split_across_shards(settings: Settings, worker: object) -> N
     }
     hashes = []
     for _ in range(2):
-        job = state.create_job("acme", "build", spec)
+        job = state.jobs.create("acme", decode_spec("build", spec))
         enqueue(settings, BUILD_TASK, [job["id"]])
         done = _wait(state, job["id"], timeout=120)
         assert done["status"] == "succeeded", done
@@ -190,7 +191,7 @@ def test_outputs_select_the_files_and_large_sides_are_cut_into_parts(
         spec: dict[str, Any] = {"dataset_id": dataset_id, "recipe": {}, "shard_size": 500, "split": split}
         if outputs is not None:
             spec["outputs"] = outputs
-        job = state.create_job("acme", "build", spec)
+        job = state.jobs.create("acme", decode_spec("build", spec))
         enqueue(settings, BUILD_TASK, [job["id"]])
         done = _wait(state, job["id"], timeout=120)
         assert done["status"] == "succeeded", done

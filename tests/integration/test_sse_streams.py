@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 import httpx
 import pytest
 
+from service.jobs import decode_spec
 from service.run import free_port, start_redis, stop
 from service.store.state import State
 
@@ -177,7 +178,8 @@ def test_500_open_streams_and_vanishing_clients_leave_the_api_responsive(
     tenants = [f"t{i}" for i in range(5)]
     keys = {t: state.create_key(t) for t in tenants}
     jobs = {
-        t: [state.create_job(t, "build", {"dataset_id": "ds_x"})["id"] for _ in range(4)] for t in tenants
+        t: [state.jobs.create(t, decode_spec("build", {"dataset_id": "ds_x"}))["id"] for _ in range(4)]
+        for t in tenants
     }
     for t in tenants:
         state.create_dataset(t, "support", "chat", None)
@@ -189,7 +191,7 @@ def test_500_open_streams_and_vanishing_clients_leave_the_api_responsive(
         while not stop_events.wait(0.02):
             n += 1
             for t in tenants:
-                writer.progress(jobs[t][0], "shards", n, 10**9)
+                writer.jobs.progress(jobs[t][0], "shards", n, 10**9)
 
     caps = {"sse_max_streams": "500", "sse_max_streams_per_tenant": "100"}
     with api_process(redis_url, tmp_path, **caps) as api:
@@ -218,7 +220,7 @@ def test_500_open_streams_and_vanishing_clients_leave_the_api_responsive(
                 assert_problem(r, 429, "too-many-streams")
                 assert r.headers["retry-after"]
                 newcomer_key = state.create_key("t5")
-                newcomer_job = state.create_job("t5", "build", {"dataset_id": "ds_x"})["id"]
+                newcomer_job = state.jobs.create("t5", decode_spec("build", {"dataset_id": "ds_x"}))["id"]
                 r = await client.get(
                     f"/v1/jobs/{newcomer_job}/events", headers={"Authorization": f"Bearer {newcomer_key}"}
                 )
@@ -272,7 +274,7 @@ def test_stream_caps_keep_alive_and_disconnects(redis_url: str, tmp_path: Path) 
     state = State.from_url(redis_url)
     state.r.flushdb()
     keys = {t: state.create_key(t) for t in ("a", "b", "c")}
-    jobs = {t: state.create_job(t, "build", {"dataset_id": "ds_x"})["id"] for t in keys}
+    jobs = {t: state.jobs.create(t, decode_spec("build", {"dataset_id": "ds_x"}))["id"] for t in keys}
     caps = {"sse_max_streams": "3", "sse_max_streams_per_tenant": "2", "sse_keepalive_s": "0.3"}
     with api_process(redis_url, tmp_path, **caps, shutdown_grace_s="1") as api:
         base, port, log = api.base, api.port, api.log
@@ -355,9 +357,9 @@ def test_a_stream_ends_cleanly_when_redis_goes_away_and_resumes_after(tmp_path: 
     try:
         state = State.from_url(redis_url)
         key = state.create_key("acme")
-        job = state.create_job("acme", "build", {"dataset_id": "ds_x"})["id"]
-        state.transition(job, {"queued"}, "running")
-        state.progress(job, "shards", 1, 3)
+        job = state.jobs.create("acme", decode_spec("build", {"dataset_id": "ds_x"}))["id"]
+        state.jobs.start(job, "planning")
+        state.jobs.progress(job, "shards", 1, 3)
         auth = {"Authorization": f"Bearer {key}"}
         with api_process(redis_url, tmp_path) as api:
             url, log = f"{api.base}/v1/jobs/{job}/events", api.log
@@ -377,12 +379,12 @@ def test_a_stream_ends_cleanly_when_redis_goes_away_and_resumes_after(tmp_path: 
 
             redis = start_redis(redis_dir, redis_port)
             state = State.from_url(redis_url)
-            state.progress(job, "shards", 3, 3)
-            state.transition(job, {"running"}, "succeeded")
+            state.jobs.progress(job, "shards", 3, 3)
+            state.jobs.succeed(job, {})
             with httpx.stream("GET", url, headers={**auth, "Last-Event-ID": seen[-1]["id"]}, timeout=10) as r:
                 assert r.status_code == 200
                 rest = list(_sse_events(r))
-            stored = state.events(job)
+            stored = state.jobs.events(job)
             assert [e["id"] for e in seen + rest] == [event_id for event_id, _, _ in stored]
             assert [e["event"] for e in rest] == ["progress", "status"]
             assert rest[-1]["data"] == '{"status": "succeeded"}'

@@ -26,6 +26,7 @@ from service.core.encodings import BUILTIN_ENCODINGS
 from service.core.packing import IGNORE, document_from_view, piece_spans
 from service.core.templates import get_template
 from service.core.view import TrainingView, build_view
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
@@ -67,7 +68,7 @@ def _build(settings: Settings, dataset_id: str) -> dict[str, Any]:
         "split": {"validation_fraction": 0.1, "seed": 3},
         "outputs": SPEC_OUTPUTS,
     }
-    job = state.create_job("acme", "build", spec)
+    job = state.jobs.create("acme", decode_spec("build", spec))
     enqueue(settings, BUILD_TASK, [job["id"]])
     done = _wait(state, job["id"], timeout=240)
     assert done["status"] == "succeeded", done

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from service.jobs import decode_spec
 from service.queue import BUILD_TASK, enqueue
 from service.run import stop, worker_command
 from service.settings import Settings
@@ -68,25 +69,25 @@ def test_a_killed_worker_leaves_a_build_another_worker_finishes(quick_redelivery
     examples = distinct_sharegpt(60)  # 30,000 distinct conversations: a build of several seconds
     dataset_id = _dataset(state, blobs, "acme", examples)
     spec = {"dataset_id": dataset_id, "recipe": {}, "shard_size": 5000}
-    job = state.create_job("acme", "build", spec)
+    job = state.jobs.create("acme", decode_spec("build", spec))
 
     first = _start_worker(settings, settings.data_dir / "worker1.log")
     try:
         enqueue(settings, BUILD_TASK, [job["id"]])
         deadline = time.monotonic() + 30
-        while (state.job(job["id"]) or {}).get("done", 0) == 0:
+        while (state.jobs.get(job["id"]) or {}).get("done", 0) == 0:
             assert time.monotonic() < deadline, "the build never started"
             time.sleep(0.05)
         os.killpg(first.pid, signal.SIGKILL)  # the main process and its pool child, mid-build
         first.wait()
     finally:
         stop(first)
-    assert state.job(job["id"])["status"] == "running"  # type: ignore[index]
+    assert state.jobs.get(job["id"])["status"] == "running"  # type: ignore[index]
 
     second = _start_worker(settings, settings.data_dir / "worker2.log")
     try:
         done = _wait(state, job["id"], timeout=180)
-        undisturbed = state.create_job("acme", "build", spec)
+        undisturbed = state.jobs.create("acme", decode_spec("build", spec))
         enqueue(settings, BUILD_TASK, [undisturbed["id"]])
         calm = _wait(state, undisturbed["id"], timeout=120)
     finally:
@@ -97,7 +98,7 @@ def test_a_killed_worker_leaves_a_build_another_worker_finishes(quick_redelivery
     assert done["status"] == "succeeded", done
     assert done["result"]["shards"] == 6
     assert done["result"]["examples"] == len(examples)
-    statuses = [json.loads(d)["status"] for _, kind, d in state.events(job["id"]) if kind == "status"]
+    statuses = [json.loads(d)["status"] for _, kind, d in state.jobs.events(job["id"]) if kind == "status"]
     assert statuses == ["queued", "running", "succeeded"]
 
 
@@ -106,20 +107,22 @@ def test_cancel_stops_a_sharded_build_and_leaves_no_final_artifacts(settings: Se
     blobs = LocalBlobStore(settings.blob_root)
     examples = distinct_sharegpt(10)
     dataset_id = _dataset(state, blobs, "acme", examples)
-    job = state.create_job("acme", "build", {"dataset_id": dataset_id, "recipe": {}, "shard_size": 200})
+    job = state.jobs.create(
+        "acme", decode_spec("build", {"dataset_id": dataset_id, "recipe": {}, "shard_size": 200})
+    )
     worker = _start_worker(settings, settings.data_dir / "worker.log")
     try:
         enqueue(settings, BUILD_TASK, [job["id"]])
         deadline = time.monotonic() + 30
-        while (state.job(job["id"]) or {}).get("done", 0) == 0:
+        while (state.jobs.get(job["id"]) or {}).get("done", 0) == 0:
             assert time.monotonic() < deadline, "no shard finished"
             time.sleep(0.02)
-        state.request_cancel(job["id"])
+        state.jobs.request_cancel(job["id"])
         done = _wait(state, job["id"], timeout=60)
     finally:
         stop(worker)
     assert done["status"] == "cancelled"
-    statuses = [json.loads(d)["status"] for _, kind, d in state.events(job["id"]) if kind == "status"]
+    statuses = [json.loads(d)["status"] for _, kind, d in state.jobs.events(job["id"]) if kind == "status"]
     assert statuses == ["queued", "running", "cancelled"]
     left = blobs.list(f"acme/jobs/{job['id']}")
     assert left == []  # no final artifacts, no work files

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -50,3 +51,51 @@ def test_the_core_has_modules() -> None:
 def test_the_service_never_imports_the_workers(path: Path) -> None:
     """The API enqueues tasks by name; only the workers import the service, never the reverse."""
     assert not [n for n in _imports(path) if n == "workers" or n.startswith("workers.")]
+
+
+def _modules(folder: str) -> list[Path]:
+    return sorted((ROOT / folder).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", _modules("service/api"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_api_never_imports_the_cli(path: Path) -> None:
+    """The CLI is a client of the core and the stores; the API must not depend on it."""
+    assert not [n for n in _imports(path) if n == "service.cli" or n.startswith("service.cli.")]
+
+
+@pytest.mark.parametrize("path", _modules("service/store"), ids=lambda p: str(p.relative_to(ROOT)))
+def test_the_stores_never_import_the_webhook_sender(path: Path) -> None:
+    """Stores record; sending is the workers' (through `service.webhooks.send`), never a store's."""
+    assert "service.webhooks.send" not in _imports(path)
+
+
+JOB_KEY = re.compile(r"tuneset:job|job:\{")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules("service") + _modules("workers") if not p.is_relative_to(ROOT / "service" / "jobs")],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_only_the_jobs_package_spells_job_keys(path: Path) -> None:
+    """A job's Redis keys are `service.jobs.keys`'s alone: a key spelled elsewhere escapes the
+    state machine (its expiry, its atomic transitions)."""
+    assert not [line for line in path.read_text().splitlines() if JOB_KEY.search(line)]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in _modules("service") + _modules("workers") if p != ROOT / "service" / "queue.py"],
+    ids=lambda p: str(p.relative_to(ROOT)),
+)
+def test_task_names_are_spelled_only_in_the_queue_module(path: Path) -> None:
+    from service.queue import LANES
+
+    text = path.read_text()
+    assert not [name for name in LANES if f'"{name}"' in text]
+
+
+def test_the_key_check_finds_a_spelled_key() -> None:
+    assert JOB_KEY.search('r.hget(f"tuneset:job:{job_id}", "status")')
+    assert JOB_KEY.search('P + f"job:{job_id}:events"')
+    assert not JOB_KEY.search("jobs.get(job_id)")
