@@ -30,8 +30,9 @@ from service.api.bodies import require_json_body, tools_cap, webhook_cap
 from service.api.errors import exception_handlers
 from service.api.health import MetricsMiddleware
 from service.core.models import load_table
+from service.metrics import QueueCollector
 from service.settings import Settings, get_settings
-from service.store.state import State
+from service.store.state import NOTIFY, State
 
 
 def _version() -> str:
@@ -89,6 +90,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         state=State.from_url(settings.redis_url, settings.job_retention_s),
         metrics=Metrics(),
         table=load_table(),
+    )
+    services.metrics.registry.register(
+        QueueCollector(services.state.r, [settings.cpu_queue, settings.io_queue], NOTIFY)
     )
     # synchronous tools answer from memory: a body cap of their own, checked before reading
     tools_router = Router(

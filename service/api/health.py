@@ -94,7 +94,7 @@ async def readyz(services: NamedDependency[Services]) -> Health:
     "/metrics",
     operation_id="metrics",
     tags=["health"],
-    sync_to_thread=False,
+    sync_to_thread=True,  # queue depths are read from Redis: never on the event loop
     media_type="text/plain",
 )
 def metrics(services: NamedDependency[Services]) -> Response[bytes]:

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import redis
 
+from service.metrics import record_job_transition
+
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 P = "tuneset:"
@@ -210,6 +212,7 @@ class State:
         if spec.get("dataset_id"):  # so deleting the dataset finds the files built from it
             pipe.sadd(P + f"ds:{spec['dataset_id']}:jobs", job_id)
         pipe.execute()
+        record_job_transition(kind, "queued")
         self.event(job_id, "status", {"status": "queued"})
         return self.job(job_id) or job
 
@@ -254,6 +257,7 @@ class State:
         reply: Any = self.r.eval(_TRANSITION, len(keys), *keys, *argv)
         done: bool = reply == 1
         if done:
+            record_job_transition(str(self.r.hget(job_key(job_id), "kind")), to)
             self.event(
                 job_id, "status", {"status": to, **({"error": fields["error"]} if "error" in fields else {})}
             )
