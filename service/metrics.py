@@ -22,6 +22,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+# Every metric here has labels, so no value exists (and, in multiprocess mode, no file is opened)
+# until it is first recorded: the worker can clear the directory at start (workers.metrics).
 
 JOB_TRANSITIONS = Counter(
     "tuneset_job_transitions",
@@ -67,7 +69,9 @@ WEBHOOK_ATTEMPTS = Counter(
 )
 WEBHOOK_DURATION = Histogram(
     "tuneset_webhook_attempt_duration_seconds",
-    "Time one webhook delivery attempt took, until the receiver's status line or the failure.",
+    "Time one webhook delivery attempt took, until the receiver's status line or the failure, by "
+    "outcome.",
+    ["outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
 )
@@ -111,8 +115,9 @@ def record_redelivery(job_id: str, task: str, source: str = "lease") -> None:
 
 def record_webhook_attempt(status_code: int | None, error: str | None, seconds: float) -> None:
     """One delivery attempt, as `service.webhooks.send.Attempt` reports it."""
-    WEBHOOK_ATTEMPTS.labels(_webhook_outcome(status_code, error)).inc()
-    WEBHOOK_DURATION.observe(seconds)
+    outcome = _webhook_outcome(status_code, error)
+    WEBHOOK_ATTEMPTS.labels(outcome).inc()
+    WEBHOOK_DURATION.labels(outcome).observe(seconds)
 
 
 def _webhook_outcome(status_code: int | None, error: str | None) -> str:
