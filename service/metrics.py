@@ -69,8 +69,7 @@ WEBHOOK_ATTEMPTS = Counter(
 )
 WEBHOOK_DURATION = Histogram(
     "tuneset_webhook_attempt_duration_seconds",
-    "Time one webhook delivery attempt took, until the receiver's status line or the failure, by "
-    "outcome.",
+    "Time one webhook delivery attempt took, until the receiver's status line or the failure, by outcome.",
     ["outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
     registry=REGISTRY,
@@ -199,7 +198,9 @@ class QueueCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         depth = GaugeMetricFamily(
-            "tuneset_queue_depth", "Steps waiting in each Celery queue (its Redis list's length).", labels=["queue"]
+            "tuneset_queue_depth",
+            "Steps waiting in each Celery queue (its Redis list's length).",
+            labels=["queue"],
         )
         up = GaugeMetricFamily("tuneset_queue_redis_up", "1 when Redis answered this scrape, else 0.")
         try:
@@ -234,10 +235,15 @@ def render_process_metrics() -> bytes:
     """This process's shared metrics, or, with PROMETHEUS_MULTIPROC_DIR set, the sum over every
     process that wrote there."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        MultiProcessCollector(registry)
-        return generate_latest(registry)
+        return generate_latest(multiprocess_registry())
     return generate_latest(REGISTRY)
+
+
+def multiprocess_registry() -> CollectorRegistry:
+    """The sum of what every process wrote under PROMETHEUS_MULTIPROC_DIR, read at each scrape."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    return registry
 
 
 _SAFE_ERROR = re.compile(r"[^A-Za-z0-9_]")

@@ -10,6 +10,7 @@ pod's vanish with it, as Prometheus expects of a target).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -17,12 +18,13 @@ from typing import Any
 
 from celery import Task
 from celery.signals import task_postrun, task_prerun, worker_init, worker_process_shutdown, worker_ready
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client import start_http_server
+from prometheus_client.multiprocess import mark_process_dead
 
-from service.metrics import REDELIVERIES, STEP_DURATION, STEPS_RUNNING, step_name
+from service.metrics import REDELIVERIES, STEP_DURATION, STEPS_RUNNING, multiprocess_registry, step_name
 from service.settings import get_settings
 
+log = logging.getLogger("tuneset.steps")
 _started: dict[str, float] = {}  # task id → perf_counter at its start, in the child running it
 
 
@@ -50,9 +52,10 @@ def _serve_metrics(**_: Any) -> None:
     if settings.worker_metrics_port is None:
         return
     if _multiproc_dir() is None:
-        raise RuntimeError("TUNESET_WORKER_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR (a writable directory)")
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+        raise RuntimeError(
+            "TUNESET_WORKER_METRICS_PORT needs PROMETHEUS_MULTIPROC_DIR (a writable directory)"
+        )
+    registry = multiprocess_registry()
     start_http_server(settings.worker_metrics_port, settings.worker_metrics_host, registry=registry)
 
 
@@ -60,7 +63,7 @@ def _serve_metrics(**_: Any) -> None:
 def _forget_child(pid: int | None = None, **_: Any) -> None:
     """A pool child that exits takes its 'running' gauge with it; its counters stay summed."""
     if _multiproc_dir() is not None:
-        mark_process_dead(pid or os.getpid())
+        mark_process_dead(pid or os.getpid())  # type: ignore[no-untyped-call]
 
 
 @task_prerun.connect  # type: ignore[untyped-decorator]
@@ -80,4 +83,6 @@ def _step_ended(task_id: str, task: Task, state: str | None = None, **_: Any) ->
     step = step_name(task.name)
     STEPS_RUNNING.labels(step).dec()
     outcome = {"SUCCESS": "success", "RETRY": "retry"}.get(state or "", "failure")
-    STEP_DURATION.labels(step, outcome).observe(time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    STEP_DURATION.labels(step, outcome).observe(seconds)
+    log.info("step %s: %s in %.3f s", step, outcome, seconds, extra={"step": step, "outcome": outcome})

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from celery import bootsteps
 from celery.signals import celeryd_init
@@ -35,7 +35,7 @@ def write_heartbeat(path: Path) -> None:
 class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
     """Runs while the consumer consumes: started once connected, stopped on connection loss."""
 
-    requires = {"celery.worker.consumer.tasks:Tasks"}
+    requires: ClassVar[set[str]] = {"celery.worker.consumer.tasks:Tasks"}
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

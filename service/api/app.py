@@ -10,6 +10,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
+from service import logs
 from service.api import (
     Metrics,
     Services,
@@ -135,7 +136,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[providers.receive_provider_webhook],
         request_max_body_size=webhook_cap(settings),
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[v1, hooks, docs.assets_router(), health.livez, health.readyz, health.metrics],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
@@ -146,3 +147,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_shutdown=[services.close],
         debug=False,
     )
+    logs.configure(settings.log_format)  # after Litestar's own logging set-up, which it replaces
+    return app

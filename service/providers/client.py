@@ -150,7 +150,9 @@ def make_client(
         raise ValueError(f"provider {profile.name!r}: Azure needs an api_version")
     # The SDK types `http_client` as an httpx2 client, and takes an httpx one too (it checks for
     # either at run time); the guard, shared with webhook deliveries, is built on httpx.
-    http = cast("httpx2.Client", guarded_client(allow, resolve, timeout=timeout, transport=metered_transport()))
+    http = cast(
+        "httpx2.Client", guarded_client(allow, resolve, timeout=timeout, transport=metered_transport())
+    )
     if profile.kind == "azure":
         return openai.AzureOpenAI(
             api_key=profile.api_key,

@@ -82,7 +82,13 @@ def test_core_kinds_pass_kubernetes_validate_strict(overlay: str) -> None:
     docs = render(overlay)
     core = [d for d in docs if not d["apiVersion"].startswith("keda.sh/")]
     kinds = {d["kind"] for d in core}
-    assert {"Deployment", "Service", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy"} <= kinds
+    assert {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+    } <= kinds
     for doc in core:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
 
@@ -192,9 +198,16 @@ def test_api_probes_and_disruption(overlay: str) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/livez"
     assert "replicas" not in api["spec"]  # the HPA's
     hpa = named(docs, "HorizontalPodAutoscaler", "tuneset-api")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tuneset-api"}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "tuneset-api",
+    }
     pdb = named(docs, "PodDisruptionBudget", "tuneset-api")
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= api["spec"]["template"]["metadata"]["labels"].items()
+    )
     # a disruption budget the HPA's minimum can meet: draining a node never blocks for ever
     assert pdb["spec"].get("minAvailable", 0) < hpa["spec"]["minReplicas"]
     grace = int(config_of(docs)["TUNESET_SHUTDOWN_GRACE_S"])
@@ -220,7 +233,9 @@ def test_each_scaled_object_scales_the_worker_of_its_queue(overlay: str) -> None
         (trigger,) = scaled["spec"]["triggers"]
         assert trigger["type"] == "redis"
         queue = _worker_queue(deployment)
-        assert trigger["metadata"]["listName"] == queue  # kombu keeps a queue's messages in a list of its name
+        assert (
+            trigger["metadata"]["listName"] == queue
+        )  # kombu keeps a queue's messages in a list of its name
         assert "replicas" not in deployment["spec"]
         command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
         concurrency = int(command[command.index("--concurrency") + 1])
@@ -230,7 +245,10 @@ def test_each_scaled_object_scales_the_worker_of_its_queue(overlay: str) -> None
         if overlay == "prod" or queue == Settings().io_queue:
             assert scaled["spec"]["minReplicaCount"] >= 1, (overlay, queue)  # the dispatcher always runs
         if overlay == "prod":
-            assert trigger["authenticationRef"]["name"] == named(docs, "TriggerAuthentication", "tuneset-keda-redis")["metadata"]["name"]
+            assert (
+                trigger["authenticationRef"]["name"]
+                == named(docs, "TriggerAuthentication", "tuneset-keda-redis")["metadata"]["name"]
+            )
         else:
             assert trigger["metadata"]["address"].startswith("tuneset-redis.tuneset-dev.svc")
         seen.add(queue)
@@ -299,18 +317,29 @@ def test_network_policies_deny_by_default_and_open_ingress_to_the_api_only(overl
     deny = named(docs, "NetworkPolicy", "tuneset-default-deny")
     assert deny["spec"]["podSelector"] == {}
     assert set(deny["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    assert "ingress" not in deny["spec"] and "egress" not in deny["spec"]
+    assert "ingress" not in deny["spec"]
+    assert "egress" not in deny["spec"]
     for policy in policies:
         for rule in policy["spec"].get("ingress", []):
             if "from" not in rule:  # open to every source
                 assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "api"
     workers = named(docs, "NetworkPolicy", "tuneset-workers")
-    public = [r for r in workers["spec"]["egress"] if r.get("to", [{}])[0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0"]
+    public = [
+        r
+        for r in workers["spec"]["egress"]
+        if r.get("to", [{}])[0].get("ipBlock", {}).get("cidr") == "0.0.0.0/0"
+    ]
     (rule,) = public
-    assert {"10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"} <= set(rule["to"][0]["ipBlock"]["except"])
+    assert {"10.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16"} <= set(
+        rule["to"][0]["ipBlock"]["except"]
+    )
     # Redis is reachable from the API and the workers
     for name in ("tuneset-api", "tuneset-workers"):
-        ports = {p["port"] for r in named(docs, "NetworkPolicy", name)["spec"]["egress"] for p in r.get("ports", [])}
+        ports = {
+            p["port"]
+            for r in named(docs, "NetworkPolicy", name)["spec"]["egress"]
+            for p in r.get("ports", [])
+        }
         assert 6379 in ports, name
     dns = named(docs, "NetworkPolicy", "tuneset-dns")
     assert {p["port"] for p in dns["spec"]["egress"][0]["ports"]} == {53}

@@ -4,6 +4,7 @@ delivery that fails, and provider calls to the local fake provider. Scraped over
 
 from __future__ import annotations
 
+import json
 import subprocess
 import time
 import urllib.request
@@ -80,16 +81,22 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Any]:
             "TUNESET_WORKER_METRICS_PORT": str(port),
             "TUNESET_WORKER_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
             "TUNESET_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
+            "TUNESET_LOG_FORMAT": "json",
         }
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                worker_command(settings, concurrency=2), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT
+                worker_command(settings, concurrency=2),
+                env=env,
+                cwd=ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         worker = Worker(proc, port, log)
         started.append(worker)
         deadline = time.monotonic() + 60
         while b"ready." not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.1)
         return worker
 
@@ -110,7 +117,9 @@ def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_work
         assert value(before, "tuneset_queue_redis_up") == 1
         assert value(before, "tuneset_queue_depth", queue="tuneset.cpu") == 0
         dead = free_port()  # nothing listens there: the delivery fails with a connection error
-        hook = client.post("/v1/webhooks/subscriptions", json={"url": f"http://127.0.0.1:{dead}/h"}, headers=_auth(key))
+        hook = client.post(
+            "/v1/webhooks/subscriptions", json={"url": f"http://127.0.0.1:{dead}/h"}, headers=_auth(key)
+        )
         assert hook.status_code == 201, hook.text
         ds = client.post("/v1/datasets", json={"name": "m", "kind": "chat"}, headers=_auth(key)).json()["id"]
         pushed = client.post(
@@ -156,6 +165,12 @@ def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_work
     assert value(found, "tuneset_steps_running", step="build_shard") == 0
     assert value(found, "tuneset_webhook_attempt_duration_seconds_count", outcome="connect_error") >= 1
     assert value(found, "tuneset_webhook_attempts_total", outcome="delivered") == 0
+    # its JSON log lines name the job and tenant of each step, and never the webhook's secret
+    lines = [json.loads(line) for line in worker.log.read_text().splitlines() if line.startswith("{")]
+    steps = [line for line in lines if line["logger"] == "tuneset.steps" and line.get("job_id") == job_id]
+    assert sorted(line["step"] for line in steps) == ["build", "build_finalize", *["build_shard"] * 3]
+    assert {line["tenant"] for line in steps} == {"acme"}
+    assert hook.json()["secret"][6:] not in worker.log.read_text()
     # the pool ran the steps in more than one process, and the port summed them
     pids = {p.stem.rsplit("_", 1)[-1] for p in (worker.log.parent / "metrics").glob("*.db")}
     assert len(pids) >= 2, pids
@@ -172,14 +187,26 @@ def test_provider_calls_are_timed_and_their_errors_counted() -> None:
             client.fine_tuning.jobs.list()
     after = samples(_render())
     count = "tuneset_provider_request_duration_seconds_count"
-    assert value(after, count, operation="files.list", status="200") == value(before, count, operation="files.list", status="200") + 1
+    assert (
+        value(after, count, operation="files.list", status="200")
+        == value(before, count, operation="files.list", status="200") + 1
+    )
     errors = "tuneset_provider_request_errors_total"
-    assert value(after, errors, operation="fine_tuning.jobs.list", error="503") == value(before, errors, operation="fine_tuning.jobs.list", error="503") + 1
-    listed = [v for (name, labels), v in after.items() if name == errors and ("operation", "files.list") in labels]
-    assert sum(listed) == sum(v for (name, labels), v in before.items() if name == errors and ("operation", "files.list") in labels)
+    assert (
+        value(after, errors, operation="fine_tuning.jobs.list", error="503")
+        == value(before, errors, operation="fine_tuning.jobs.list", error="503") + 1
+    )
+    listed = [
+        v for (name, labels), v in after.items() if name == errors and ("operation", "files.list") in labels
+    ]
+    assert sum(listed) == sum(
+        v for (name, labels), v in before.items() if name == errors and ("operation", "files.list") in labels
+    )
 
     # a provider that does not answer: the transport error is counted by its name
-    closed = ProviderProfile(name="down", base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="sk-test-key")
+    closed = ProviderProfile(
+        name="down", base_url=f"http://127.0.0.1:{free_port()}/v1", api_key="sk-test-key"
+    )
     down = make_client(closed, allow=Allowlist(frozenset({"127.0.0.1"})), max_retries=0)
     with pytest.raises(Exception, match=r"(?i)connection"):
         down.files.list(purpose="fine-tune")
