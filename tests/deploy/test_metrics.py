@@ -5,12 +5,8 @@ delivery that fails, and provider calls to the local fake provider. Scraped over
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 from litestar.testing import TestClient
@@ -20,13 +16,12 @@ from service.api.app import create_app
 from service.metrics import REGISTRY
 from service.providers.client import ProviderProfile, make_client
 from service.providers.fake import run_fake_provider
-from service.run import free_port, stop, worker_command
+from service.run import free_port
 from service.settings import Settings
 from service.ssrf import Allowlist
-from service.store.secrets import new_key
 from service.store.state import TERMINAL, State
 from tests.conftest import jsonl, mtbench_conversations
-from tests.integration.conftest import ROOT, settings_env
+from tests.deploy.conftest import StartWorker, Worker
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -43,73 +38,16 @@ def value(found: Samples, name: str, **labels: str) -> float:
     return found.get((name, frozenset(labels.items())), 0.0)
 
 
-@pytest.fixture
-def settings(redis_url: str, tmp_path: Path) -> Settings:
-    State.from_url(redis_url).r.flushdb()
-    return Settings(
-        redis_url=redis_url,
-        data_dir=tmp_path / "data",
-        build_time_limit_s=60,
-        visibility_timeout_s=90,
-        secret_key=new_key(),
-        webhook_allow_hosts=["127.0.0.1"],
-    )
-
-
-class Worker:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.proc, self.port, self.log = proc, port, log
-
-    def scrape(self) -> Samples:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as response:
-            return samples(response.read().decode())
-
-
-@pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Any]:
-    """Starts a worker as its pod runs it: two pool processes, metrics summed on a port."""
-    started: list[Worker] = []
-
-    def start() -> Worker:
-        port = free_port()
-        log = tmp_path / "worker.log"
-        (tmp_path / "metrics").mkdir(exist_ok=True)
-        env = {
-            **settings_env(settings),
-            "TUNESET_SECRET_KEY": settings.secret_key.get_secret_value() if settings.secret_key else "",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-            "TUNESET_WORKER_METRICS_PORT": str(port),
-            "TUNESET_WORKER_HEARTBEAT_FILE": str(tmp_path / "heartbeat"),
-            "TUNESET_WEBHOOK_ALLOW_HOSTS": '["127.0.0.1"]',
-            "TUNESET_LOG_FORMAT": "json",
-        }
-        with log.open("wb") as out:
-            proc = subprocess.Popen(
-                worker_command(settings, concurrency=2),
-                env=env,
-                cwd=ROOT,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        worker = Worker(proc, port, log)
-        started.append(worker)
-        deadline = time.monotonic() + 60
-        while b"ready." not in log.read_bytes():
-            assert proc.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
-        return worker
-
-    yield start
-    for worker in started:
-        stop(worker.proc)
+def scrape(worker: Worker) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=10) as response:
+        return samples(response.read().decode())
 
 
 def _auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_worker: Any) -> None:
+def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_worker: StartWorker) -> None:
     state = State.from_url(settings.redis_url)
     key = state.create_key("acme")
     with TestClient(create_app(settings)) as client:
@@ -150,7 +88,7 @@ def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_work
         # the worker's figures, summed over its processes
         deadline = time.monotonic() + 30
         while True:
-            found = worker.scrape()
+            found = scrape(worker)
             if value(found, "tuneset_webhook_attempts_total", outcome="connect_error") >= 1:
                 break
             assert time.monotonic() < deadline, (found, worker.log.read_text()[-3000:])
@@ -172,7 +110,7 @@ def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_work
     assert {line["tenant"] for line in steps} == {"acme"}
     assert hook.json()["secret"][6:] not in worker.log.read_text()
     # the pool ran the steps in more than one process, and the port summed them
-    pids = {p.stem.rsplit("_", 1)[-1] for p in (worker.log.parent / "metrics").glob("*.db")}
+    pids = {p.stem.rsplit("_", 1)[-1] for p in (worker.log.parent / "metrics0").glob("*.db")}
     assert len(pids) >= 2, pids
 
 
