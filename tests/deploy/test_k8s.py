@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 import shlex
 import subprocess
 import sys
@@ -38,8 +39,12 @@ QUEUES = (Settings().cpu_queue, Settings().io_queue)
 
 @functools.cache
 def render(overlay: str) -> tuple[dict[str, Any], ...]:
+    return render_dir(K8S / "overlays" / overlay)
+
+
+def render_dir(directory: Path) -> tuple[dict[str, Any], ...]:
     out = subprocess.run(
-        [str(KUBECTL), "kustomize", str(K8S / "overlays" / overlay)],
+        [str(KUBECTL), "kustomize", str(directory)],
         capture_output=True,
         text=True,
         check=False,
@@ -343,3 +348,46 @@ def test_network_policies_deny_by_default_and_open_ingress_to_the_api_only(overl
         assert 6379 in ports, name
     dns = named(docs, "NetworkPolicy", "tuneset-dns")
     assert {p["port"] for p in dns["spec"]["egress"][0]["ports"]} == {53}
+
+
+# -- alerts ----------------------------------------------------------------------------------
+
+
+def _sample_names(registry: Any) -> set[str]:
+    """The series names a registry's metrics expose (a counter `x` as `x_total`, a histogram's
+    `_bucket`, `_count` and `_sum`), whether or not they have values yet."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    return {family.name + s for family in registry.collect() for s in suffixes[family.type]}
+
+
+def test_every_alert_watches_a_metric_tuneset_exposes_and_is_explained(redis_url: str) -> None:
+    from service import metrics
+    from service.api import Metrics
+    from service.store.state import NOTIFY, State
+
+    exposed = _sample_names(metrics.REGISTRY) | _sample_names(Metrics().registry)
+    exposed |= _sample_names(metrics.QueueCollector(State.from_url(redis_url).r, QUEUES, NOTIFY))
+    assert {"tuneset_queue_depth", "tuneset_job_endings_pending", "tuneset_queue_redis_up"} <= exposed
+    docs = render_dir(K8S / "monitoring")
+    (rule,) = of_kind(docs, "PrometheusRule")
+    readme = (ROOT / "deploy" / "README.md").read_text()
+    alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
+    assert len(alerts) >= 8
+    for alert in alerts:
+        named_metrics = set(re.findall(r"\btuneset_[a-z_]+", alert["expr"]))
+        assert named_metrics or "up{" in alert["expr"], alert["alert"]  # ours, or Prometheus's own
+        assert named_metrics <= exposed, (alert["alert"], named_metrics - exposed)
+        assert alert["labels"]["severity"] in {"warning", "critical"}
+        assert alert["annotations"]["summary"]
+        assert alert["annotations"]["description"]
+        assert f"`{alert['alert']}`" in readme, alert["alert"]
+    monitors = {d["kind"]: d for d in docs if d["kind"] in ("ServiceMonitor", "PodMonitor")}
+    prod = render("prod")
+    worker_port = named(prod, "Deployment", "tuneset-worker-cpu")["spec"]["template"]["spec"]["containers"][
+        0
+    ]["ports"][0]
+    assert monitors["PodMonitor"]["spec"]["podMetricsEndpoints"][0]["port"] == worker_port["name"]
+    assert (
+        monitors["ServiceMonitor"]["spec"]["endpoints"][0]["port"]
+        == named(prod, "Service", "tuneset-api")["spec"]["ports"][0]["name"]
+    )
