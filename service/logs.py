@@ -98,8 +98,11 @@ def use_json(handler: logging.Handler) -> None:
 
 def configure(log_format: str, level: int = logging.INFO) -> None:
     """JSON lines on stderr: the root logger's only handler, which the library loggers that had
-    their own (uvicorn's, Litestar's) propagate to. Text (the default) leaves logging as it was."""
+    their own (uvicorn's, Litestar's) propagate to. Text (the default) leaves the handlers as
+    they are."""
     if log_format != "json":
+        # uvicorn already prints a line per request in text mode; ours would repeat it
+        logging.getLogger("tuneset.access").setLevel(logging.WARNING)
         return
     root = logging.getLogger()
     if not any(isinstance(h.formatter, MaskedJsonFormatter) for h in root.handlers):

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from celery import bootsteps
-from celery.signals import celeryd_init
+from celery.signals import celeryd_init, worker_init
 
 from service.settings import get_settings
 from workers.app import app
@@ -62,6 +62,15 @@ class Heartbeat(bootsteps.StartStopStep):  # type: ignore[misc]
 
 
 app.steps["consumer"].add(Heartbeat)
+
+
+@worker_init.connect  # type: ignore[untyped-decorator]
+def _forget_old_heartbeat(**_: Any) -> None:
+    """A heartbeat left by this container's previous run (the emptyDir outlives it) must not pass
+    the startup probe for a worker that is not consuming yet."""
+    path = get_settings().worker_heartbeat_file
+    if path is not None:
+        path.unlink(missing_ok=True)
 
 
 @celeryd_init.connect  # type: ignore[untyped-decorator]

@@ -51,10 +51,12 @@ class Api:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
 
-@pytest.fixture
-def api(redis_url: str, tmp_path: Path) -> Iterator[Api]:
-    """`tuneset api` as a pod runs it: its own process, JSON lines on stderr."""
+@pytest.fixture(scope="module")
+def api(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """`tuneset api` as a pod runs it: its own process, JSON lines on stderr (shared by this
+    module's tests: each reads the lines of its own requests)."""
     State.from_url(redis_url).r.flushdb()
+    tmp_path = tmp_path_factory.mktemp("api")
     port = free_port()
     log = tmp_path / "api.log"
     env = {
