@@ -1,14 +1,16 @@
 """Real worker processes started the way deploy/k8s starts them (their pod's environment), on the
-session's redis-server."""
+session's redis-server, and what their metrics say."""
 
 from __future__ import annotations
 
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.run import free_port, stop, worker_command
 from service.settings import Settings
@@ -80,3 +82,23 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
     yield start
     for worker in started:
         stop(worker.proc)
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+def scrape(worker: Worker) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=10) as response:
+        return samples(response.read().decode())

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 
 import pytest
 from litestar.testing import TestClient
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client import generate_latest
 
 from service.api.app import create_app
 from service.metrics import REGISTRY
@@ -21,26 +20,7 @@ from service.settings import Settings
 from service.ssrf import Allowlist
 from service.store.state import TERMINAL, State
 from tests.conftest import jsonl, mtbench_conversations
-from tests.deploy.conftest import StartWorker, Worker
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
-
-
-def scrape(worker: Worker) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{worker.port}/metrics", timeout=10) as response:
-        return samples(response.read().decode())
+from tests.deploy.conftest import StartWorker, samples, scrape, value
 
 
 def _auth(key: str) -> dict[str, str]:
@@ -152,8 +132,6 @@ def test_provider_calls_are_timed_and_their_errors_counted() -> None:
 
 
 def _render() -> str:
-    from prometheus_client import generate_latest
-
     return generate_latest(REGISTRY).decode()
 
 

@@ -22,7 +22,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from service.store.state import State
 from tests.conftest import jsonl, mtbench_conversations
-from tests.deploy.conftest import StartWorker, Worker
+from tests.deploy.conftest import StartWorker, Worker, scrape, value
 from tests.integration.conftest import ROOT
 
 
@@ -133,3 +133,13 @@ def test_sigterm_hands_a_running_step_back_to_its_queue(
     _until(lambda: state.r.llen(settings.io_queue) == 1, 5, "the step was not handed back")
     print(f"\nSIGTERM → worker gone in {stopped:.1f} s, its running step back in {settings.io_queue}")
     assert stopped < 15, worker.log.read_text()[-3000:]
+
+    # the next worker takes it at once, and counts it as handed out again
+    taken = len(held)
+    other = start_worker(
+        queues=settings.io_queue, concurrency=1, REMAP_SIGTERM="SIGQUIT", TUNESET_WORKER_SOFT_SHUTDOWN_S="1"
+    )
+    _until(lambda: len(held) > taken, 30, "no worker took the handed-back step")
+    found = scrape(other)
+    assert value(found, "tuneset_redeliveries_total", step="deliver", source="broker") == 1
+    assert value(found, "tuneset_steps_running", step="deliver") == 1
