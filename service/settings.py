@@ -132,6 +132,29 @@ class Settings(BaseSettings):
         "takes longer than this.",
     )
 
+    # -- operations: logs, worker metrics, worker liveness and shutdown (deploy/k8s) -------------
+    log_format: Literal["text", "json"] = Field(
+        "text",
+        description="`json`: one JSON object a line carrying request_id, job_id and tenant, secrets masked.",
+    )
+    worker_metrics_port: int | None = Field(
+        None,
+        description="Port a worker serves its Prometheus metrics on, summed over its processes "
+        "(needs PROMETHEUS_MULTIPROC_DIR); off when unset.",
+    )
+    worker_metrics_host: str = Field("127.0.0.1", description="Address the worker metrics port binds.")
+    worker_heartbeat_file: Path | None = Field(
+        None,
+        description="File a worker's event loop touches every few seconds; `python -m workers.probe` "
+        "checks its age (liveness). Off when unset.",
+    )
+    worker_soft_shutdown_s: float = Field(
+        0.0,
+        ge=0,
+        description="On a cold shutdown (SIGQUIT, or SIGTERM with REMAP_SIGTERM=SIGQUIT) running steps get "
+        "this long to finish, then they are handed back to the queue.",
+    )
+
     @property
     def blob_root(self) -> Path:
         return self.blob_dir or self.data_dir / "blobs"

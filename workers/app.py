@@ -19,7 +19,7 @@ def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     if settings.visibility_timeout_s <= settings.build_time_limit_s:
         raise ValueError("TUNESET_VISIBILITY_TIMEOUT_S must exceed TUNESET_BUILD_TIME_LIMIT_S")
-    app = Celery("tuneset", broker=settings.redis_url, include=["workers.tasks"])
+    app = Celery("tuneset", broker=settings.redis_url, include=["workers.tasks", "workers.ops"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

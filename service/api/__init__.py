@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from service.api.streams import StreamSlots
 from service.core.models import ModelTable
+from service.metrics import render_process_metrics
 from service.settings import Settings
 from service.store.blobs import BlobStore, blob_store_from_settings
 from service.store.events import EventFeed
@@ -60,7 +61,8 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This app's counters, then the process-wide ones (`service.metrics`: jobs, steps, queues)."""
+        return generate_latest(self.registry) + render_process_metrics()
 
 
 class Services:

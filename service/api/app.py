@@ -10,6 +10,7 @@ from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme, Tag
 
+from service import logs
 from service.api import (
     Metrics,
     Services,
@@ -30,8 +31,9 @@ from service.api.bodies import require_json_body, tools_cap, webhook_cap
 from service.api.errors import exception_handlers
 from service.api.health import MetricsMiddleware
 from service.core.models import load_table
+from service.metrics import QueueCollector
 from service.settings import Settings, get_settings
-from service.store.state import State
+from service.store.state import NOTIFY, State
 
 
 def _version() -> str:
@@ -90,6 +92,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         metrics=Metrics(),
         table=load_table(),
     )
+    services.metrics.registry.register(
+        QueueCollector(services.state.r, [settings.cpu_queue, settings.io_queue], NOTIFY)
+    )
     # synchronous tools answer from memory: a body cap of their own, checked before reading
     tools_router = Router(
         path="/",
@@ -131,7 +136,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[providers.receive_provider_webhook],
         request_max_body_size=webhook_cap(settings),
     )
-    return Litestar(
+    app = Litestar(
         route_handlers=[v1, hooks, docs.assets_router(), health.livez, health.readyz, health.metrics],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
@@ -142,3 +147,5 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_shutdown=[services.close],
         debug=False,
     )
+    logs.configure(settings.log_format)  # after Litestar's own logging set-up, which it replaces
+    return app

@@ -13,6 +13,7 @@ from litestar import Request
 from litestar.connection import ASGIConnection
 from litestar.handlers.base import BaseRouteHandler
 
+from service import logs
 from service.api import Services
 from service.api.errors import ApiProblem
 
@@ -40,6 +41,7 @@ async def require_tenant(connection: ASGIConnection[Any, Any, Any, Any], _: Base
     if tenant is None:
         raise _unauthorized("the API key is not valid")
     connection.state.tenant = tenant
+    logs.bind(tenant=tenant)
 
 
 def provide_tenant(request: Request[Any, Any, Any]) -> str:

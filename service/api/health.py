@@ -4,7 +4,10 @@ Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
+import uuid
 from collections.abc import Awaitable
 
 from litestar import Response, get
@@ -15,13 +18,18 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from service import logs
 from service.api import Metrics, Services
 from service.api.errors import ApiProblem, problems
 from service.api.schemas import Health
 
+access = logging.getLogger("tuneset.access")
+
 
 class MetricsMiddleware(ASGIMiddleware):
-    """Counts every HTTP request by its route template (not its path: bounded label values)."""
+    """Counts every HTTP request by its route template (not its path: bounded label values), and
+    gives it a request id (the caller's `X-Request-ID` when it is a sane one) that its log lines
+    carry and its response returns; logs one line per request."""
 
     scopes = (ScopeType.HTTP,)
 
@@ -31,11 +39,15 @@ class MetricsMiddleware(ASGIMiddleware):
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         status = 500
         start = time.perf_counter()
+        request_id = _request_id(scope)
+        path_params = scope.get("path_params") or {}
+        logs.bind(request_id=request_id, job_id=path_params.get("job_id"), tenant=None)
 
         async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
@@ -43,8 +55,33 @@ class MetricsMiddleware(ASGIMiddleware):
         finally:
             route = scope.get("path_template") or "unmatched"
             method = scope.get("method", "")
+            elapsed = time.perf_counter() - start
             self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            self.metrics.latency.labels(method, route).observe(elapsed)
+            access.info(
+                "%s %s %d",
+                method,
+                route,
+                status,
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "duration_ms": round(elapsed * 1000, 1),
+                },
+            )
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", []):
+        if name == b"x-request-id":
+            given = value.decode("latin-1")
+            if _REQUEST_ID.fullmatch(given):
+                return given
+    return uuid.uuid4().hex
 
 
 @get("/livez", operation_id="livez", tags=["health"], sync_to_thread=False)
@@ -94,7 +131,7 @@ async def readyz(services: NamedDependency[Services]) -> Health:
     "/metrics",
     operation_id="metrics",
     tags=["health"],
-    sync_to_thread=False,
+    sync_to_thread=True,  # queue depths are read from Redis: never on the event loop
     media_type="text/plain",
 )
 def metrics(services: NamedDependency[Services]) -> Response[bytes]:

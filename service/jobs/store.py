@@ -27,6 +27,7 @@ import redis
 from service.jobs import keys
 from service.jobs.errors import Code, JobError
 from service.jobs.specs import JobSpec, decode_spec, encode_spec, kind_of
+from service.metrics import record_job_transition
 from service.store.ids import new_id, now
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -40,6 +41,7 @@ _LIVE = frozenset({"queued", "running"})
 # KEYS[1] job hash, KEYS[2] the notification list, KEYS[3] the job's event stream, KEYS[4] its
 # set of finished shards; ARGV: allowed-from statuses (comma separated), to, the job id, "1" when
 # `to` is terminal, the retention (seconds) for a job created without one, then field/value pairs.
+# Returns the job's kind (a string) when it moved, 0 when its status did not allow it, -1 when gone.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -54,7 +56,7 @@ for allowed in string.gmatch(ARGV[1], '[^,]+') do
       redis.call('EXPIRE', KEYS[3], ttl)
       redis.call('EXPIRE', KEYS[4], ttl)
     end
-    return 1
+    return redis.call('HGET', KEYS[1], 'kind') or ''
   end
 end
 return 0
@@ -107,6 +109,7 @@ class Jobs:
         if dataset_id:  # so deleting the dataset finds the files built from it
             pipe.sadd(keys.dataset_jobs_key(dataset_id), job_id)
         pipe.execute()
+        record_job_transition(str(job["kind"]), "queued")
         self.event(job_id, "status", {"status": "queued"})
         return self.get(job_id) or job
 
@@ -204,8 +207,11 @@ class Jobs:
             keys.shards_done_key(job_id),
         )
         reply: Any = self.r.eval(_TRANSITION, len(script_keys), *script_keys, *argv)
-        moved: bool = reply == 1
+        if isinstance(reply, bytes):  # a client without decode_responses
+            reply = reply.decode()
+        moved = isinstance(reply, str)
         if moved:
+            record_job_transition(reply, to)
             event: dict[str, Any] = {"status": to}
             if "error" in fields:
                 event["error"] = fields["error"]

@@ -37,6 +37,7 @@ from openai.types.fine_tuning import (
     job_create_params,
 )
 
+from service.metrics import metered_transport
 from service.ssrf import Allowlist, HostUnresolved, Resolver, UrlRefused, guarded_client, system_resolve
 
 if TYPE_CHECKING:
@@ -149,7 +150,9 @@ def make_client(
         raise ValueError(f"provider {profile.name!r}: Azure needs an api_version")
     # The SDK types `http_client` as an httpx2 client, and takes an httpx one too (it checks for
     # either at run time); the guard, shared with webhook deliveries, is built on httpx.
-    http = cast("httpx2.Client", guarded_client(allow, resolve, timeout=timeout))
+    http = cast(
+        "httpx2.Client", guarded_client(allow, resolve, timeout=timeout, transport=metered_transport())
+    )
     if profile.kind == "azure":
         return openai.AzureOpenAI(
             api_key=profile.api_key,

@@ -6,6 +6,7 @@ import time
 
 import httpx
 
+from service.metrics import record_webhook_attempt
 from service.ssrf import UrlRefused
 from service.webhooks.attempt import Attempt
 
@@ -38,4 +39,5 @@ def send_once(client: httpx.Client, url: str, body: bytes, headers: dict[str, st
     except (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError) as exc:
         error = f"{type(exc).__name__}: {exc}"
     latency_ms = round((time.perf_counter() - start) * 1000, 1)
+    record_webhook_attempt(status, error, latency_ms / 1000)
     return Attempt(at=at, status_code=status, latency_ms=latency_ms, error=error, ok=error is None)
