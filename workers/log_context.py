@@ -11,7 +11,7 @@ from celery.signals import after_setup_logger, after_setup_task_logger, task_pre
 
 from service import logs
 from service.settings import get_settings
-from service.store.state import job_key
+from workers.runtime import runtime
 
 
 @after_setup_logger.connect  # type: ignore[untyped-decorator]
@@ -22,17 +22,12 @@ def _json_handlers(logger: Any = None, **_: Any) -> None:
 
 
 _tenants: dict[str, str | None] = {}  # job id → tenant, for the steps this process runs
-_redis: list[redis.Redis] = []
 
 
 def _tenant_of(job_id: str) -> str | None:
     if job_id not in _tenants:
-        if not _redis:
-            _redis.append(
-                redis.Redis.from_url(get_settings().redis_url, decode_responses=True, socket_timeout=5)
-            )
         try:
-            tenant: Any = _redis[0].hget(job_key(job_id), "tenant")
+            tenant = runtime().jobs.tenant_of(job_id)
         except redis.RedisError:
             return None  # the step will meet the outage itself; its lines go without a tenant
         if len(_tenants) > 10_000:

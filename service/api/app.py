@@ -31,9 +31,10 @@ from service.api.bodies import require_json_body, tools_cap, webhook_cap
 from service.api.errors import exception_handlers
 from service.api.health import MetricsMiddleware
 from service.core.models import load_table
+from service.jobs.keys import NOTIFY
 from service.metrics import QueueCollector
 from service.settings import Settings, get_settings
-from service.store.state import NOTIFY, State
+from service.store.state import State
 
 
 def _version() -> str:

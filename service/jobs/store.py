@@ -129,6 +129,11 @@ class Jobs:
         job["cancel_requested"] = raw.get("cancel_requested") == "1"
         return job
 
+    def tenant_of(self, job_id: str) -> str | None:
+        """The job's tenant alone (one field, for log lines), None when the job is gone."""
+        tenant: str | None = self.r.hget(keys.job_key(job_id), "tenant")  # type: ignore[assignment]
+        return tenant
+
     def tenant_job(self, tenant: str, job_id: str) -> dict[str, Any] | None:
         job = self.get(job_id)
         return job if job and job["tenant"] == tenant else None

@@ -363,7 +363,8 @@ def _sample_names(registry: Any) -> set[str]:
 def test_every_alert_watches_a_metric_tuneset_exposes_and_is_explained(redis_url: str) -> None:
     from service import metrics
     from service.api import Metrics
-    from service.store.state import NOTIFY, State
+    from service.jobs.keys import NOTIFY
+    from service.store.state import State
 
     exposed = _sample_names(metrics.REGISTRY) | _sample_names(Metrics().registry)
     exposed |= _sample_names(metrics.QueueCollector(State.from_url(redis_url).r, QUEUES, NOTIFY))

@@ -58,7 +58,7 @@ def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_work
 
         worker = start_worker()
         deadline = time.monotonic() + 90
-        while (job := state.job(job_id)) is None or job["status"] not in TERMINAL:
+        while (job := state.jobs.get(job_id)) is None or job["status"] not in TERMINAL:
             assert time.monotonic() < deadline, job
             time.sleep(0.2)
         assert job["status"] == "succeeded", job
