@@ -10,6 +10,8 @@ import os
 import signal
 import statistics
 import subprocess
+import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,8 +116,6 @@ def dataset_with_examples(client: httpx.Client, key: str, copies: int) -> str:
 
 def wait_terminal(state: State, job_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
     """Each job's record once all of them are terminal (fails after `timeout` naming the others)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         jobs = {j: state.job(j) for j in job_ids}
@@ -126,7 +126,9 @@ def wait_terminal(state: State, job_ids: list[str], timeout: float) -> dict[str,
         }
         if not left:
             return {j: job for j, job in jobs.items() if job is not None}
-        assert time.monotonic() < deadline, f"{len(left)} jobs not terminal after {timeout} s: {left}"
+        assert time.monotonic() < deadline, (
+            f"{len(left)} jobs not terminal after {timeout} s: {Counter(left.values())}, e.g. {list(left)[:3]}"
+        )
         time.sleep(0.2)
 
 
