@@ -48,7 +48,10 @@ class ArtifactDownload(Operation):
         if isinstance(ok, OpenAPIResponse):
             binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
             types = sorted({*MEDIA_TYPES.values(), "application/octet-stream"})
-            ok.content = {media: OpenAPIMediaType(schema=binary) for media in types}
+            ok.content = {  # a .json artifact is any JSON document (a report, a manifest)
+                media: OpenAPIMediaType(schema=Schema() if media == "application/json" else binary)
+                for media in types
+            }
 
 
 def job_out(job: dict[str, Any]) -> Job:

@@ -68,7 +68,7 @@ def test_30_concurrent_requests_with_one_key_take_effect_once(redis_url: str, tm
         r = http.post("/v1/datasets", json={"name": "race", "kind": "chat"}, headers=auth(key))
         dataset_id = r.json()["id"]
         body = jsonl_of(distinct_sharegpt(EXAMPLES // 500))
-        push = {
+        push: dict[str, Any] = {
             "content": body,
             "headers": {**auth(key), "Content-Type": "application/jsonl", "Idempotency-Key": "push-1"},
         }
@@ -78,7 +78,7 @@ def test_30_concurrent_requests_with_one_key_take_effect_once(redis_url: str, tm
         batches = http.get(f"/v1/datasets/{dataset_id}/batches", headers=auth(key)).json()["items"]
         again = http.post(f"/v1/datasets/{dataset_id}/batches", **push)
 
-        build = {
+        build: dict[str, Any] = {
             "json": {"model": "gpt-4o-mini", "policies": {"consecutive_same_role": "fix"}},
             "headers": {**auth(key), "Idempotency-Key": "build-1"},
         }
