@@ -8,9 +8,8 @@ of the other kind than its dataset. By default one bad line rejects the batch (4
 problem listed, nothing stored); `?on_invalid=skip` stores the good lines and lists the rest.
 Stored batches are canonical JSONL of the converted examples, one blob per batch.
 
-An `Idempotency-Key` makes a retry safe: the first response is kept and replayed for the same
-key and request; the same key with another body (or dataset or query) is refused with 422,
-and 409 answers while the first request is still being processed.
+An `Idempotency-Key` makes a retry safe (`service.api.idempotency`); it is bound to the dataset,
+the query and the raw body.
 """
 
 from __future__ import annotations
@@ -25,13 +24,13 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
-from litestar.params import FromPath, HeaderParameter, QueryParameter, RawBody
+from litestar.params import FromPath, QueryParameter, RawBody
 
 from service.api import Services
 from service.api.bodies import JSON_TYPE, is_json, media_type, unsupported
 from service.api.errors import ApiProblem, not_found, problems
+from service.api.idempotency import IdempotencyKey, idempotent
 from service.api.schemas import (
-    IDEMPOTENCY_KEY_PATTERN,
     Batch,
     BatchCreated,
     BatchJson,
@@ -55,7 +54,6 @@ from service.core.problems import CODES
 from service.store.state import new_id, now
 
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
-IN_FLIGHT_TTL_S = 600  # an Idempotency-Key held by a request that never finished frees itself
 
 _encoder = msgspec.json.Encoder()
 _batch_json = msgspec.json.Decoder(BatchJson)
@@ -234,59 +232,21 @@ class BatchController(Controller):
             Literal["reject", "skip"],
             QueryParameter(description="reject: any bad line refuses the batch; skip: store the good lines"),
         ] = "reject",
-        idempotency_key: Annotated[
-            str | None,
-            HeaderParameter(
-                name="Idempotency-Key",
-                pattern=IDEMPOTENCY_KEY_PATTERN,
-                description="makes retries of this request safe (1-255 printable ASCII characters)",
-            ),
-        ] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> Response[BatchCreated]:
         """Push examples into a dataset; every line is checked before anything is stored."""
-        state, settings = services.state, services.settings
-        dataset = state.get_dataset(tenant, dataset_id)
+        dataset = services.state.get_dataset(tenant, dataset_id)
         if dataset is None:
             raise not_found("dataset", dataset_id)
         fmt_value = format_param(fmt)
-        if idempotency_key is None:
-            return self._push(request, dataset, body, fmt_value, on_invalid, tenant, services)
-
-        fingerprint = request_fingerprint(dataset_id, request.url.query, body)
-        ttl = settings.idempotency_ttl_s
-        record = state.idempotency_begin(tenant, idempotency_key, fingerprint, min(ttl, IN_FLIGHT_TTL_S))
-        if record is not None:
-            if record.get("body") != fingerprint:
-                raise ApiProblem(
-                    422,
-                    "idempotency-key-reused",
-                    "this Idempotency-Key was used with another request (body, dataset or query)",
-                )
-            if record.get("state") != "done":
-                raise ApiProblem(
-                    409,
-                    "request-in-flight",
-                    "a request with this Idempotency-Key is still being processed",
-                    headers={"Retry-After": "1"},
-                )
-            services.metrics.batches.labels("replayed").inc()
-            return Response(
-                record["response"], status_code=int(record["status"]), headers={"Idempotent-Replayed": "true"}
-            )
-        try:
-            response = self._push(request, dataset, body, fmt_value, on_invalid, tenant, services)
-        except BaseException:
-            state.idempotency_abort(tenant, idempotency_key)  # an error is not kept: retry freely
-            raise
-        state.idempotency_finish(
+        return idempotent(
+            services,
             tenant,
             idempotency_key,
-            fingerprint,
-            response.status_code or 201,
-            msgspec.to_builtins(response.content),
-            ttl,
+            request_fingerprint(dataset_id, request.url.query, body),
+            lambda: self._push(request, dataset, body, fmt_value, on_invalid, tenant, services),
+            on_replay=services.metrics.batches.labels("replayed").inc,
         )
-        return response
 
     def _push(
         self,

@@ -19,6 +19,7 @@ from litestar.params import FromPath, JSONBody
 
 from service.api import Services
 from service.api.errors import ApiProblem, not_found, problems
+from service.api.idempotency import IdempotencyKey, fingerprint, idempotent
 from service.api.profiles import profile_store, unknown_profile
 from service.api.providers import guarded_url, provider_store, secret_box
 from service.api.schemas import BuildRequest, BuildStarted, FineTuneOptions, ProblemItem
@@ -100,16 +101,26 @@ def outputs_of(data: BuildRequest, tenant: str, services: Services) -> tuple[Out
     status_code=202,
     tags=["builds"],
     sync_to_thread=True,
-    responses=problems(401, 404, 422, 503),
+    responses=problems(401, 404, 409, 422, 503),
 )
 def start_build(
     dataset_id: FromPath[str],
     data: JSONBody[BuildRequest],
     tenant: NamedDependency[str],
     services: NamedDependency[Services],
+    idempotency_key: IdempotencyKey = None,
 ) -> Response[BuildStarted]:
     """Start a build of the whole dataset: validate, repair and account it; store report.json and
     the provider JSONL as the job's artifacts. Follow it at /v1/jobs/{job_id}."""
+    bound_to = fingerprint("startBuild", dataset_id, msgspec.json.encode(data))
+    return idempotent(
+        services, tenant, idempotency_key, bound_to, lambda: _start_build(dataset_id, data, tenant, services)
+    )
+
+
+def _start_build(
+    dataset_id: str, data: BuildRequest, tenant: str, services: Services
+) -> Response[BuildStarted]:
     state = services.state
     dataset = state.get_dataset(tenant, dataset_id)
     if dataset is None:

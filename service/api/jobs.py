@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
 from litestar import Controller, Response, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    Schema,
+)
 from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, Stream
 
@@ -25,9 +34,24 @@ SCAN_LIMIT = 2000  # ids examined at most per filtered page; the cursor continue
 MEDIA_TYPES = {
     ".json": "application/json",
     ".jsonl": "application/jsonl",
-    ".html": "text/html; charset=utf-8",
+    ".html": "text/html",  # Litestar adds `; charset=utf-8` to text/ types
     ".parquet": "application/vnd.apache.parquet",
 }
+
+
+@dataclass
+class ArtifactDownload(Operation):
+    """OpenAPI: an artifact is served with the media type its name gives (MEDIA_TYPES)."""
+
+    def __post_init__(self) -> None:
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            binary = Schema(type=OpenAPIType.STRING, format=OpenAPIFormat.BINARY)
+            types = sorted({*MEDIA_TYPES.values(), "application/octet-stream"})
+            ok.content = {  # a .json artifact is any JSON document (a report, a manifest)
+                media: OpenAPIMediaType(schema=Schema() if media == "application/json" else binary)
+                for media in types
+            }
 
 
 def job_out(job: dict[str, Any]) -> Job:
@@ -187,6 +211,7 @@ class JobController(Controller):
         "/{job_id:str}/artifacts/{name:path}",
         operation_id="downloadArtifact",
         sync_to_thread=True,
+        operation_class=ArtifactDownload,
         responses={
             200: ResponseSpec(
                 data_container=bytes,

@@ -133,9 +133,18 @@ class State:
         return json.loads(raw) if raw else {"body": body_hash, "state": "in_flight"}
 
     def idempotency_finish(
-        self, tenant: str, key: str, body_hash: str, status: int, response: Any, ttl_s: int
+        self,
+        tenant: str,
+        key: str,
+        body_hash: str,
+        status: int,
+        response: Any,
+        ttl_s: int,
+        headers: dict[str, str] | None = None,
     ) -> None:
         record = {"body": body_hash, "state": "done", "status": status, "response": response}
+        if headers:
+            record["headers"] = headers
         self.r.set(P + f"idem:{tenant}:{hash_key(key)}", json.dumps(record), ex=ttl_s)
 
     def idempotency_abort(self, tenant: str, key: str) -> None:
