@@ -59,7 +59,9 @@ def api_process(redis_url: str, tmp_path: Path, **env: str) -> Iterator[Api]:
         )
     base = f"http://{HOST}:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = (
+            time.monotonic() + 60
+        )  # importing the API (tokenizers, pyarrow, ...) is slow on a busy machine
         while True:
             try:
                 if httpx.get(f"{base}/livez", timeout=1).status_code == 200:
