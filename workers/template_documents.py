@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import tiktoken
 
@@ -56,7 +57,7 @@ class TemplateDocuments:
         self._special: dict[str, int] = {}
         self._constants: dict[tuple[Piece, ...], tuple[list[int], list[tuple[int, str]]]] = {}
         self._system: OrderedDict[str, list[int]] = OrderedDict()
-        self._known: dict[str, list[int]] | None = None
+        self._known: dict[str, array[int]] | None = None
         self._frames: dict[tuple[str, bool, bool], _Frame | None] = {}
 
     @property
@@ -122,12 +123,12 @@ class TemplateDocuments:
             got = self._special[token] = self.c.special_id(token)
         return got
 
-    def _encode(self, text: str, cache: bool) -> list[int]:
+    def _encode(self, text: str, cache: bool) -> Sequence[int]:
         known = self._known
         if known is not None:
-            got = known.get(text)
-            if got is not None:
-                return got
+            kept = known.get(text)
+            if kept is not None:
+                return kept
         if not cache or len(text) < SYSTEM_CACHE_MIN_CHARS:
             return encode_text(self.enc, text)
         got = self._system.get(text)
