@@ -230,6 +230,20 @@ def _numbered(names: list[str], start: int) -> dict[str, int]:
     return {name: start + i for i, name in enumerate(names)}
 
 
+def _qwen(name: str, pattern: str, specials: list[str], rank_count: int) -> TiktokenPreset:
+    """A Qwen preset: its added tokens follow the ranks; all but a few are control tokens."""
+    return TiktokenPreset(
+        name,
+        pattern,
+        _numbered(specials, rank_count),
+        not_control=_QWEN_TEXT_TOKENS,
+        nfc=True,
+        eos_token="<|im_end|>",
+        rank_count=rank_count,
+        extra={"pad_token": "<|endoftext|>"},
+    )
+
+
 TIKTOKEN_PRESETS: dict[str, TiktokenPreset] = {
     "llama3": TiktokenPreset(
         "llama3",
@@ -240,37 +254,10 @@ TIKTOKEN_PRESETS: dict[str, TiktokenPreset] = {
         rank_count=128000,
     ),
     # Qwen2 / Qwen2.5: 22 added tokens after the ranks
-    "qwen2": TiktokenPreset(
-        "qwen2",
-        _QWEN_PATTERN,
-        _numbered(_QWEN2_SPECIALS, 151643),
-        not_control=_QWEN_TEXT_TOKENS,
-        nfc=True,
-        eos_token="<|im_end|>",
-        rank_count=151643,
-        extra={"pad_token": "<|endoftext|>"},
-    ),
+    "qwen2": _qwen("qwen2", _QWEN_PATTERN, _QWEN2_SPECIALS, 151643),
     # Qwen3: the same ranks, four more added tokens (<tool_response>, </tool_response>, <think>, </think>)
-    "qwen3": TiktokenPreset(
-        "qwen3",
-        _QWEN_PATTERN,
-        _numbered(_QWEN3_SPECIALS, 151643),
-        not_control=_QWEN_TEXT_TOKENS,
-        nfc=True,
-        eos_token="<|im_end|>",
-        rank_count=151643,
-        extra={"pad_token": "<|endoftext|>"},
-    ),
-    "qwen3_5": TiktokenPreset(
-        "qwen3_5",
-        _QWEN3_5_PATTERN,
-        _numbered(_QWEN3_5_SPECIALS, 248044),
-        not_control=_QWEN_TEXT_TOKENS,
-        nfc=True,
-        eos_token="<|im_end|>",
-        rank_count=248044,
-        extra={"pad_token": "<|endoftext|>"},
-    ),
+    "qwen3": _qwen("qwen3", _QWEN_PATTERN, _QWEN3_SPECIALS, 151643),
+    "qwen3_5": _qwen("qwen3_5", _QWEN3_5_PATTERN, _QWEN3_5_SPECIALS, 248044),
     # gpt-oss: the o200k ranks tuneset ships, with the harmony special tokens.
     "o200k_harmony": TiktokenPreset(
         "o200k_harmony",
