@@ -172,6 +172,18 @@ _QWEN3_5_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen's tokenizer.json marks these added tokens special=false: markup the model writes as text.
+_QWEN2_MARKUP = [
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
+_QWEN3_MARKUP = ["<tool_response>", "</tool_response>", "<think>", "</think>"]
 _QWEN2_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -187,16 +199,9 @@ _QWEN2_SPECIALS = [
     "<|vision_pad|>",
     "<|image_pad|>",
     "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
+    *_QWEN2_MARKUP,
 ]
-_QWEN3_SPECIALS = [*_QWEN2_SPECIALS, "<tool_response>", "</tool_response>", "<think>", "</think>"]
+_QWEN3_SPECIALS = [*_QWEN2_SPECIALS, *_QWEN3_MARKUP]
 _QWEN3_5_SPECIALS = [
     *_QWEN3_SPECIALS,
     "<|audio_start|>",
@@ -207,23 +212,7 @@ _QWEN3_5_SPECIALS = [
     "<tts_text_bos_single>",
     "<|audio_pad|>",
 ]
-# Qwen's tokenizer.json marks these added tokens special=false: markup the model writes as text.
-_QWEN_TEXT_TOKENS = frozenset(
-    [
-        "<tool_call>",
-        "</tool_call>",
-        "<|fim_prefix|>",
-        "<|fim_middle|>",
-        "<|fim_suffix|>",
-        "<|fim_pad|>",
-        "<|repo_name|>",
-        "<|file_sep|>",
-        "<tool_response>",
-        "</tool_response>",
-        "<think>",
-        "</think>",
-    ]
-)
+_QWEN_TEXT_TOKENS = frozenset([*_QWEN2_MARKUP, *_QWEN3_MARKUP])
 
 
 def _numbered(names: list[str], start: int) -> dict[str, int]:
