@@ -142,8 +142,8 @@ def _shape_runs(
     print(f"        by stage, whole:   {stage_text(big.peak_by_stage)}")
     print(
         f"    (2) throughput on {full.bytes / 1e6:.2f} MB, 1 worker: without token-level outputs "
-        f"{plain.mb_per_s:.3f} MB/s ({plain.wall_s:.2f} s), with packed + tokenized "
-        f"{token.mb_per_s:.3f} MB/s ({token.wall_s:.2f} s); ratio {ratio:.3f}   "
+        f"{plain.mb_per_s:.4f} MB/s ({plain.wall_s:.2f} s), with packed + tokenized "
+        f"{token.mb_per_s:.4f} MB/s ({token.wall_s:.2f} s); ratio {ratio:.3f}   "
         f"target >= {TARGET_THROUGHPUT}   {verdict(ratio >= TARGET_THROUGHPUT)}"
     )
     spans = dict(token.stage_s)
