@@ -451,18 +451,12 @@ def environment() -> str:
 # The run
 
 
-def bench(mb: float, batch_mb: float, shard_size: int, repeats: int, out_dir: Path) -> dict[str, Any]:
-    print("tuneset build benchmark: throughput with 1 and 2 workers, peak worker memory")
-    print(f"environment: {environment()}")
-    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    lines = list(canonical_lines(int(mb * 1e6)))
-    generated = time.perf_counter() - started
-    small_lines = lines[: max(1, round(len(lines) * SMALL_FRACTION))]
-    batch_bytes = int(batch_mb * 1e6)
+@contextlib.contextmanager
+def bench_services(prefix: str) -> Iterator[tuple[Settings, State, LocalBlobStore]]:
+    """A redis-server on a free port and a local blob store in a temporary folder, for the
+    builds of one benchmark run; stopped and removed afterwards."""
     procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="tuneset-bench-build-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         try:
             redis_port = free_port()
             procs.append(start_redis(Path(tmp) / "redis", redis_port))
@@ -474,36 +468,49 @@ def bench(mb: float, batch_mb: float, shard_size: int, repeats: int, out_dir: Pa
                 visibility_timeout_s=VISIBILITY_TIMEOUT_S,
             )
             state = State.from_url(settings.redis_url)
-            blobs = LocalBlobStore(settings.blob_root)
-            full = store_dataset(state, blobs, "bench chats", lines, batch_bytes)
-            small = store_dataset(state, blobs, "bench chats (half)", small_lines, batch_bytes)
-            del lines, small_lines
-            print(
-                f"data: {full.bytes:,} bytes = {full.bytes / 1e6:.2f} MB of canonical chat JSONL, "
-                f"{full.examples:,} distinct multi-turn examples (a system prompt from "
-                f"{len(SYSTEM_PROMPTS)} products + "
-                f"{MIN_PAIRS}-{MAX_PAIRS} real user/assistant pairs each), generated in {generated:.1f} s; "
-                f"{len(full.batches)} batches of up to {batch_mb:g} MB; MB = bytes / 1e6"
-            )
-            print(
-                f"setup: redis-server at {settings.redis_url}, local blob store under {settings.blob_root}; "
-                f"workers: celery worker --concurrency 1 each; recipe default, shard_size {shard_size:,} "
-                f"examples, no packing; wall = enqueue to `succeeded`; RSS sampled every "
-                f"{SAMPLE_S * 1e3:.0f} ms over each worker's process tree"
-            )
-            runs: dict[str, list[BuildResult]] = {"full_1w": [], "full_2w": [], "half_1w": []}
-            print(
-                f"runs: {repeats} of each build, interleaved (1 worker, 2 workers, 1 worker on the half), "
-                f"each with fresh workers"
-            )
-            for rep in range(1, repeats + 1):
-                for label, dataset, n in (("full_1w", full, 1), ("full_2w", full, 2), ("half_1w", small, 1)):
-                    name = f"{label}_r{rep}"
-                    runs[label].append(run_build(settings, state, dataset, n, shard_size, name, out_dir))
+            yield settings, state, LocalBlobStore(settings.blob_root)
             state.r.close()
         finally:
             for proc in reversed(procs):
                 stop(proc)
+
+
+def bench(mb: float, batch_mb: float, shard_size: int, repeats: int, out_dir: Path) -> dict[str, Any]:
+    print("tuneset build benchmark: throughput with 1 and 2 workers, peak worker memory")
+    print(f"environment: {environment()}")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} (1, 5, 15 min)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    lines = list(canonical_lines(int(mb * 1e6)))
+    generated = time.perf_counter() - started
+    small_lines = lines[: max(1, round(len(lines) * SMALL_FRACTION))]
+    batch_bytes = int(batch_mb * 1e6)
+    with bench_services("tuneset-bench-build-") as (settings, state, blobs):
+        full = store_dataset(state, blobs, "bench chats", lines, batch_bytes)
+        small = store_dataset(state, blobs, "bench chats (half)", small_lines, batch_bytes)
+        del lines, small_lines
+        print(
+            f"data: {full.bytes:,} bytes = {full.bytes / 1e6:.2f} MB of canonical chat JSONL, "
+            f"{full.examples:,} distinct multi-turn examples (a system prompt from "
+            f"{len(SYSTEM_PROMPTS)} products + "
+            f"{MIN_PAIRS}-{MAX_PAIRS} real user/assistant pairs each), generated in {generated:.1f} s; "
+            f"{len(full.batches)} batches of up to {batch_mb:g} MB; MB = bytes / 1e6"
+        )
+        print(
+            f"setup: redis-server at {settings.redis_url}, local blob store under {settings.blob_root}; "
+            f"workers: celery worker --concurrency 1 each; recipe default, shard_size {shard_size:,} "
+            f"examples, no packing; wall = enqueue to `succeeded`; RSS sampled every "
+            f"{SAMPLE_S * 1e3:.0f} ms over each worker's process tree"
+        )
+        runs: dict[str, list[BuildResult]] = {"full_1w": [], "full_2w": [], "half_1w": []}
+        print(
+            f"runs: {repeats} of each build, interleaved (1 worker, 2 workers, 1 worker on the half), "
+            f"each with fresh workers"
+        )
+        for rep in range(1, repeats + 1):
+            for label, dataset, n in (("full_1w", full, 1), ("full_2w", full, 2), ("half_1w", small, 1)):
+                name = f"{label}_r{rep}"
+                runs[label].append(run_build(settings, state, dataset, n, shard_size, name, out_dir))
 
     print()
     print(f"(1) build throughput on {full.bytes / 1e6:.2f} MB ({full.examples:,} examples)")

@@ -30,10 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -43,13 +40,11 @@ from typing import Any
 import msgspec
 
 from bench.build import (
-    BUILD_TIME_LIMIT_S,
-    HOST,
     OUT_DIR,
     SAMPLE_S,
-    VISIBILITY_TIMEOUT_S,
     BuildResult,
     Dataset,
+    bench_services,
     best,
     canonical_lines,
     environment,
@@ -61,9 +56,8 @@ from bench.build import (
     verdict,
 )
 from bench.ingest import sigterm_exits
-from bench.validate_throughput import SEED, SHORT_MAX_PAIRS, SHORT_MIN_PAIRS, short_turns
+from bench.validate_throughput import SEED, short_conversations
 from service.core.conversation import ChatExample
-from service.run import free_port, start_redis, stop
 from service.settings import Settings
 from service.store.blobs import LocalBlobStore
 from service.store.state import State
@@ -86,24 +80,11 @@ TOKEN_OUTPUTS: dict[str, Any] = {
 
 
 def short_lines(target_bytes: int, seed: int = SEED) -> Iterator[bytes]:
-    """hh-rlhf-like examples (`bench.validate_throughput.generate_short`'s), as canonical lines."""
-    rng = random.Random(seed + 2)
-    turns = short_turns(rng)
-    users, assistants = turns["user"], turns["assistant"]
-    seen: set[tuple[tuple[int, int], ...]] = set()
+    """hh-rlhf-like examples (`bench.validate_throughput.short_conversations`), as canonical lines."""
     size = 0
-    while size < target_bytes:
-        n = rng.randint(SHORT_MIN_PAIRS, SHORT_MAX_PAIRS)
-        picks = tuple((rng.randrange(len(users)), rng.randrange(len(assistants))) for _ in range(n))
-        if picks in seen:
-            continue
-        seen.add(picks)
-        messages: list[dict[str, str]] = []
-        for u, a in picks:
-            messages += [
-                {"role": "user", "content": users[u]},
-                {"role": "assistant", "content": assistants[a]},
-            ]
+    for messages in short_conversations(seed):
+        if size >= target_bytes:
+            return
         line = msgspec.json.encode(msgspec.convert({"messages": messages}, ChatExample)) + b"\n"
         size += len(line)
         yield line
@@ -161,8 +142,8 @@ def _shape_runs(
     print(f"        by stage, whole:   {stage_text(big.peak_by_stage)}")
     print(
         f"    (2) throughput on {full.bytes / 1e6:.2f} MB, 1 worker: without token-level outputs "
-        f"{plain.mb_per_s:.2f} MB/s ({plain.wall_s:.2f} s), with packed + tokenized "
-        f"{token.mb_per_s:.2f} MB/s ({token.wall_s:.2f} s); ratio {ratio:.3f}   "
+        f"{plain.mb_per_s:.4f} MB/s ({plain.wall_s:.2f} s), with packed + tokenized "
+        f"{token.mb_per_s:.4f} MB/s ({token.wall_s:.2f} s); ratio {ratio:.3f}   "
         f"target >= {TARGET_THROUGHPUT}   {verdict(ratio >= TARGET_THROUGHPUT)}"
     )
     spans = dict(token.stage_s)
@@ -205,29 +186,12 @@ def bench(
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     figures: dict[str, Any] = {"environment": environment(), "shard_size": shard_size, "repeats": repeats}
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="tuneset-bench-token-") as tmp:
-        try:
-            redis_port = free_port()
-            procs.append(start_redis(Path(tmp) / "redis", redis_port))
-            settings = Settings(
-                redis_url=f"redis://{HOST}:{redis_port}/0",
-                data_dir=Path(tmp) / "data",
-                blob_backend="local",
-                build_time_limit_s=BUILD_TIME_LIMIT_S,
-                visibility_timeout_s=VISIBILITY_TIMEOUT_S,
+    with bench_services("tuneset-bench-token-") as (settings, state, blobs):
+        for shape in shapes:
+            print()
+            figures[shape] = _shape_runs(
+                settings, state, blobs, shape, mb, batch_mb, shard_size, repeats, out_dir
             )
-            state = State.from_url(settings.redis_url)
-            blobs = LocalBlobStore(settings.blob_root)
-            for shape in shapes:
-                print()
-                figures[shape] = _shape_runs(
-                    settings, state, blobs, shape, mb, batch_mb, shard_size, repeats, out_dir
-                )
-            state.r.close()
-        finally:
-            for proc in reversed(procs):
-                stop(proc)
     path = out_dir / "token_build.json"
     path.write_text(json.dumps(figures, indent=2) + "\n")
     print()

@@ -44,7 +44,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from multiprocessing.connection import Connection
@@ -206,28 +206,37 @@ def short_turns(rng: random.Random) -> dict[str, list[str]]:
     return {role: list(turns) for role, turns in out.items()}
 
 
-def generate_short(path: Path, target_bytes: int, seed: int = SEED) -> DataInfo:
-    """Distinct hh-rlhf-like examples (many short turns, no system prompt) until `target_bytes`."""
+def short_conversations(seed: int = SEED) -> Iterator[list[dict[str, str]]]:
+    """Distinct hh-rlhf-like message lists (many short turns, no system prompt), without end,
+    always in the same order for a seed: the short corpus of this benchmark and of `bench.token_build`."""
     rng = random.Random(seed + 2)
     turns = short_turns(rng)
     users, assistants = turns["user"], turns["assistant"]
     seen: set[tuple[tuple[int, int], ...]] = set()
+    while True:
+        n = rng.randint(SHORT_MIN_PAIRS, SHORT_MAX_PAIRS)
+        picks = tuple((rng.randrange(len(users)), rng.randrange(len(assistants))) for _ in range(n))
+        if picks in seen:
+            continue
+        seen.add(picks)
+        messages: list[dict[str, str]] = []
+        for u, a in picks:
+            messages += [
+                {"role": "user", "content": users[u]},
+                {"role": "assistant", "content": assistants[a]},
+            ]
+        yield messages
+
+
+def generate_short(path: Path, target_bytes: int, seed: int = SEED) -> DataInfo:
+    """Distinct hh-rlhf-like examples (`short_conversations`) until `target_bytes`."""
+    conversations = short_conversations(seed)
     info = DataInfo(path, 0, 0, 0, {"user": 0, "assistant": 0})
     lengths: list[int] = []
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
         while info.size < target_bytes:
-            n = rng.randint(SHORT_MIN_PAIRS, SHORT_MAX_PAIRS)
-            picks = tuple((rng.randrange(len(users)), rng.randrange(len(assistants))) for _ in range(n))
-            if picks in seen:
-                continue
-            seen.add(picks)
-            messages: list[dict[str, str]] = []
-            for u, a in picks:
-                messages += [
-                    {"role": "user", "content": users[u]},
-                    {"role": "assistant", "content": assistants[a]},
-                ]
+            messages = next(conversations)
             line = json.dumps({"messages": messages}, ensure_ascii=False).encode()
             f.write(line + b"\n")
             info.size += len(line) + 1

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypedDict, Unpack
 
 import numpy as np
 import numpy.typing as npt
@@ -55,6 +55,18 @@ SCHEMA = pa.schema(
     ]
 )
 MANIFEST = "manifest.json"
+
+
+class Provenance(TypedDict, total=False):
+    """Where the tokens came from, as the manifest names it (a key left out is null)."""
+
+    template: str | None
+    profile: str | None
+    encoding: str | None
+    tokenizer_sha256: str | None
+    template_sha256: str | None
+
+
 FORMAT = "tuneset.packed/1"
 IGNORE = -100
 
@@ -144,15 +156,7 @@ class PackedWriter:
         self.fill += (group.length / self.seq_len).tolist() if self.seq_len else []
 
     def close(
-        self,
-        *,
-        template: str | None = None,
-        encoding: str | None = None,
-        stats: PackStats | None = None,
-        profile: str | None = None,
-        tokenizer_sha256: str | None = None,
-        template_sha256: str | None = None,
-        unrenderable: int | None = None,
+        self, *, stats: PackStats | None = None, unrenderable: int | None = None, **source: Unpack[Provenance]
     ) -> tuple[list[ShardFile], dict[str, Any]]:
         shards = self.files.close()
         seq_len = self.seq_len
@@ -186,11 +190,7 @@ class PackedWriter:
         manifest: dict[str, Any] = {
             "format": FORMAT,
             "seq_len": seq_len,
-            "template": template,
-            "profile": profile,
-            "encoding": encoding,
-            "tokenizer_sha256": tokenizer_sha256,
-            "template_sha256": template_sha256,
+            **{key: source.get(key) for key in Provenance.__annotations__},
             "columns": {field.name: str(field.type) for field in SCHEMA},
             "compression": {"codec": COMPRESSION, "level": COMPRESSION_LEVEL},
             "shards": [{"name": f.name, "rows": f.rows, "sha256": f.sha256, "size": f.size} for f in shards],
@@ -225,12 +225,8 @@ def write_shards(
     rows_per_shard: int = 10_000,
     *,
     seq_len: int | None = None,
-    template: str | None = None,
-    encoding: str | None = None,
     stats: PackStats | None = None,
-    profile: str | None = None,
-    tokenizer_sha256: str | None = None,
-    template_sha256: str | None = None,
+    **source: Unpack[Provenance],
 ) -> dict[str, Any]:
     """Write the shards and `manifest.json` to a directory or through `out(name, bytes)`; return the manifest.
 
@@ -248,14 +244,7 @@ def write_shards(
         folder = Path(scratch.name) if scratch is not None else Path(out)  # type: ignore[arg-type]
         writer = PackedWriter(folder, seq_len, rows_per_shard)
         _write_all(sequences, writer)
-        shards, manifest = writer.close(
-            template=template,
-            encoding=encoding,
-            stats=stats,
-            profile=profile,
-            tokenizer_sha256=tokenizer_sha256,
-            template_sha256=template_sha256,
-        )
+        shards, manifest = writer.close(stats=stats, **source)
         deliver(out, shards, {MANIFEST: manifest_bytes(manifest)})
     finally:
         if scratch is not None:

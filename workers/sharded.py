@@ -598,19 +598,15 @@ def _tokenize(
             if isinstance(checked, str):
                 return {"error": checked}
             source = checked
-            starts = docs.starts.tolist()
-            for k, n in enumerate(docs.lengths.tolist()):
+            for k, doc in enumerate(reader.documents(shard, docs)):
                 side = side_of[position]
                 position += 1
                 if side == NOWHERE:
                     continue
-                if n < 0:
+                if doc is None:
                     unrenderable += 1
                     continue
-                ids = np.empty(n, dtype=np.int32)
-                mask = np.empty(n, dtype=np.uint8)
-                reader.read_into(shard, starts[k], ids, mask)
-                writers[side].add(ids, mask, docs.sha256(k))
+                writers[side].add(doc[0], doc[1], docs.sha256(k))
     finally:
         reader.close()
     info = source or view_source(spec, ctx.tenant, _profiles()).info

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 from array import array
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
@@ -25,6 +26,7 @@ from service.store.blobs import BlobStore, LocalBlobStore
 from workers.token_source import Document, SourceInfo
 
 UNRENDERABLE = -1
+CHUNK_TOKENS = 1 << 20  # tokens `SpillReader.documents` reads at once
 _LITTLE = sys.byteorder == "little"
 
 
@@ -182,6 +184,34 @@ class SpillReader:
             raise OSError(f"spill file of shard {shard} ({self.tag}) is short")
         if not _LITTLE:
             ids.byteswap(inplace=True)
+
+    def documents(
+        self, shard: int, docs: ShardDocs, chunk_tokens: int = CHUNK_TOKENS
+    ) -> Iterator[tuple[npt.NDArray[np.int32], npt.NDArray[np.uint8]] | None]:
+        """Every document of the shard, in order: its (ids, mask), views into chunks of about
+        `chunk_tokens` tokens read with one `read_into` each (not two reads per document), or
+        None when the template refused it. A chunk lives while its views do: memory stays at a
+        chunk or two whatever the shard's size."""
+        lengths = docs.lengths.tolist()
+        starts = docs.starts
+        n = len(lengths)
+        a = 0
+        while a < n:
+            b = int(np.searchsorted(starts, starts[a] + chunk_tokens, side="right")) - 1
+            b = min(n, max(b, a + 1))
+            first = int(starts[a])
+            total = int(starts[b]) - first
+            ids = np.empty(total, dtype=np.int32)
+            mask = np.empty(total, dtype=np.uint8)
+            self.read_into(shard, first, ids, mask)
+            for k in range(a, b):
+                size = lengths[k]
+                if size < 0:
+                    yield None
+                    continue
+                lo = int(starts[k]) - first
+                yield ids[lo : lo + size], mask[lo : lo + size]
+            a = b
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -14,6 +14,7 @@ message with weight 1, plus its end-of-turn token. The training view marks exact
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,7 +89,7 @@ class Accountant:
         # a build's token pass under a template of the same encoding takes them instead of
         # tokenizing the text again (`workers.template_documents.TemplateDocuments.reuse`).
         self.keep_ids = False
-        self.kept: dict[str, list[int]] = {}
+        self.kept: dict[str, array[int]] = {}
 
     @classmethod
     def for_model(cls, model: ModelInfo) -> Accountant:
@@ -155,11 +156,14 @@ class Accountant:
             return len(self.enc.encode_ordinary(text))
 
     def _kept(self, text: str) -> int:
-        """Tokens of a string of at most CHUNK_CHARS, its ids kept: `encode_text`'s ids of it."""
+        """Tokens of a string of at most CHUNK_CHARS, its ids kept: `encode_text`'s ids of it, as
+        int32 straight from the tokenizer's buffer (no list of Python ints: a build's token pass
+        copies them into its arrays as they are, a fifth cheaper on short messages)."""
+        ids: array[int] = array("i")
         try:
-            ids = self._core_encode(text)
+            ids.frombytes(memoryview(self._core_buffer(text, _NO_SPECIAL)).cast("B"))  # ids < 2**31
         except UnicodeEncodeError:
-            ids = self.enc.encode_ordinary(text)
+            ids.extend(self.enc.encode_ordinary(text))
         self.kept[text] = ids
         return len(ids)
 

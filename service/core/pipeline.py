@@ -840,9 +840,10 @@ class Summary:
             self.detail.append(ExampleDetail(outcome.line, None, outcome.status, 0, 0))
 
     def add_problems(self, problems: list[Problem]) -> None:
-        self.counts.update(p.code for p in problems)
-        for p in problems:
-            self.groups.add(p)
+        counts, add = self.counts, self.groups.add
+        for p in problems:  # one loop, no generator: most examples have a finding or two
+            counts[p.code] += 1
+            add(p)
         if self.per_example:
             self.problems.extend(problems)
 

@@ -27,7 +27,7 @@ from functools import cache, cached_property
 import msgspec
 import tiktoken
 
-from service.core.encodings import get_encoding
+from service.core.encodings import EncodingSpec, encoding_spec, get_encoding
 
 
 class TemplateError(ValueError):
@@ -138,10 +138,21 @@ Piece = tuple[bool, str]  # (is_special, text)
 
 @dataclass(frozen=True)
 class Compiled:
-    """A template bound to its encoding, with its strings split into special and text pieces."""
+    """A template bound to its encoding, with its strings split into special and text pieces.
+
+    The encoding itself is built on first use: its special tokens come from its spec, and a
+    build whose accountant already encodes ordinary text the same way never needs it
+    (`workers.template_documents.TemplateDocuments.reuse`)."""
 
     template: ChatTemplate
-    enc: tiktoken.Encoding
+
+    @cached_property
+    def enc(self) -> tiktoken.Encoding:
+        return get_encoding(self.template.encoding)
+
+    @cached_property
+    def spec(self) -> EncodingSpec:
+        return encoding_spec(self.template.encoding)
 
     def pieces(self, literal: str, **values: str) -> list[Piece]:
         """Split a template string at the encoding's special tokens, then fill placeholders.
@@ -166,10 +177,10 @@ class Compiled:
     @cached_property
     def specials(self) -> frozenset[str]:
         """The encoding's special tokens, built once (harmony has over a thousand)."""
-        return frozenset(self.enc.special_tokens_set)
+        return frozenset(self.spec.special_tokens)
 
     def special_id(self, token: str) -> int:
-        return self.enc.encode_single_token(token)
+        return self.spec.special_tokens[token]
 
 
 _SPECIAL_RE = re.compile(r"(<\|[^|<>\s]+\|>)")
@@ -198,7 +209,6 @@ def compile_template(template: ChatTemplate) -> Compiled:
     cached = _compiled.get(template.name)
     if cached is not None and cached.template == template:
         return cached
-    enc = get_encoding(template.encoding)
     literals = (
         template.header,
         template.name_field,
@@ -214,7 +224,8 @@ def compile_template(template: ChatTemplate) -> Compiled:
         template.tool_result_header,
         template.priming,
     )
-    compiled = Compiled(template, enc)
+    compiled = Compiled(template)
+    encoding_spec(template.encoding)  # an unknown encoding fails here, not at first use
     for literal in filter(None, literals):
         # the same frozenset object on every call: the cache then compares keys by identity
         for is_special, text in _split_literal(literal, compiled.specials):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import subprocess
+import sys
 from importlib import resources
 
 import msgspec
@@ -148,3 +150,40 @@ def test_documents_from_the_accountants_ids_on_real_conversations(template: str)
     kept = accountant.kept  # only the last example's texts are held
     assert set(kept) <= {m.content for m in example.messages}
     assert bool(kept) is _agree(template, "o200k_base")
+
+
+_FRESH_WORKER = """
+import json, sys
+import msgspec
+from service.core import encodings
+from service.core.accounting import Accountant
+from service.core.conversation import ChatExample
+from service.core.templates import get_template
+from workers.template_documents import TemplateDocuments
+
+accountant, docs = Accountant("o200k_base"), TemplateDocuments(get_template("harmony"))
+reused = docs.reuse(accountant)
+example = msgspec.convert(json.loads(sys.argv[1]), ChatExample)
+accountant.chat(example)
+ids, mask, turns = docs.doc(example)
+print(json.dumps([reused, sorted(encodings._encoding_cache), list(ids), [b == 1 for b in mask], list(turns)]))
+"""
+
+
+def test_reusing_the_accountants_encoding_never_builds_the_templates() -> None:
+    """In a fresh process (a fresh worker), a harmony build on an o200k_base accountant gives the
+    view's document without building o200k_harmony (~0.5 s for its thousand special tokens)."""
+    value = {
+        "messages": [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is 2 + 2?"},
+            {"role": "assistant", "content": "4."},
+        ]
+    }
+    run = subprocess.run(
+        [sys.executable, "-c", _FRESH_WORKER, json.dumps(value)], capture_output=True, text=True, check=True
+    )
+    reused, built, ids, mask, turns = json.loads(run.stdout)
+    assert reused is True
+    assert built == ["o200k_base"]
+    assert (ids, mask, turns) == _expected(msgspec.convert(value, ChatExample), "harmony")

@@ -172,6 +172,18 @@ _QWEN3_5_PATTERN = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*"
     r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen's tokenizer.json marks these added tokens special=false: markup the model writes as text.
+_QWEN2_MARKUP = [
+    "<tool_call>",
+    "</tool_call>",
+    "<|fim_prefix|>",
+    "<|fim_middle|>",
+    "<|fim_suffix|>",
+    "<|fim_pad|>",
+    "<|repo_name|>",
+    "<|file_sep|>",
+]
+_QWEN3_MARKUP = ["<tool_response>", "</tool_response>", "<think>", "</think>"]
 _QWEN2_SPECIALS = [
     "<|endoftext|>",
     "<|im_start|>",
@@ -187,16 +199,9 @@ _QWEN2_SPECIALS = [
     "<|vision_pad|>",
     "<|image_pad|>",
     "<|video_pad|>",
-    "<tool_call>",
-    "</tool_call>",
-    "<|fim_prefix|>",
-    "<|fim_middle|>",
-    "<|fim_suffix|>",
-    "<|fim_pad|>",
-    "<|repo_name|>",
-    "<|file_sep|>",
+    *_QWEN2_MARKUP,
 ]
-_QWEN3_SPECIALS = [*_QWEN2_SPECIALS, "<tool_response>", "</tool_response>", "<think>", "</think>"]
+_QWEN3_SPECIALS = [*_QWEN2_SPECIALS, *_QWEN3_MARKUP]
 _QWEN3_5_SPECIALS = [
     *_QWEN3_SPECIALS,
     "<|audio_start|>",
@@ -207,27 +212,25 @@ _QWEN3_5_SPECIALS = [
     "<tts_text_bos_single>",
     "<|audio_pad|>",
 ]
-# Qwen's tokenizer.json marks these added tokens special=false: markup the model writes as text.
-_QWEN_TEXT_TOKENS = frozenset(
-    [
-        "<tool_call>",
-        "</tool_call>",
-        "<|fim_prefix|>",
-        "<|fim_middle|>",
-        "<|fim_suffix|>",
-        "<|fim_pad|>",
-        "<|repo_name|>",
-        "<|file_sep|>",
-        "<tool_response>",
-        "</tool_response>",
-        "<think>",
-        "</think>",
-    ]
-)
+_QWEN_TEXT_TOKENS = frozenset([*_QWEN2_MARKUP, *_QWEN3_MARKUP])
 
 
 def _numbered(names: list[str], start: int) -> dict[str, int]:
     return {name: start + i for i, name in enumerate(names)}
+
+
+def _qwen(name: str, pattern: str, specials: list[str], rank_count: int) -> TiktokenPreset:
+    """A Qwen preset: its added tokens follow the ranks; all but a few are control tokens."""
+    return TiktokenPreset(
+        name,
+        pattern,
+        _numbered(specials, rank_count),
+        not_control=_QWEN_TEXT_TOKENS,
+        nfc=True,
+        eos_token="<|im_end|>",
+        rank_count=rank_count,
+        extra={"pad_token": "<|endoftext|>"},
+    )
 
 
 TIKTOKEN_PRESETS: dict[str, TiktokenPreset] = {
@@ -240,37 +243,10 @@ TIKTOKEN_PRESETS: dict[str, TiktokenPreset] = {
         rank_count=128000,
     ),
     # Qwen2 / Qwen2.5: 22 added tokens after the ranks
-    "qwen2": TiktokenPreset(
-        "qwen2",
-        _QWEN_PATTERN,
-        _numbered(_QWEN2_SPECIALS, 151643),
-        not_control=_QWEN_TEXT_TOKENS,
-        nfc=True,
-        eos_token="<|im_end|>",
-        rank_count=151643,
-        extra={"pad_token": "<|endoftext|>"},
-    ),
+    "qwen2": _qwen("qwen2", _QWEN_PATTERN, _QWEN2_SPECIALS, 151643),
     # Qwen3: the same ranks, four more added tokens (<tool_response>, </tool_response>, <think>, </think>)
-    "qwen3": TiktokenPreset(
-        "qwen3",
-        _QWEN_PATTERN,
-        _numbered(_QWEN3_SPECIALS, 151643),
-        not_control=_QWEN_TEXT_TOKENS,
-        nfc=True,
-        eos_token="<|im_end|>",
-        rank_count=151643,
-        extra={"pad_token": "<|endoftext|>"},
-    ),
-    "qwen3_5": TiktokenPreset(
-        "qwen3_5",
-        _QWEN3_5_PATTERN,
-        _numbered(_QWEN3_5_SPECIALS, 248044),
-        not_control=_QWEN_TEXT_TOKENS,
-        nfc=True,
-        eos_token="<|im_end|>",
-        rank_count=248044,
-        extra={"pad_token": "<|endoftext|>"},
-    ),
+    "qwen3": _qwen("qwen3", _QWEN_PATTERN, _QWEN3_SPECIALS, 151643),
+    "qwen3_5": _qwen("qwen3_5", _QWEN3_5_PATTERN, _QWEN3_5_SPECIALS, 248044),
     # gpt-oss: the o200k ranks tuneset ships, with the harmony special tokens.
     "o200k_harmony": TiktokenPreset(
         "o200k_harmony",
