@@ -12,6 +12,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
+import workers.leases  # noqa: F401  (leases: a lost worker's steps are sent again in seconds)
 from service.settings import get_settings
 from service.store.state import State
 from workers.app import app
