@@ -35,6 +35,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from celery import Celery
 from celery.signals import task_received, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
@@ -114,10 +115,11 @@ def count_worker_lost(step: Step, redeliveries: int) -> None:
 class Keeper:
     """Holds this worker's leases (heartbeat thread) and reaps everyone's (reaper thread)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, sender: Celery | None = None) -> None:
         if settings.lease_heartbeat_s * 2 > settings.lease_ttl_s:
             raise ValueError("TUNESET_LEASE_HEARTBEAT_S must be at most half of TUNESET_LEASE_TTL_S")
         self.settings = settings
+        self.sender = sender or app  # the worker's own app, whose broker is settings.redis_url
         self.node = f"{socket.gethostname()}:{os.getpid()}"
         self.state = State.from_url(settings.redis_url, settings.job_retention_s)
         self.leases = Leases(self.state.r, settings.lease_ttl_s, counter_ttl_s=settings.job_retention_s)
@@ -236,7 +238,7 @@ class Keeper:
             if claimed.redeliveries > self.settings.lease_max_redeliveries:
                 self._fail(job, step, claimed.redeliveries)
             else:
-                sent = app.send_task(
+                sent = self.sender.send_task(
                     step.task,
                     args=step.args,
                     kwargs=step.kwargs,
