@@ -95,7 +95,7 @@ def _settings(redis_url: str, tmp_path: Path, **changes: float) -> Settings:
 def _queued(r: redis.Redis, queue: str) -> list[dict[str, object]]:
     """The task messages waiting in a queue (kombu's Redis list), oldest first."""
     out = []
-    for raw in reversed(r.lrange(queue, 0, -1)):  # type: ignore[union-attr]
+    for raw in reversed(r.lrange(queue, 0, -1)):  # type: ignore[arg-type]
         message = json.loads(raw)
         out.append({"task": message["headers"]["task"], "id": message["headers"]["id"]})
     return out
