@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 import openai
 
+from service.jobs.leases import exclusive
 from service.providers.client import (
     FineTuneRequest,
     ProviderFileRejected,
@@ -245,8 +246,11 @@ def _upload_side(
             part_size=step.settings.provider_part_bytes,
         )
 
-    file_id = create_once(find, create)
-    step.state.r.hset(record, mapping={"file_id": file_id, "filename": filename, "bytes": size})
+    with exclusive(step.state.r, record + ":creating", step.settings.lease_ttl_s) as mine:
+        if not mine:  # a run of this step that is still alive is uploading it: ask again later
+            raise Transient(f"the {side} file is being uploaded by another run of this step")
+        file_id = str(step.state.r.hget(record, "file_id") or "") or create_once(find, create)
+        step.state.r.hset(record, mapping={"file_id": file_id, "filename": filename, "bytes": size})
     log.info("uploaded %s of build %s as %s", side, step.spec["build_job"], file_id)
     return file_id
 

@@ -126,7 +126,7 @@ def plan_build(job_id: str, settings: Settings | None = None) -> None:
     ctx = Context(job_id, settings)
     if not ctx.live or ctx.cancel_if_asked():
         return
-    ctx.state.transition(job_id, {"queued"}, "running", stage="planning")
+    started = ctx.state.transition(job_id, {"queued"}, "running", stage="planning")
     spec = ctx.spec()
     plan: list[dict[str, Any]] = []
     offset = 0
@@ -137,8 +137,9 @@ def plan_build(job_id: str, settings: Settings | None = None) -> None:
             plan.append({"key": batch["key"], "start": start, "end": end, "offset": offset + start})
         offset += n
     ctx.blobs.put(ctx.key("work/plan.json"), json.dumps(plan).encode())
-    ctx.state.r.hset(f"tuneset:job:{job_id}", mapping={"shards": len(plan)})
-    ctx.state.progress(job_id, "shards", 0, offset)
+    ctx.state.r.hset(f"tuneset:job:{job_id}", mapping={"shards": len(plan), "total": offset})
+    if started:  # a plan sent again must not reset the count of examples its shards have done
+        ctx.state.progress(job_id, "shards", 0, offset)
     if not plan:
         enqueue(ctx.settings, FINALIZE_TASK, [job_id])
     for index in range(len(plan)):
@@ -170,13 +171,13 @@ def run_shard(job_id: str, index: int, settings: Settings | None = None) -> None
         return
     plan = json.loads(ctx.blobs.get(ctx.key("work/plan.json")))
     shard = plan[index]
-    if int(ctx.state.r.hincrby(f"tuneset:job:{job_id}", f"shard_attempts:{index}", 1)) > MAX_ATTEMPTS:  # type: ignore[arg-type]
-        error = {"code": "too_many_attempts", "message": f"shard {index} failed {MAX_ATTEMPTS} times"}
-        ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
-        ctx.blobs.delete_prefix(ctx.key("work/"))
-        return
     marker = ctx.key(f"work/shard-{index:05d}.done")
-    if not ctx.blobs.exists(marker):
+    if not ctx.blobs.exists(marker):  # a finished shard sent again is no attempt
+        if int(ctx.state.r.hincrby(f"tuneset:job:{job_id}", f"shard_attempts:{index}", 1)) > MAX_ATTEMPTS:  # type: ignore[arg-type]
+            error = {"code": "too_many_attempts", "message": f"shard {index} failed {MAX_ATTEMPTS} times"}
+            ctx.state.transition(job_id, {"queued", "running"}, "failed", stage="failed", error=error)
+            ctx.blobs.delete_prefix(ctx.key("work/"))
+            return
         spec = ctx.spec()
         fmt = _kind_format(ctx, spec)
         processor = spec.processor(_ShardProcessor)
@@ -306,6 +307,8 @@ def split_keys(rows: list[shards.Row]) -> list[bytes]:
 
 def finalize_build(job_id: str, settings: Settings | None = None) -> None:
     ctx = Context(job_id, settings)
+    if ctx.job and not ctx.live:  # a finalize that died after ending the job left its work files
+        ctx.blobs.delete_prefix(ctx.key("work/"))
     if not ctx.live or ctx.cancel_if_asked():
         return
     spec = ctx.spec()

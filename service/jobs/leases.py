@@ -18,10 +18,14 @@ The number of claims per job is counted with the claim, for the redelivery cap.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import msgspec
 import redis
+from redis.lock import Lock
 
 LEASES = "tuneset:leases"  # task id -> expiry (Redis time, seconds)
 LEASE = "tuneset:lease:"  # + task id: the lease's hash
@@ -193,3 +197,31 @@ class Leases:
                     )
                 )
         return out
+
+
+@contextlib.contextmanager
+def exclusive(r: redis.Redis, key: str, ttl_s: float) -> Iterator[bool]:
+    """Hold the lock `key` while the block runs, renewed every third of `ttl_s`; yields False
+    (holding nothing) when someone else holds it. For a side effect the provider cannot make
+    conditional (an upload): a step sent again while the first run is still alive waits for it
+    instead of doing it twice, and a holder that died frees the lock within `ttl_s`."""
+    lock = Lock(r, key, timeout=ttl_s, blocking=False)
+    if not lock.acquire():
+        yield False
+        return
+    done = threading.Event()
+
+    def renew() -> None:
+        while not done.wait(ttl_s / 3):
+            with contextlib.suppress(redis.RedisError):
+                lock.reacquire()
+
+    renewer = threading.Thread(target=renew, name=f"tuneset-lock-{key}", daemon=True)
+    renewer.start()
+    try:
+        yield True
+    finally:
+        done.set()
+        renewer.join()
+        with contextlib.suppress(redis.RedisError, redis.exceptions.LockError):
+            lock.release()

@@ -23,11 +23,14 @@ from typing import Any
 
 import pytest
 from litestar.testing import TestClient
+from pydantic import SecretStr
 
 from service.api.app import create_app
 from service.jobs.leases import HeldLease, Leases
+from service.providers.fake import FakeProvider, run_fake_provider
 from service.run import stop, worker_command
 from service.settings import Settings
+from service.store.secrets import new_key
 from service.store.state import TERMINAL, State
 from tests.conftest import jsonl
 from tests.integration.conftest import ROOT, settings, settings_env
@@ -57,14 +60,23 @@ def figure(capsys: pytest.CaptureFixture[str]) -> Figure:
 @pytest.fixture
 def prod_settings(settings: Settings) -> Settings:
     """The production timeouts: a 1 h task limit and a 2 h visibility timeout, so only the leases
-    can bring a lost step back within the tests' time."""
+    can bring a lost step back within the tests' time; a provider on loopback may be registered."""
     defaults = Settings()
     return settings.model_copy(
         update={
             "build_time_limit_s": defaults.build_time_limit_s,
             "visibility_timeout_s": defaults.visibility_timeout_s,
+            "secret_key": SecretStr(new_key()),  # provider credentials are stored encrypted
+            "webhook_allow_hosts": ["127.0.0.1"],  # the fake provider, on loopback
         }
     )
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    """The fake provider on loopback, its files processed at once."""
+    with run_fake_provider(step_seconds=0.05) as provider:
+        yield provider
 
 
 def worker_env(settings: Settings) -> dict[str, str]:
@@ -159,6 +171,16 @@ def owned_by(leases: list[HeldLease], pid: int) -> list[HeldLease]:
 
 def lease_table(settings: Settings) -> Leases:
     return Leases(State.from_url(settings.redis_url).r, settings.lease_ttl_s)
+
+
+def drained(settings: Settings, timeout: float = 60) -> None:
+    """Wait until the queues are empty and no step is held: every message sent has run."""
+    r = State.from_url(settings.redis_url).r
+    table = lease_table(settings)
+    deadline = time.monotonic() + timeout
+    while r.llen(settings.cpu_queue) or r.llen(settings.io_queue) or table.held():
+        assert time.monotonic() < deadline, "steps still queued or running"
+        time.sleep(0.1)
 
 
 class Api:

@@ -12,15 +12,12 @@ import collections
 import random
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
 
-from service.providers.fake import FakeProvider, run_fake_provider
+from service.providers.fake import FakeProvider
 from service.settings import Settings
-from service.store.secrets import new_key
 from service.store.state import TERMINAL
 from tests.conftest import sharegpt_conversations
 from tests.faults.conftest import Api, Figure, Workers, env_int, lease_table
@@ -33,20 +30,6 @@ PROVIDER_FAULTS: list[dict[str, Any]] = [
     {"match": "GET /v1/files", "status": 503},  # the lookup itself fails: the step retries later
     {"match": "POST /v1/files", "drop": True},  # never reached the provider
 ]
-
-
-@pytest.fixture
-def prod_settings(prod_settings: Settings) -> Settings:
-    """The production timeouts, with a key for provider credentials and the fake on loopback allowed."""
-    return prod_settings.model_copy(
-        update={"secret_key": SecretStr(new_key()), "webhook_allow_hosts": ["127.0.0.1"]}
-    )
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeProvider]:
-    with run_fake_provider(step_seconds=0.05) as provider:
-        yield provider
 
 
 class Chaos(threading.Thread):

@@ -16,8 +16,8 @@ import pytest
 
 from service.jobs.leases import HeldLease, Step
 from service.settings import Settings
-from service.store.state import TERMINAL, State
-from tests.faults.conftest import Api, Figure, Workers, env_int, lease_table, owned_by
+from service.store.state import TERMINAL
+from tests.faults.conftest import Api, Figure, Workers, drained, env_int, lease_table, owned_by
 from tests.integration.test_worker_faults import distinct_sharegpt
 from workers.app import make_app
 
@@ -89,7 +89,7 @@ def test_a_worker_killed_whole_costs_seconds_and_the_build_ends_once_identical(
         # again: the same steps, run once more on a finished build, change nothing
         for step in lost.values():
             sender.send_task(step.task, args=step.args, queue=step.queue)
-        _drained(prod_settings)
+        drained(prod_settings)
         assert api.statuses(job_id) == ["queued", "running", "succeeded"]  # it ended once
         assert api.digests(job_id) == expected
         if resumed is None:  # it held no step, or one it had just finished: not a figure
@@ -106,13 +106,3 @@ def test_a_worker_killed_whole_costs_seconds_and_the_build_ends_once_identical(
         f"recovery max {max(recoveries):.1f} s, mean {sum(recoveries) / len(recoveries):.1f} s, "
         f"each {[round(f, 1) for f in recoveries]}"
     )
-
-
-def _drained(settings: Settings, timeout: float = 60) -> None:
-    """Wait until the queues are empty and no step is held: every message sent has run."""
-    r = State.from_url(settings.redis_url).r
-    table = lease_table(settings)
-    deadline = time.monotonic() + timeout
-    while r.llen(settings.cpu_queue) or r.llen(settings.io_queue) or table.held():
-        assert time.monotonic() < deadline, "the re-sent steps never ran"
-        time.sleep(0.1)
