@@ -46,7 +46,7 @@ from service.store.state import TERMINAL, State
 from workers.app import app
 
 log = logging.getLogger("tuneset.leases")
-_TICK_S = 0.25  # how soon a finished step's lease is released
+_TICK_S = 0.05  # how soon a finished step's lease is released (a dict scan; Redis only then)
 
 
 def step_of(request: Any) -> Step | None:

@@ -15,9 +15,8 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -152,14 +151,28 @@ class Workers:
             print(f"--- worker {name}:\n{log.read_text()[-6000:]}")
 
 
+FAILED = pytest.StashKey[bool]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Remember whether the test itself failed, so its fixtures can show the workers' logs."""
+    report: pytest.TestReport = yield
+    if report.when == "call":
+        item.stash[FAILED] = report.failed
+    return report
+
+
 @pytest.fixture
-def workers(prod_settings: Settings) -> Iterator[Workers]:
+def workers(prod_settings: Settings, request: pytest.FixtureRequest) -> Iterator[Workers]:
     pool = Workers(prod_settings)
     try:
         yield pool
     finally:
         pool.stop_all()
-        if sys.exc_info()[0] is not None:
+        if request.node.stash.get(FAILED, False):
             pool.dump_logs()
 
 
