@@ -179,6 +179,7 @@ class Keeper:
             except redis.RedisError as e:
                 self.troubled = True
                 log.warning("lease heartbeat: %s", type(e).__name__)
+                self.stopping.wait(1.0)  # Redis is away: no warning every tick meanwhile
 
     def _release_finished(self) -> None:
         with self.lock:
