@@ -129,8 +129,13 @@ class Workers:
         proc.wait()
         return at
 
-    def alive(self) -> list[str]:
-        return [name for name, proc in self.procs.items() if proc.poll() is None]
+    def ready(self) -> list[str]:
+        """The workers alive and consuming."""
+        return [
+            name
+            for name, proc in self.procs.items()
+            if proc.poll() is None and b"ready." in self.logs[name].read_bytes()
+        ]
 
     def pid(self, name: str) -> int:
         return self.procs[name].pid

@@ -33,7 +33,8 @@ PROVIDER_FAULTS: list[dict[str, Any]] = [
 
 
 class Chaos(threading.Thread):
-    """Every few seconds: SIGKILL a random worker whole (and start another), or inject a fault."""
+    """Now and then SIGKILL a random working worker whole (one at least stays) and start another;
+    more often, inject a provider fault."""
 
     def __init__(self, workers: Workers, fake: FakeProvider, rng: random.Random) -> None:
         super().__init__(name="chaos", daemon=True)
@@ -44,16 +45,17 @@ class Chaos(threading.Thread):
 
     def run(self) -> None:
         try:
-            while not self.stopping.wait(self.rng.uniform(1.5, 4.0)):
-                if self.rng.random() < 0.5:
-                    self.fake.add_fault(**self.rng.choice(PROVIDER_FAULTS))
-                    self.faults += 1
+            next_kill = time.monotonic() + self.rng.uniform(2, 6)
+            while not self.stopping.wait(self.rng.uniform(1.0, 3.0)):
+                self.fake.add_fault(**self.rng.choice(PROVIDER_FAULTS))
+                self.faults += 1
+                working = self.workers.ready()
+                if time.monotonic() < next_kill or len(working) < 2:
                     continue
-                alive = self.workers.alive()
-                if alive:
-                    self.workers.kill(self.rng.choice(alive))
-                    self.kills += 1
+                self.workers.kill(self.rng.choice(working))
+                self.kills += 1
                 self.workers.start(f"w{self.kills + WORKERS}", wait=False)
+                next_kill = time.monotonic() + self.rng.uniform(3, 8)
         except BaseException as e:  # surfaced by the test
             self.errors.append(e)
 
@@ -85,7 +87,7 @@ def test_soak_every_job_ends_and_nothing_is_uploaded_twice(
             jobs += [started["job_id"], started["upload_job_id"]]
             if i % 10 == 9:
                 time.sleep(rng.uniform(0, 1))  # arrivals over time, not one burst
-        deadline = time.monotonic() + 120 + 2 * n
+        deadline = time.monotonic() + 180 + 3 * n
         pending = set(jobs)
         while pending and time.monotonic() < deadline:
             pending = {j for j in pending if api.job(j)["status"] not in TERMINAL}
