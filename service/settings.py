@@ -66,6 +66,25 @@ class Settings(BaseSettings):
     visibility_timeout_s: int = Field(
         7200, gt=0, description="Broker visibility timeout; must exceed the longest task's time limit."
     )
+    # -- leases: a step whose worker died is sent again within seconds (workers/leases.py) ------
+    lease_ttl_s: float = Field(
+        10.0,
+        gt=0,
+        description="A running job step's lease lasts this long without a renewal; then any worker's "
+        "reaper sends the step again (the broker's visibility timeout stays as the backstop).",
+    )
+    lease_heartbeat_s: float = Field(
+        3.0, gt=0, description="How often a worker renews its leases; keep it well below lease_ttl_s."
+    )
+    lease_reaper_interval_s: float = Field(
+        2.0, gt=0, description="How often each worker's reaper looks for expired leases."
+    )
+    lease_max_redeliveries: int = Field(
+        5,
+        ge=0,
+        description="Steps of one job sent again after losing their worker, at most; one more fails the "
+        "job with `worker_lost` (a step that kills every worker it runs on must not loop).",
+    )
     idempotency_ttl_s: int = Field(86400, gt=0, description="How long an Idempotency-Key's response is kept.")
     cpu_queue: str = Field("tuneset.cpu", description="Celery queue for validation and build work.")
     io_queue: str = Field("tuneset.io", description="Celery queue for uploads and webhooks.")

@@ -71,11 +71,12 @@ class JobContext:
         *,
         result: dict[str, Any] | None = None,
         stored: Iterable[dict[str, Any]] = (),
-    ) -> None:
+    ) -> bool:
         """Fail the job and remove what it had stored: a failed job keeps no outputs (but the
-        result it names, such as a failed build's report.json)."""
-        until_recorded(lambda: self.jobs.fail(self.job_id, code, message, result=result))
+        result it names, such as a failed build's report.json). False when it had already ended."""
+        failed = until_recorded(lambda: self.jobs.fail(self.job_id, code, message, result=result))
         self._clean_up(stored)
+        return failed
 
     def cancel_if_asked(
         self, *, result: dict[str, Any] | None = None, stored: Iterable[dict[str, Any]] = ()

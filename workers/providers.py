@@ -233,8 +233,11 @@ def _upload_side(
             part_size=step.settings.provider_part_bytes,
         )
 
-    file_id = create_once(find, create)
-    step.jobs.record_upload(spec.build_job, spec.provider_id, side, file_id, filename, size)
+    with step.jobs.uploading(spec.build_job, spec.provider_id, side, step.settings.lease_ttl_s) as mine:
+        if not mine:  # a run of this step that is still alive is uploading it: ask again later
+            raise Transient(f"the {side} file is being uploaded by another run of this step")
+        file_id = step.jobs.uploaded_file(spec.build_job, spec.provider_id, side) or create_once(find, create)
+        step.jobs.record_upload(spec.build_job, spec.provider_id, side, file_id, filename, size)
     log.info("uploaded %s of build %s as %s", side, spec.build_job, file_id)
     return file_id
 

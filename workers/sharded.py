@@ -67,7 +67,7 @@ def plan_build(job_id: str) -> None:
     ctx = JobContext(job_id)
     if not ctx.live or ctx.cancel_if_asked():
         return
-    ctx.start("planning")
+    started = ctx.start("planning")
     spec = ctx.build
     plan: list[dict[str, Any]] = []
     offset = 0
@@ -78,8 +78,9 @@ def plan_build(job_id: str) -> None:
             plan.append({"key": batch["key"], "start": start, "end": end, "offset": offset + start})
         offset += n
     ctx.blobs.put(ctx.key("work/plan.json"), json.dumps(plan).encode())
-    ctx.jobs.set_shards(job_id, len(plan))
-    ctx.jobs.progress(job_id, "shards", 0, offset)
+    ctx.jobs.set_shards(job_id, len(plan), total=offset)
+    if started:  # a plan sent again must not reset the count of examples its shards have done
+        ctx.jobs.progress(job_id, "shards", 0, offset)
     if not plan:
         enqueue(ctx.settings, FINALIZE_TASK, [job_id])
     for index in range(len(plan)):
@@ -111,11 +112,11 @@ def run_shard(job_id: str, index: int) -> None:
         return
     plan = json.loads(ctx.blobs.get(ctx.key("work/plan.json")))
     shard = plan[index]
-    if ctx.jobs.count_shard_attempt(job_id, index) > MAX_ATTEMPTS:
-        ctx.fail(ErrorCode.too_many_attempts, f"shard {index} failed {MAX_ATTEMPTS} times")
-        return
     marker = ctx.key(f"work/shard-{index:05d}.done")
-    if not ctx.blobs.exists(marker):
+    if not ctx.blobs.exists(marker):  # a finished shard sent again is no attempt
+        if ctx.jobs.count_shard_attempt(job_id, index) > MAX_ATTEMPTS:
+            ctx.fail(ErrorCode.too_many_attempts, f"shard {index} failed {MAX_ATTEMPTS} times")
+            return
         spec = ctx.build
         fmt = _kind_format(ctx, spec)
         processor = _processor(spec, _ShardProcessor)
@@ -236,6 +237,8 @@ def split_keys(rows: list[shards.Row]) -> list[bytes]:
 
 def finalize_build(job_id: str) -> None:
     ctx = JobContext(job_id)
+    if ctx.job and not ctx.live:  # a finalize that died after ending the job left its work files
+        ctx.blobs.delete_prefix(ctx.key("work/"))
     if not ctx.live or ctx.cancel_if_asked():
         return
     spec = ctx.build

@@ -17,6 +17,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
+import workers.leases  # noqa: F401  (leases: a lost worker's steps are sent again in seconds)
 from service.jobs import ErrorCode
 from service.queue import (
     BUILD_TASK,

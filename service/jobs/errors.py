@@ -43,6 +43,10 @@ class ErrorCode(StrEnum):
         "too_many_attempts",
         "a step was delivered more often than its redelivery cap (it keeps killing its worker)",
     )
+    worker_lost = (
+        "worker_lost",
+        "a step's worker vanished more often than TUNESET_LEASE_MAX_REDELIVERIES allows",
+    )
     validation_failed = (
         "validation_failed",
         "examples failed the recipe's policies; report.json says which",

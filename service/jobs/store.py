@@ -17,6 +17,7 @@ record gone removes it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,6 +27,7 @@ import redis
 
 from service.jobs import keys
 from service.jobs.errors import Code, JobError
+from service.jobs.leases import exclusive
 from service.jobs.specs import JobSpec, decode_spec, encode_spec, kind_of
 from service.metrics import record_job_transition
 from service.store.ids import new_id, now
@@ -247,8 +249,9 @@ class Jobs:
         attempts: Any = self.r.hincrby(keys.job_key(job_id), f"shard_attempts:{index}", 1)
         return int(attempts)
 
-    def set_shards(self, job_id: str, shards: int) -> None:
-        self.r.hset(keys.job_key(job_id), "shards", str(shards))
+    def set_shards(self, job_id: str, shards: int, *, total: int) -> None:
+        """The build's plan: its shard count and its examples (kept when a plan is sent again)."""
+        self.r.hset(keys.job_key(job_id), mapping={"shards": str(shards), "total": str(total)})
 
     def complete_shard(self, job_id: str, index: int, examples: int) -> int:
         """Record a shard as done (its examples count once however often it is redelivered);
@@ -276,6 +279,12 @@ class Jobs:
     def uploaded_file(self, build_job: str, provider_id: str, side: str) -> str | None:
         value: Any = self.r.hget(keys.upload_key(build_job, provider_id, side), "file_id")
         return str(value) if value else None
+
+    def uploading(
+        self, build_job: str, provider_id: str, side: str, ttl_s: float
+    ) -> contextlib.AbstractContextManager[bool]:
+        """Hold the lock on uploading this side (True) or learn that a live run holds it (False)."""
+        return exclusive(self.r, keys.upload_key(build_job, provider_id, side) + ":creating", ttl_s)
 
     def record_upload(
         self, build_job: str, provider_id: str, side: str, file_id: str, filename: str, size: int
