@@ -39,6 +39,7 @@ from celery import Celery
 from celery.signals import task_received, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
+from service import metrics
 from service.jobs import ErrorCode
 from service.jobs.leases import Claimed, Leases, Step
 from service.jobs.store import TERMINAL
@@ -76,6 +77,7 @@ def step_of(request: Any) -> Step | None:
 
 def count_lease_expired(step: Step, redeliveries: int) -> None:
     """A step's lease expired: its worker was lost (or cut off from Redis)."""
+    metrics.record_lease_expired(step.task)
     log.warning(
         "lease of %s %s for job %s expired: its worker is gone (claim %d for this job)",
         step.task,
@@ -93,6 +95,7 @@ def count_lease_expired(step: Step, redeliveries: int) -> None:
 
 def count_redelivery(step: Step, task_id: str) -> None:
     """A lost step was sent again (as `task_id`)."""
+    metrics.record_redelivery(step.job_id, step.task)
     log.warning(
         "sent %s for job %s again as %s",
         step.task,
