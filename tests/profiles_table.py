@@ -1,6 +1,6 @@
 """The README's "what happens to my irregular conversations" table, from `check_profile`.
 
-Run `python -m tests.profiles_table` to print it; `tests/unit/test_readme_profiles_table.py`
+Run `python -m tests.profiles_table` to print it; `tests/unit/test_readme_tables.py`
 fails when the README's copy drifts from what the code answers today. Cells name the outcome
 (rendered / rejected / rewritten) and the findings that are not about the whole template (every
 Llama 3.1 row injects its date header; that is said once, under the table).
