@@ -42,7 +42,9 @@ _LIVE = frozenset({"queued", "running"})
 
 # KEYS[1] job hash, KEYS[2] the notification list, KEYS[3] the job's event stream, KEYS[4] its
 # set of finished shards; ARGV: allowed-from statuses (comma separated), to, the job id, "1" when
-# `to` is terminal, the retention (seconds) for a job created without one, then field/value pairs.
+# `to` is terminal, the retention (seconds) for a job created without one, the status event's data
+# (JSON), then field/value pairs. The status event is written by the same script, so no reader
+# ever sees a job's new status without its event (nor a killed worker leave one without the other).
 # Returns the job's kind (a string) when it moved, 0 when its status did not allow it, -1 when gone.
 _TRANSITION = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -50,7 +52,8 @@ if not status then return -1 end
 for allowed in string.gmatch(ARGV[1], '[^,]+') do
   if status == allowed then
     redis.call('HSET', KEYS[1], 'status', ARGV[2])
-    for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    for i = 7, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'type', 'status', 'data', ARGV[6])
     if ARGV[4] == '1' then
       redis.call('LPUSH', KEYS[2], ARGV[3])
       local ttl = tonumber(redis.call('HGET', KEYS[1], 'retention_s')) or tonumber(ARGV[5])
@@ -110,9 +113,10 @@ class Jobs:
         dataset_id = getattr(spec, "dataset_id", None)
         if dataset_id:  # so deleting the dataset finds the files built from it
             pipe.sadd(keys.dataset_jobs_key(dataset_id), job_id)
+        # the record and its first event in one MULTI: a job is never seen without its "queued"
+        pipe.xadd(keys.events_key(job_id), {"type": "status", "data": _encode({"status": "queued"})})
         pipe.execute()
         record_job_transition(str(job["kind"]), "queued")
-        self.event(job_id, "status", {"status": "queued"})
         return self.get(job_id) or job
 
     def get(self, job_id: str) -> dict[str, Any] | None:
@@ -205,6 +209,10 @@ class Jobs:
             "1" if terminal else "0",
             str(self.retention_s),
         ]
+        event: dict[str, Any] = {"status": to}
+        if "error" in fields:
+            event["error"] = fields["error"]
+        argv.append(_encode(event))
         for name, value in fields.items():
             argv += [name, value if isinstance(value, str) else _encode(value)]
         script_keys = (
@@ -219,10 +227,6 @@ class Jobs:
         moved = isinstance(reply, str)
         if moved:
             record_job_transition(reply, to)
-            event: dict[str, Any] = {"status": to}
-            if "error" in fields:
-                event["error"] = fields["error"]
-            self.event(job_id, "status", event)
         return moved
 
     # -- what a running step records --------------------------------------------------------

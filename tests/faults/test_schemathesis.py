@@ -223,7 +223,7 @@ def steer(
         case.body = {"name": name, "base_url": world.provider_url, "api_key": body.get("api_key") or "sk-x"}
     elif op == "createSubscription" and body is not None:
         case.body = {**body, "url": RECEIVER}
-    elif op == "createModelProfile" and chance(rng, 1):
+    elif op == "createModelProfile" and chance(rng, 2):  # a tokenizer upload each: kept rarer (1 in 8)
         case.body, case.media_type = qwen_json(f"g{time.monotonic_ns()}"), "application/json"
     elif op in ("inspectExample", "validateExamples") and body is not None:
         example = draw(st.sampled_from(GOOD))
