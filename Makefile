@@ -25,13 +25,15 @@ lint: install  ## ruff and mypy --strict
 
 # The unit tests (CPU-bound) run beside the rest, and the rest (integration, fault and API tests,
 # which mostly wait on redis-server and worker processes) run on TEST_JOBS pytest-xdist processes,
-# each with its own redis-server; both lanes must pass. `make test TEST_JOBS=0` runs the rest serially.
+# each with its own redis-server; both lanes must pass. Tests marked `timing` compare latencies, so
+# they run alone afterwards. `make test TEST_JOBS=0` runs the rest serially.
 TEST_JOBS ?= 2
 test: lint chromium  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
-	@$(UV) run --locked pytest -q -p no:cacheprovider tests/unit > .pytest-unit.log 2>&1 & unit=$$!; \
-	$(UV) run --locked pytest -q -p no:cacheprovider -n $(TEST_JOBS) --dist load --ignore=tests/unit; rest=$$?; \
+	@$(UV) run --locked pytest -q -p no:cacheprovider -m "not timing" tests/unit > .pytest-unit.log 2>&1 & unit=$$!; \
+	$(UV) run --locked pytest -q -p no:cacheprovider -m "not timing" -n $(TEST_JOBS) --dist load --ignore=tests/unit; rest=$$?; \
 	wait $$unit; units=$$?; echo "--- tests/unit:"; cat .pytest-unit.log; rm -f .pytest-unit.log; \
-	exit $$(( rest != 0 || units != 0 ))
+	$(UV) run --locked pytest -q -p no:cacheprovider -m timing; timing=$$?; \
+	exit $$(( rest != 0 || units != 0 || timing != 0 ))
 
 chromium:  ## Headless Chromium for the report screenshot test (Debian's package)
 	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)

@@ -172,6 +172,7 @@ def assert_problem(r: httpx.Response, status: int, slug: str) -> dict[str, Any]:
 
 
 @pytest.mark.slow
+@pytest.mark.timing  # its bound is the API's own latency before the streams: measured on a quiet machine
 def test_500_open_streams_and_vanishing_clients_leave_the_api_responsive(
     redis_url: str, tmp_path: Path
 ) -> None:
