@@ -46,7 +46,9 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
     (metrics summed on a port, a heartbeat file, JSON logs), running until the test ends."""
     started: list[Worker] = []
 
-    def start(queues: str | None = None, concurrency: int = 2, **extra_env: str) -> Worker:
+    def start(
+        queues: str | None = None, concurrency: int = 2, args: tuple[str, ...] = (), **extra_env: str
+    ) -> Worker:
         n = len(started)
         port = free_port()
         log, heartbeat, metrics = (
@@ -65,7 +67,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[StartWorker]:
             "TUNESET_LOG_FORMAT": "json",
             **extra_env,
         }
-        command = worker_command(settings, concurrency=concurrency)
+        command = [*worker_command(settings, concurrency=concurrency), *args]
         if queues is not None:
             command[command.index("-Q") + 1] = queues
         with log.open("wb") as out:

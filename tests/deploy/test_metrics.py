@@ -56,7 +56,9 @@ def test_a_build_moves_queue_job_and_step_metrics(settings: Settings, start_work
         created = value(queued, "tuneset_job_transitions_total", kind="build", status="queued")
         assert created == value(before, "tuneset_job_transitions_total", kind="build", status="queued") + 1
 
-        worker = start_worker()
+        worker = start_worker(
+            args=("--max-tasks-per-child", "1")
+        )  # each step in a new child: several processes
         deadline = time.monotonic() + 90
         while (job := state.jobs.get(job_id)) is None or job["status"] not in TERMINAL:
             assert time.monotonic() < deadline, job
