@@ -15,21 +15,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from service.run import free_port, stop, worker_command
 from service.settings import Settings
 from service.store.secrets import new_key
-from service.store.state import State
-from tests.integration.conftest import ROOT, settings_env
+from tests.integration.conftest import ROOT, fresh_settings, settings_env
 
 
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    State.from_url(redis_url).r.flushdb()
-    return Settings(
-        redis_url=redis_url,
-        data_dir=tmp_path / "data",
-        build_time_limit_s=60,
-        visibility_timeout_s=90,
-        secret_key=new_key(),
-        webhook_allow_hosts=["127.0.0.1"],
-    )
+    return fresh_settings(redis_url, tmp_path, secret_key=new_key(), webhook_allow_hosts=["127.0.0.1"])
 
 
 class Worker:

@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,15 +19,16 @@ from service.store.state import State
 ROOT = Path(__file__).parents[2]
 
 
+def fresh_settings(redis_url: str, tmp_path: Path, **extra: Any) -> Settings:
+    """Settings for one test on an emptied Redis database (`extra` overrides or adds fields)."""
+    State.from_url(redis_url).r.flushdb()
+    fields: dict[str, Any] = {"build_time_limit_s": 60, "visibility_timeout_s": 90, **extra}
+    return Settings(redis_url=redis_url, data_dir=tmp_path / "data", **fields)
+
+
 @pytest.fixture
 def settings(redis_url: str, tmp_path: Path) -> Settings:
-    State.from_url(redis_url).r.flushdb()
-    return Settings(
-        redis_url=redis_url,
-        data_dir=tmp_path / "data",
-        build_time_limit_s=60,
-        visibility_timeout_s=90,
-    )
+    return fresh_settings(redis_url, tmp_path)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
