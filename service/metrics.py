@@ -207,7 +207,7 @@ class QueueCollector(Collector):
             pipe = self._r.pipeline(transaction=False)
             for queue in self._queues:
                 pipe.llen(queue)
-            pipe.hlen("unacked")  # kombu's redis transport: messages delivered, not yet acknowledged
+            pipe.hlen("unacked")  # service.queue.UNACKED: delivered, not yet acknowledged
             pipe.llen(self._notify_key)
             *lengths, unacked, notify = pipe.execute()
         except redis.RedisError:

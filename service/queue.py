@@ -8,9 +8,11 @@ route it to.
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from typing import Any, Literal
 
+import redis
 from celery import Celery
 
 from service.settings import Settings
@@ -58,3 +60,45 @@ def enqueue(settings: Settings, task: str, args: list[Any], countdown: float | N
     _client(settings.redis_url).send_task(
         task, args=args, queue=queue_of(settings, task), countdown=countdown
     )
+
+
+# -- what waits in the broker (kombu's Redis transport) -------------------------------------------
+
+UNACKED = "unacked"  # kombu's hash of messages delivered to a worker and not yet acknowledged
+_PRIORITY_SEP = "\x06\x16"  # kombu names a queue's priority lists `<queue>\x06\x16<priority>`
+_PRIORITIES = (3, 6, 9)  # kombu's default priority steps above 0 (priority 0 is the queue itself)
+_JOB_ID = re.compile(rb"job_[0-9a-f]{28}")
+_CHUNK = 500
+
+
+def broker_lists(settings: Settings) -> list[str]:
+    """The Redis lists kombu keeps our queues' waiting messages in."""
+    queues = sorted({settings.cpu_queue, settings.io_queue})
+    return [*queues, *(f"{q}{_PRIORITY_SEP}{p}" for q in queues for p in _PRIORITIES)]
+
+
+def jobs_in_broker(r: redis.Redis, settings: Settings, scan_limit: int) -> set[str] | None:
+    """The job ids named by a message waiting in a queue or held unacknowledged by a worker, read
+    from the raw messages (Celery writes the arguments in clear in `argsrepr`). None when there
+    are more than `scan_limit` messages: then nobody can say which job has none."""
+    lists = broker_lists(settings)
+    pipe = r.pipeline(transaction=False)
+    for name in lists:
+        pipe.llen(name)
+    pipe.hlen(UNACKED)
+    *lengths, unacked = pipe.execute()
+    if sum(lengths) + int(unacked) > scan_limit:
+        return None
+    found: set[str] = set()
+
+    def collect(raw: Any) -> None:
+        data = raw if isinstance(raw, bytes) else str(raw).encode()
+        found.update(m.decode() for m in _JOB_ID.findall(data))
+
+    for name, length in zip(lists, lengths, strict=True):
+        for start in range(0, int(length), _CHUNK):
+            for raw in r.lrange(name, start, start + _CHUNK - 1):  # type: ignore[union-attr]
+                collect(raw)
+    for _, raw in r.hscan_iter(UNACKED, count=_CHUNK):
+        collect(raw)
+    return found

@@ -85,6 +85,19 @@ class Settings(BaseSettings):
         description="Steps of one job sent again after losing their worker, at most; one more fails the "
         "job with `worker_lost` (a step that kills every worker it runs on must not loop).",
     )
+    orphan_sweep_interval_s: float = Field(
+        15.0,
+        gt=0,
+        description="How often one worker (whichever takes the turn) looks for live jobs with no step "
+        "in flight: a message the broker lost (Redis crashed between a worker's pop and its record) is "
+        "sent again.",
+    )
+    orphan_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A live job is looked at by the orphan sweep once it has been this long without "
+        "being seen in flight (leased, waiting in a queue or held unacknowledged).",
+    )
     idempotency_ttl_s: int = Field(86400, gt=0, description="How long an Idempotency-Key's response is kept.")
     cpu_queue: str = Field("tuneset.cpu", description="Celery queue for validation and build work.")
     io_queue: str = Field("tuneset.io", description="Celery queue for uploads and webhooks.")

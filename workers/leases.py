@@ -20,6 +20,12 @@ so leases that look expired then may belong to living workers.
 
 A job step is a task whose first argument is a job id; other tasks (webhook deliveries) have
 leases of their own.
+
+A third thread sweeps for orphans (service/jobs/orphans.py): live jobs with no step in flight at
+all, whose message the broker lost before any worker held a lease on it. Workers take turns (a
+Redis lock that lives one `orphan_sweep_interval_s`), so one sweep runs per interval however many
+workers there are. A job must look orphaned in two looks `_SECOND_LOOK_S` apart, unchanged, before
+its first step is sent again; that counts against the same redelivery cap.
 """
 
 from __future__ import annotations
@@ -40,9 +46,12 @@ from celery.signals import task_received, worker_ready, worker_shutdown
 from kombu.exceptions import OperationalError
 
 from service import metrics
-from service.jobs import ErrorCode
+from service.jobs import ErrorCode, keys
+from service.jobs.chain import task_of
 from service.jobs.leases import Claimed, Leases, Step
+from service.jobs.orphans import Orphan, find_orphans
 from service.jobs.store import TERMINAL
+from service.queue import queue_of
 from service.settings import Settings, get_settings
 from service.store.blobs import blob_store_from_settings
 from service.store.state import State
@@ -52,6 +61,7 @@ from workers.runtime import Runtime
 
 log = logging.getLogger("tuneset.leases")
 _TICK_S = 0.05  # how soon a finished step's lease is released (a dict scan; Redis only then)
+_SECOND_LOOK_S = 2.0  # an orphan must still be one this much later (a message between two hands)
 
 
 def step_of(request: Any) -> Step | None:
@@ -105,6 +115,21 @@ def count_redelivery(step: Step, task_id: str) -> None:
     )
 
 
+def count_orphan(orphan: Orphan, task_id: str, redeliveries: int) -> None:
+    """A live job had nothing in flight (its message was lost): its first step was sent again."""
+    metrics.record_redelivery(orphan.job_id, task_of(orphan.kind), source="orphan_sweep")
+    log.warning(
+        "job %s (%s, %s) had no step in flight: sent %s again as %s (redelivery %d for this job)",
+        orphan.job_id,
+        orphan.status,
+        orphan.stage,
+        task_of(orphan.kind),
+        task_id,
+        redeliveries,
+        extra={"job_id": orphan.job_id, "task_id": task_id, "redeliveries": redeliveries},
+    )
+
+
 def count_worker_lost(step: Step, redeliveries: int) -> None:
     """A job failed with `worker_lost`: its steps lost their worker too often."""
     log.warning(
@@ -138,6 +163,7 @@ class Keeper:
         self.threads = [
             threading.Thread(target=self._heartbeat, name="tuneset-lease-heartbeat", daemon=True),
             threading.Thread(target=self._reaper, name="tuneset-lease-reaper", daemon=True),
+            threading.Thread(target=self._sweeper, name="tuneset-orphan-sweep", daemon=True),
         ]
 
     def start(self) -> None:
@@ -256,6 +282,49 @@ class Keeper:
                 )
                 count_redelivery(step, str(sent.id))
         self.leases.release(step.task_id, claimer)
+
+    # -- orphan sweep ------------------------------------------------------------------------
+
+    def _sweeper(self) -> None:
+        interval = self.settings.orphan_sweep_interval_s
+        while not self.stopping.wait(interval * random.uniform(0.9, 1.1)):
+            try:
+                if self.state.r.set(keys.SWEEP_TURN, self.node, nx=True, px=int(interval * 1000)):
+                    self.sweep()
+            except (redis.RedisError, OperationalError) as e:
+                log.warning("orphan sweep: %s", type(e).__name__)
+            except Exception:  # a bug in one sweep must not stop the next
+                log.exception("orphan sweep failed")
+
+    def sweep(self, second_look_s: float = _SECOND_LOOK_S) -> int:
+        """Send again the first step of every live job found with nothing in flight twice,
+        `second_look_s` apart and unchanged; returns how many were sent."""
+        first = find_orphans(self.state.jobs, self.leases, self.settings)
+        if not first or self.stopping.wait(second_look_s):
+            return 0
+        second = {o.job_id: o for o in find_orphans(self.state.jobs, self.leases, self.settings) or []}
+        sent = 0
+        for orphan in first:
+            if second.get(orphan.job_id) != orphan:
+                continue  # it moved, or a step of it was seen in flight
+            redeliveries = self.leases.count_redelivery(orphan.job_id)
+            if redeliveries > self.settings.lease_max_redeliveries:
+                self._fail_orphan(orphan, redeliveries)
+                continue
+            self.state.jobs.mark_sent(orphan.job_id)
+            task = task_of(orphan.kind)
+            result = self.sender.send_task(task, args=[orphan.job_id], queue=queue_of(self.settings, task))
+            count_orphan(orphan, str(result.id), redeliveries)
+            sent += 1
+        return sent
+
+    def _fail_orphan(self, orphan: Orphan, redeliveries: int) -> None:
+        message = (
+            f"the job had no step in flight (its message was lost) after {redeliveries - 1} "
+            "redeliveries of its steps (TUNESET_LEASE_MAX_REDELIVERIES)"
+        )
+        rt = Runtime(self.settings, self.state, blob_store_from_settings(self.settings))
+        JobContext(orphan.job_id, rt).fail(ErrorCode.worker_lost, message)
 
     def _fail(self, step: Step, redeliveries: int) -> None:
         message = (

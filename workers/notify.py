@@ -86,6 +86,7 @@ def announce(settings: Settings, jobs: Jobs, store: WebhookStore | None, job_id:
     start = after_ending(jobs, job)
     if start is not None:
         task, follower = start
+        jobs.mark_sent(follower)  # a live job from now on, for the orphan sweep
         enqueue(settings, task, [follower])
     if store is None:
         return

@@ -1,7 +1,7 @@
 """Builds: POST /v1/datasets/{id}/builds checks the recipe, records a queued job, then enqueues it.
 
 The job is committed to Redis before the task is sent, so a worker never receives a job id it
-cannot find. The API names the task (`service.jobs.chain.task_of`); it never imports the workers. A model
+cannot find. The API names the task (`service.jobs.chain.send_first`); it never imports the workers. A model
 profile a token-level output names (`outputs.packed.profile`, `outputs.tokenized.profile`) must
 exist when the build is submitted (else 422 `unknown_profile`); its content hash then is kept in
 the job's spec.
@@ -29,8 +29,7 @@ from service.core.outputs import Outputs, default_outputs
 from service.core.packing import DEFAULT_TEMPLATE
 from service.core.templates import TemplateError, get_template
 from service.jobs import BuildSpec, Callback, ErrorCode, Jobs, new_job_id
-from service.jobs.chain import plan_followers, task_of
-from service.queue import enqueue
+from service.jobs.chain import plan_followers, send_first
 from service.webhooks.signing import new_secret
 
 log = logging.getLogger("tuneset.api")
@@ -152,7 +151,7 @@ def _start_build(
         spec.upload_job = started.upload_job_id
     jobs.create(tenant, spec, job_id=job_id)
     try:
-        enqueue(services.settings, task_of("build"), [job_id])
+        send_first(services.settings, jobs, "build", job_id)
     except Exception as e:
         log.error("could not enqueue build %s: %s", job_id, type(e).__name__)
         jobs.fail(job_id, ErrorCode.enqueue_failed, "the broker is unreachable")

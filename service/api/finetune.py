@@ -21,8 +21,7 @@ from service.api.errors import ApiProblem, not_found, problems
 from service.api.providers import provider_store
 from service.api.schemas import FineTuneOptions, FineTuneRequest, JobStarted
 from service.jobs import BuildSpec, Jobs, UploadSpec, spec_of
-from service.jobs.chain import task_of
-from service.queue import enqueue
+from service.jobs.chain import send_first
 
 
 @post(
@@ -87,9 +86,9 @@ def start_fine_tune(
     )
     assert fine_tune_id is not None
     if upload is None:  # the chain goes on from the upload, which the new fine-tune waits for
-        enqueue(services.settings, task_of("upload"), [upload_id])
+        send_first(services.settings, jobs, "upload", upload_id)
     else:
-        enqueue(services.settings, task_of("fine_tune"), [fine_tune_id])
+        send_first(services.settings, jobs, "fine_tune", fine_tune_id)
     return Response(
         JobStarted(job_id=fine_tune_id, upload_job_id=None if upload else upload_id, callback_secret=secret),
         status_code=202,

@@ -15,7 +15,8 @@ from typing import Any
 from service.jobs.errors import JobError, waited_for
 from service.jobs.specs import BuildSpec, Callback, FineTuneSpec, JobSpec, Kind, UploadSpec
 from service.jobs.store import Jobs, new_job_id, spec_of
-from service.queue import BUILD_TASK, FINE_TUNE_TASK, UPLOAD_TASK
+from service.queue import BUILD_TASK, FINE_TUNE_TASK, UPLOAD_TASK, enqueue
+from service.settings import Settings
 
 ORDER: tuple[Kind, ...] = ("build", "upload", "fine_tune")
 TASKS: dict[Kind, str] = {"build": BUILD_TASK, "upload": UPLOAD_TASK, "fine_tune": FINE_TUNE_TASK}
@@ -25,6 +26,13 @@ WAITING = "waiting"  # the stage of a job that waits for its predecessor
 def task_of(kind: Kind) -> str:
     """The task that runs a job of `kind`."""
     return TASKS[kind]
+
+
+def send_first(settings: Settings, jobs: Jobs, kind: Kind, job_id: str) -> None:
+    """Start a job: its first step is sent, and the job joins the index of live jobs first, so
+    the orphan sweep (service/jobs/orphans.py) sends it again if the broker loses the message."""
+    jobs.mark_sent(job_id)
+    enqueue(settings, task_of(kind), [job_id])
 
 
 def follower_of(spec: JobSpec) -> str | None:

@@ -11,6 +11,8 @@ from service.store.ids import P
 
 NOTIFY = P + "notify"  # job ids that reached a terminal state, waiting for their webhooks
 NOTIFY_WORKING = P + "notify:working"  # taken by a dispatcher, not yet turned into deliveries
+LIVE = P + "jobs:live"  # job ids whose first step was sent, until they end -> when last seen in flight
+SWEEP_TURN = P + "jobs:sweep"  # the lock of the worker whose turn it is to sweep for orphans
 
 
 def job_key(job_id: str) -> str:

@@ -176,6 +176,22 @@ class Leases:
             for i in range(0, len(reply), 2)
         ]
 
+    def job_ids(self) -> set[str]:
+        """The jobs with a lease on one of their steps (expired or not: the reaper handles those)."""
+        ids = [i.decode() if isinstance(i, bytes) else str(i) for i in self.r.zrange(LEASES, 0, -1)]  # type: ignore[union-attr]
+        pipe = self.r.pipeline(transaction=False)
+        for task_id in ids:
+            pipe.hget(LEASE + task_id, "job_id")
+        return {j.decode() if isinstance(j, bytes) else str(j) for j in pipe.execute() if j}
+
+    def count_redelivery(self, job_id: str) -> int:
+        """One more redelivery of the job's steps not found through a lease; returns the count."""
+        pipe = self.r.pipeline()
+        pipe.incr(REDELIVERIES + job_id)
+        pipe.expire(REDELIVERIES + job_id, self.counter_ttl_s)
+        n, _ = pipe.execute()
+        return int(n)
+
     def redeliveries(self, job_id: str) -> int:
         """How often the job's steps were claimed after their worker was lost."""
         return int(self.r.get(REDELIVERIES + job_id) or 0)  # type: ignore[arg-type]

@@ -41,9 +41,10 @@ _RUNNING = frozenset({"running"})
 _LIVE = frozenset({"queued", "running"})
 
 # KEYS[1] job hash, KEYS[2] the notification list, KEYS[3] the job's event stream, KEYS[4] its
-# set of finished shards; ARGV: allowed-from statuses (comma separated), to, the job id, "1" when
-# `to` is terminal, the retention (seconds) for a job created without one, the status event's data
-# (JSON), then field/value pairs. The status event is written by the same script, so no reader
+# set of finished shards, KEYS[5] the index of live jobs (a job leaves it as it ends); ARGV:
+# allowed-from statuses (comma separated), to, the job id, "1" when `to` is terminal, the
+# retention (seconds) for a job created without one, the status event's data (JSON), then
+# field/value pairs. The status event is written by the same script, so no reader
 # ever sees a job's new status without its event (nor a killed worker leave one without the other).
 # Returns the job's kind (a string) when it moved, 0 when its status did not allow it, -1 when gone.
 _TRANSITION = """
@@ -56,6 +57,7 @@ for allowed in string.gmatch(ARGV[1], '[^,]+') do
     redis.call('XADD', KEYS[3], 'MAXLEN', '~', '10000', '*', 'type', 'status', 'data', ARGV[6])
     if ARGV[4] == '1' then
       redis.call('LPUSH', KEYS[2], ARGV[3])
+      redis.call('ZREM', KEYS[5], ARGV[3])
       local ttl = tonumber(redis.call('HGET', KEYS[1], 'retention_s')) or tonumber(ARGV[5])
       redis.call('EXPIRE', KEYS[1], ttl)
       redis.call('EXPIRE', KEYS[3], ttl)
@@ -81,10 +83,34 @@ def spec_of(job: dict[str, Any]) -> JobSpec:
     return decode_spec(str(job["kind"]), job.get("spec"))
 
 
+# The index of live jobs is scored by the Redis clock (workers' clocks may disagree).
+_SEEN = """
+if redis.replicate_commands then redis.replicate_commands() end
+local now = tonumber(redis.call('TIME')[1])
+for i = 2, #ARGV do
+  if ARGV[1] == 'XX' then
+    redis.call('ZADD', KEYS[1], 'XX', now, ARGV[i])
+  else
+    redis.call('ZADD', KEYS[1], now, ARGV[i])
+  end
+end
+return #ARGV - 1
+"""
+_UNSEEN = """
+if redis.replicate_commands then redis.replicate_commands() end
+local now = tonumber(redis.call('TIME')[1])
+return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[1]), 'LIMIT', 0, tonumber(ARGV[2]))
+"""
+
+
 @dataclass
 class Jobs:
     r: redis.Redis
     retention_s: int = DEFAULT_JOB_RETENTION_S  # written into the jobs created here
+
+    def __post_init__(self) -> None:
+        self._seen = self.r.register_script(_SEEN)
+        self._unseen = self.r.register_script(_UNSEEN)
 
     # -- records ----------------------------------------------------------------------------
 
@@ -195,6 +221,28 @@ class Jobs:
     def cancel_requested(self, job_id: str) -> bool:
         return self.r.hget(keys.job_key(job_id), "cancel_requested") == "1"
 
+    # -- the index of live jobs, for the orphan sweep (service/jobs/orphans.py) ----------------
+
+    def mark_sent(self, job_id: str) -> None:
+        """The job's first step is about to be sent: from now on some step of it is in flight
+        until it ends (the sweep checks that). Call before enqueueing, so no sweep can miss it."""
+        self._seen(keys=[keys.LIVE], args=["", job_id])
+
+    def seen_in_flight(self, job_ids: list[str]) -> None:
+        """These live jobs were seen with a step in flight (now, by the Redis clock)."""
+        if job_ids:
+            self._seen(keys=[keys.LIVE], args=["XX", *job_ids])  # an ended job stays out
+
+    def unseen_since(self, age_s: float, limit: int) -> list[str]:
+        """Live jobs not seen in flight for `age_s` seconds, oldest first, at most `limit`."""
+        ids: list[str] = self._unseen(keys=[keys.LIVE], args=[age_s, limit])
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def forget_live(self, job_ids: list[str]) -> None:
+        """Drop ids from the index (their jobs ended or expired before the index learnt it)."""
+        if job_ids:
+            self.r.zrem(keys.LIVE, *job_ids)
+
     def _move(self, job_id: str, allowed: frozenset[str], to: Status, **fields: Any) -> bool:
         """Compare-and-set the status; False when the job is not in an allowed status."""
         terminal = to in TERMINAL
@@ -220,6 +268,7 @@ class Jobs:
             keys.NOTIFY,
             keys.events_key(job_id),
             keys.shards_done_key(job_id),
+            keys.LIVE,
         )
         reply: Any = self.r.eval(_TRANSITION, len(script_keys), *script_keys, *argv)
         if isinstance(reply, bytes):  # a client without decode_responses

@@ -83,6 +83,8 @@ def worker_env(settings: Settings) -> dict[str, str]:
     if settings.secret_key is not None:
         env["TUNESET_SECRET_KEY"] = settings.secret_key.get_secret_value()
     env["TUNESET_WEBHOOK_ALLOW_HOSTS"] = json.dumps(settings.webhook_allow_hosts)
+    env["TUNESET_ORPHAN_SWEEP_INTERVAL_S"] = str(settings.orphan_sweep_interval_s)
+    env["TUNESET_ORPHAN_AFTER_S"] = str(settings.orphan_after_s)
     return env
 
 
