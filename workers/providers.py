@@ -260,39 +260,46 @@ def _create(step: _Step) -> None:
     if upload.get("status") != "succeeded":
         raise _Failed(ErrorCode.upload_not_succeeded, f"the upload job {spec.upload_job} has not succeeded")
     files = (upload.get("result") or {}).get("files") or {}
-    client = step.client()
-    provider_job_id = jobs.provider_job(step.job_id)
-    if not provider_job_id:
-
-        def find() -> str | None:
-            existing = find_job(client, "tuneset_job", step.job_id)
-            return existing.id if existing is not None else None
-
-        def create() -> str:
-            options = dict(spec.options)
-            hyper = options.pop("hyperparameters", None) or {}
-            metadata = {
-                **(options.pop("metadata", None) or {}),
-                "tuneset_job": step.job_id,
-                "tuneset_build": spec.build_job,
-            }
-            request = msgspec.convert(
-                {
-                    **options,
-                    **{k: v for k, v in hyper.items() if v != "auto"},
-                    "training_file": files["train"],
-                    "validation_file": files.get("validation"),
-                    "metadata": metadata,
-                },
-                FineTuneRequest,
-            )
-            return create_fine_tune(client.with_options(max_retries=0), request).id
-
-        provider_job_id = create_once(find, create)
-        jobs.record_provider_job(step.job_id, spec.provider_id, provider_job_id)
+    with jobs.creating_provider_job(step.job_id, step.settings.lease_ttl_s) as mine:
+        if not mine:  # a run of this step that is still alive is creating it: ask again later
+            raise Transient("the provider's fine-tuning job is being created by another run of this step")
+        provider_job_id = jobs.provider_job(step.job_id) or _create_provider_job(step, spec, files)
     jobs.update_result(step.job_id, provider=spec.provider, provider_job_id=provider_job_id)
     jobs.progress(step.job_id, "validating_files", 0, 0)
     enqueue(step.settings, FINE_TUNE_POLL_TASK, [step.job_id, 0])
+
+
+def _create_provider_job(step: _Step, spec: FineTuneSpec, files: dict[str, Any]) -> str:
+    """Find the provider job a lost run of this step created (by its metadata), or create it."""
+    client = step.client()
+
+    def find() -> str | None:
+        existing = find_job(client, "tuneset_job", step.job_id)
+        return existing.id if existing is not None else None
+
+    def create() -> str:
+        options = dict(spec.options)
+        hyper = options.pop("hyperparameters", None) or {}
+        metadata = {
+            **(options.pop("metadata", None) or {}),
+            "tuneset_job": step.job_id,
+            "tuneset_build": spec.build_job,
+        }
+        request = msgspec.convert(
+            {
+                **options,
+                **{k: v for k, v in hyper.items() if v != "auto"},
+                "training_file": files["train"],
+                "validation_file": files.get("validation"),
+                "metadata": metadata,
+            },
+            FineTuneRequest,
+        )
+        return create_fine_tune(client.with_options(max_retries=0), request).id
+
+    provider_job_id = create_once(find, create)
+    step.jobs.record_provider_job(step.job_id, spec.provider_id, provider_job_id)
+    return provider_job_id
 
 
 def poll_fine_tune(job_id: str) -> bool:

@@ -318,6 +318,11 @@ class Jobs:
         value: Any = self.r.hget(keys.job_key(job_id), "provider_job_id")
         return str(value) if value else None
 
+    def creating_provider_job(self, job_id: str, ttl_s: float) -> contextlib.AbstractContextManager[bool]:
+        """Hold the lock on creating the job's provider fine-tuning job (True) or learn that a live
+        run of the step holds it (False): two runs at once would both find none and create two."""
+        return exclusive(self.r, keys.job_key(job_id) + ":creating", ttl_s)
+
     def record_provider_job(self, job_id: str, provider_id: str, provider_job_id: str) -> None:
         pipe = self.r.pipeline()
         pipe.hset(keys.job_key(job_id), "provider_job_id", provider_job_id)
