@@ -16,6 +16,7 @@ import redis
 from celery import Celery
 
 from service.settings import Settings
+from service.store.redis_conn import broker
 
 BUILD_TASK = "tuneset.build"  # plan a build and fan it out into shards
 SHARD_TASK = "tuneset.build_shard"  # one shard of a build
@@ -49,9 +50,10 @@ def routes(settings: Settings) -> dict[str, dict[str, str]]:
 
 @cache
 def _client(broker_url: str) -> Celery:
-    app = Celery("tuneset-client", broker=broker_url)
+    url, options = broker(broker_url)
+    app = Celery("tuneset-client", broker=url)
     app.conf.broker_connection_retry_on_startup = True
-    app.conf.broker_transport_options = {"socket_timeout": 5, "socket_connect_timeout": 5}
+    app.conf.broker_transport_options = {"socket_timeout": 5, "socket_connect_timeout": 5, **options}
     return app
 
 

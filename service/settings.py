@@ -21,7 +21,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(
         "redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("TUNESET_REDIS_URL", "REDIS_URL"),
-        description="Redis for job state, events, idempotency records and API keys; also the Celery broker.",
+        description="Redis for job state, events, idempotency records and API keys; also the Celery broker. "
+        "`sentinel://host:26379;sentinel://host2:26379/0?master_name=mymaster` finds the master through "
+        "Sentinel (service/store/redis_conn.py).",
     )
     data_dir: Path = Field(
         Path(".tuneset"), description="Local state for `tuneset dev` and the local blob store."

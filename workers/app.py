@@ -13,13 +13,15 @@ from celery import Celery
 
 from service.queue import routes
 from service.settings import Settings, get_settings
+from service.store.redis_conn import broker
 
 
 def make_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     if settings.visibility_timeout_s <= settings.build_time_limit_s:
         raise ValueError("TUNESET_VISIBILITY_TIMEOUT_S must exceed TUNESET_BUILD_TIME_LIMIT_S")
-    app = Celery("tuneset", broker=settings.redis_url, include=["workers.tasks", "workers.ops"])
+    broker_url, broker_options = broker(settings.redis_url)
+    app = Celery("tuneset", broker=broker_url, include=["workers.tasks", "workers.ops"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -35,6 +37,7 @@ def make_app(settings: Settings | None = None) -> Celery:
             "visibility_timeout": settings.visibility_timeout_s,
             "socket_timeout": 10,
             "socket_connect_timeout": 5,
+            **broker_options,
         },
         worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_hijack_root_logger=False,

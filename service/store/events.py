@@ -30,10 +30,10 @@ from collections.abc import AsyncIterator
 from typing import Any, NamedTuple
 
 import redis
-import redis.asyncio as aredis
 
 from service.jobs import TERMINAL
 from service.jobs.keys import events_key, job_key
+from service.store.redis_conn import async_client
 
 log = logging.getLogger("tuneset.events")
 
@@ -93,7 +93,7 @@ class EventFeed:
         self.block_ms = block_ms
         # the poller's blocking read takes one connection, everything else shares the rest and
         # waits (asynchronously) for a free one instead of opening more
-        pool = aredis.BlockingConnectionPool.from_url(
+        self.r = async_client(
             url,
             max_connections=max_connections,
             timeout=10,
@@ -101,7 +101,6 @@ class EventFeed:
             socket_timeout=max(5.0, 2 * block_ms / 1000),
             socket_connect_timeout=5,
         )
-        self.r = aredis.Redis(connection_pool=pool)
         self._followers: dict[str, set[_Follower]] = {}
         self._poller: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -18,6 +18,7 @@ import redis
 from service.jobs import keys as job_keys
 from service.jobs.store import DEFAULT_JOB_RETENTION_S, TERMINAL, Jobs
 from service.store.ids import P, new_id, now
+from service.store.redis_conn import sync_client
 
 __all__ = ["DEFAULT_JOB_RETENTION_S", "TERMINAL", "P", "State", "hash_key", "new_id", "now"]
 
@@ -34,7 +35,7 @@ class State:
     @classmethod
     def from_url(cls, url: str, job_retention_s: int = DEFAULT_JOB_RETENTION_S) -> State:
         return cls(
-            redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5),
+            sync_client(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=5),
             job_retention_s,
         )
 
