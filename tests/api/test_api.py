@@ -17,6 +17,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 import service.api.builds
+import service.jobs.chain
 from service.api.app import create_app
 from service.api.batches import request_fingerprint
 from service.cli import main as cli
@@ -80,7 +81,7 @@ def enqueued(monkeypatch: pytest.MonkeyPatch, state: State) -> list[tuple[str, l
         assert job["status"] == "queued", "enqueued before the job was committed"
         calls.append((task, args, job["status"]))
 
-    monkeypatch.setattr(service.api.builds, "enqueue", fake)
+    monkeypatch.setattr(service.jobs.chain, "enqueue", fake)
     return calls
 
 
@@ -589,7 +590,7 @@ def test_an_unreachable_broker_fails_the_job_and_answers_503(
     def down(*args: Any, **kwargs: Any) -> None:
         raise ConnectionError("broker down")
 
-    monkeypatch.setattr(service.api.builds, "enqueue", down)
+    monkeypatch.setattr(service.jobs.chain, "enqueue", down)
     ds = make_dataset(client, key)
     assert_problem(client.post(f"/v1/datasets/{ds}/builds", json={}, headers=auth(key)), 503)
     jobs = client.get("/v1/jobs", headers=auth(key)).json()["items"]

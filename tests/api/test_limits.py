@@ -25,6 +25,7 @@ from litestar.testing import TestClient
 from pydantic import SecretStr
 
 import service.api.builds
+import service.jobs.chain
 from service.api import schemas
 from service.api.app import create_app
 from service.cli import openapi_yaml
@@ -77,7 +78,7 @@ def key(state: State) -> str:
 @pytest.fixture
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     calls: list[Any] = []
-    monkeypatch.setattr(service.api.builds, "enqueue", lambda *args, **kwargs: calls.append(args))
+    monkeypatch.setattr(service.jobs.chain, "enqueue", lambda *args, **kwargs: calls.append(args))
     return calls
 
 

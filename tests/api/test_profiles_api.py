@@ -22,6 +22,7 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 import service.api.builds
+import service.jobs.chain
 from service.api.app import create_app
 from service.api.schemas import PROFILE_TEMPLATE_MAX
 from service.core.templates import BUILTIN_TEMPLATES
@@ -436,7 +437,7 @@ def test_a_build_naming_an_unknown_profile_is_422_at_submit(
     client: Client, key: str, monkeypatch: pytest.MonkeyPatch, state: State
 ) -> None:
     calls: list[Any] = []
-    monkeypatch.setattr(service.api.builds, "enqueue", lambda s, task, args, queue=None: calls.append(args))
+    monkeypatch.setattr(service.jobs.chain, "enqueue", lambda s, task, args, queue=None: calls.append(args))
     ds = make_dataset(client, key)
     assert push(client, key, ds, jsonl(*GOOD[:3])).status_code == 201
     for outputs in ({"packed": {"profile": "nope"}}, {"tokenized": {"profile": "nope"}}):

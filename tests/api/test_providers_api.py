@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 import service.api.builds
 import service.api.providers
+import service.jobs.chain
 from service.api.app import create_app
 from service.queue import queue_of
 from service.settings import Settings
@@ -59,7 +60,7 @@ def key(state: State) -> str:
 def enqueued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[Any]]]:
     calls: list[tuple[str, list[Any]]] = []
     monkeypatch.setattr(
-        service.api.builds, "enqueue", lambda s, task, args, queue=None: calls.append((task, args))
+        service.jobs.chain, "enqueue", lambda s, task, args, queue=None: calls.append((task, args))
     )
     return calls
 
