@@ -1,4 +1,4 @@
-"""Batch ingestion: POST /v1/datasets/{id}/batches.
+"""Batch ingestion: POST /v1/datasets/{id}/batches; list them; DELETE one to undo a bad push.
 
 The body is JSONL (`application/jsonl`, `application/x-ndjson`) or JSON `{"examples": [...]}`,
 optionally gzip-encoded (decompressed under the same size cap as raw bodies). Every line is
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter, RawBody
@@ -52,6 +52,7 @@ from service.core.formats import (
 from service.core.lint import lint
 from service.core.problems import CODES
 from service.store.state import new_id, now
+from service.times import rfc3339
 
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
 
@@ -306,7 +307,7 @@ class BatchController(Controller):
                 skipped=checked.bad_lines,
                 bytes=len(data),
                 format=fmt_name,
-                created_at=created_at,
+                created_at=rfc3339(created_at),
                 problems=checked.problems,
             ),
             status_code=201,
@@ -316,7 +317,31 @@ class BatchController(Controller):
     def list_batches(
         self, dataset_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
     ) -> BatchPage:
-        """The batches of a dataset, oldest first."""
+        """The batches of a dataset, in push order (the order their lines are numbered in)."""
         if services.state.get_dataset(tenant, dataset_id) is None:
             raise not_found("dataset", dataset_id)
-        return BatchPage(items=[msgspec.convert(b, Batch) for b in services.state.batches(dataset_id)])
+        return BatchPage(items=[batch_out(b) for b in services.state.batches(dataset_id)])
+
+    @delete("/{batch_id:str}", operation_id="deleteBatch", sync_to_thread=True, responses=problems(401, 404))
+    def delete_batch(
+        self,
+        dataset_id: FromPath[str],
+        batch_id: FromPath[str],
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+    ) -> None:
+        """Undo a push: the batch's examples leave the dataset (and its counts) and its blob is deleted.
+
+        Later builds no longer see them and the lines of later batches move up; builds already
+        running keep what they planned (one that has yet to read this batch may fail). Jobs
+        built before keep their artifacts."""
+        if services.state.get_dataset(tenant, dataset_id) is None:
+            raise not_found("dataset", dataset_id)
+        batch = services.state.delete_batch(dataset_id, batch_id)
+        if batch is None:
+            raise not_found("batch", batch_id)
+        services.blobs.delete_prefix(str(batch["key"]))
+
+
+def batch_out(batch: dict[str, Any]) -> Batch:
+    return msgspec.convert({**batch, "created_at": rfc3339(batch["created_at"])}, Batch)
