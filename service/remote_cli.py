@@ -78,7 +78,11 @@ def _problems(e: ApiError, most: int = 20) -> list[Any]:
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    """Rich output; written to a pipe or file, lines are not cut at 80 columns (ids stay whole)."""
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=max(console.width, 160))
+    return console
 
 
 def _progress(console: Console) -> Progress:
