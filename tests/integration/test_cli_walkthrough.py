@@ -34,6 +34,7 @@ def _env(url: str, key: str, **extra: str) -> dict[str, str]:
 def tuneset(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "service.cli", *args],
+        check=False,
         env=env,
         cwd=cwd,
         capture_output=True,
@@ -45,8 +46,18 @@ def tuneset(env: dict[str, str], *args: str, cwd: Path | None = None) -> subproc
 def _interrupted_push(env: dict[str, str], cwd: Path) -> str:
     """A push killed (SIGKILL, no clean-up) once its second batch is stored; what it printed."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "push", str(DATA), "-d", "support", "--create"]
-        + ["--batch-size", str(BATCH)],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "push",
+            str(DATA),
+            "-d",
+            "support",
+            "--create",
+            "--batch-size",
+            str(BATCH),
+        ],
         env=env,
         cwd=cwd,
         stdout=subprocess.PIPE,
