@@ -51,7 +51,7 @@ from service.core.formats import (
 )
 from service.core.lint import lint
 from service.core.problems import CODES
-from service.store.state import new_id, now
+from service.store.state import hash_key, new_id, now
 from service.times import rfc3339
 
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
@@ -245,7 +245,9 @@ class BatchController(Controller):
             tenant,
             idempotency_key,
             request_fingerprint(dataset_id, request.url.query, body),
-            lambda: self._push(request, dataset, body, fmt_value, on_invalid, tenant, services),
+            lambda: self._push(
+                request, dataset, body, fmt_value, on_invalid, tenant, services, idempotency_key
+            ),
             on_replay=services.metrics.batches.labels("replayed").inc,
         )
 
@@ -258,6 +260,7 @@ class BatchController(Controller):
         on_invalid: str,
         tenant: str,
         services: Services,
+        idempotency_key: str | None,
     ) -> Response[BatchCreated]:
         raw = decode_body(body, request.headers.get("content-encoding"), services.settings.max_body_bytes)
         checked = check_body(request, raw, fmt, str(dataset["kind"]))
@@ -294,6 +297,8 @@ class BatchController(Controller):
                 "format": fmt_name,
                 "created_at": created_at,
                 "key": key,
+                # so deleting the batch frees its key: the same push again stores it again
+                **({"idempotency": hash_key(idempotency_key)} if idempotency_key else {}),
             },
         )
         services.metrics.batches.labels("stored").inc()
@@ -334,13 +339,16 @@ class BatchController(Controller):
 
         Later builds no longer see them and the lines of later batches move up; builds already
         running keep what they planned (one that has yet to read this batch may fail). Jobs
-        built before keep their artifacts."""
+        built before keep their artifacts. The Idempotency-Key it was pushed with is freed, so
+        pushing the same batch again stores it again."""
         if services.state.get_dataset(tenant, dataset_id) is None:
             raise not_found("dataset", dataset_id)
         batch = services.state.delete_batch(dataset_id, batch_id)
         if batch is None:
             raise not_found("batch", batch_id)
         services.blobs.delete_prefix(str(batch["key"]))
+        if batch.get("idempotency"):
+            services.state.idempotency_forget(tenant, str(batch["idempotency"]))
 
 
 def batch_out(batch: dict[str, Any]) -> Batch:

@@ -181,4 +181,8 @@ class State:
         self.r.set(P + f"idem:{tenant}:{hash_key(key)}", json.dumps(record), ex=ttl_s)
 
     def idempotency_abort(self, tenant: str, key: str) -> None:
-        self.r.delete(P + f"idem:{tenant}:{hash_key(key)}")
+        self.idempotency_forget(tenant, hash_key(key))
+
+    def idempotency_forget(self, tenant: str, key_hash: str) -> None:
+        """Free a key by its hash (what a stored batch keeps of the key it was pushed with)."""
+        self.r.delete(P + f"idem:{tenant}:{key_hash}")
