@@ -367,9 +367,9 @@ def validate(
     sys.exit(0 if report.ok else 1)
 
 
-def print_report(report: pipeline.Report, file: str, console: Console) -> None:
+def print_report(report: pipeline.Report, file: str, console: Console, command: str = "validate") -> None:
     verdict = Text("OK", style="bold green") if report.ok else Text("ERRORS", style="bold red")
-    console.print(Text.assemble(("tuneset validate ", "bold"), file, "  ", verdict))
+    console.print(Text.assemble((f"tuneset {command} ", "bold"), file, "  ", verdict))
     if report.profile is not None:
         name, _, digest = report.profile.partition("@")
         console.print(
@@ -982,10 +982,12 @@ def openapi_yaml() -> str:
 
 
 def _register_service_commands() -> None:
-    from service import run
+    from service import remote_cli, run
 
-    for command in (run.api, run.worker, run.keys, run.dev, run.fake_provider):
+    for command in (run.api, run.worker, run.keys, run.dev, run.fake_provider, *remote_cli.COMMANDS):
         main.add_command(command)
+    for command in remote_cli.KEY_COMMANDS:
+        run.keys.add_command(command)
 
 
 _register_service_commands()

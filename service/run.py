@@ -190,12 +190,14 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--tenant", required=True, help="The tenant the key acts for.")
-def keys_create(tenant: str) -> None:
-    """Print a new API key for TENANT (shown once; only its hash is stored)."""
+@click.option("--admin", is_flag=True, help="The key may also list, create and revoke keys (/v1/keys).")
+def keys_create(tenant: str, admin: bool) -> None:
+    """Print a new API key for TENANT (shown once; only its hash is stored). Talks to Redis
+    directly, so it needs REDIS_URL: this is how an operator makes the first admin key."""
     state = State.from_url(get_settings().redis_url)
     if not state.ping():
         raise click.ClickException("Redis is not reachable: set REDIS_URL (tuneset dev prints it)")
-    click.echo(state.create_key(tenant))
+    click.echo(state.create_key(tenant, admin=admin))
 
 
 @keys.command("secret")
@@ -434,7 +436,7 @@ def dev(port: int) -> None:
         env.setdefault("TUNESET_WEBHOOK_ALLOW_HOSTS", '["127.0.0.1", "localhost", "::1"]')
         os.environ.update(env)
         settings = get_settings()
-        key = State.from_url(redis_url).create_key("dev")
+        key = State.from_url(redis_url).create_key("dev", admin=True)  # one user: theirs to manage
         # an idle worker's warm shutdown takes 3-4 s here; a running task gets what is left
         sup.start("worker", worker_command(settings, loglevel="warning"), grace_s=10, env=env)
         api_args = [

@@ -21,7 +21,6 @@ import logging
 import random
 import threading
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -34,6 +33,7 @@ from service.settings import Settings
 from service.ssrf import Allowlist, guarded_client
 from service.store.secrets import MissingSecretKey, SecretBox
 from service.store.webhooks import WebhookStore
+from service.times import rfc3339
 from service.webhooks.schedule import next_delay
 from service.webhooks.send import send_once
 from service.webhooks.signing import sign
@@ -57,7 +57,7 @@ def payload_of(job: dict[str, Any]) -> dict[str, Any]:
     finished = job.get("finished_at") or time.time()
     out: dict[str, Any] = {
         "type": f"{job['kind']}.{job['status']}",
-        "timestamp": datetime.fromtimestamp(finished, tz=UTC).isoformat().replace("+00:00", "Z"),
+        "timestamp": rfc3339(finished),
         "job_id": job["id"],
         "kind": job["kind"],
         "status": job["status"],

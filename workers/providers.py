@@ -46,6 +46,7 @@ from service.ssrf import Allowlist, UrlRefused
 from service.store.blobs import BlobStore
 from service.store.providers import ProviderStore
 from service.store.secrets import MissingSecretKey, SecretBox
+from service.times import rfc3339
 from workers.context import JobContext
 
 log = logging.getLogger("tuneset.providers")
@@ -323,7 +324,9 @@ def poll_fine_tune(job_id: str) -> bool:
             "provider_status": snap.status,
             "trained_tokens": snap.trained_tokens,
             "fine_tuned_model": snap.fine_tuned_model,
-            "events": msgspec.to_builtins(snap.events[-100:]),
+            "events": [  # the provider's epoch seconds, in the API's one format
+                {**msgspec.to_builtins(e), "created_at": rfc3339(e.created_at)} for e in snap.events[-100:]
+            ],
             "checkpoints": msgspec.to_builtins(snap.checkpoints),
         }
         step.jobs.update_result(job_id, **record)

@@ -25,7 +25,6 @@ import tempfile
 from array import array
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +45,7 @@ from service.core.split import SplitError, SplitReport, SplitSide, SplitSpec, as
 from service.jobs import BuildSpec, ErrorCode
 from service.queue import FINALIZE_TASK, SHARD_TASK, enqueue
 from service.store.blobs import BlobStore
+from service.times import rfc3339
 from workers.context import JobContext
 from workers.jsonl_output import RollingJsonl
 from workers.packed_output import PackedWriter, PieceRefs, manifest_bytes, stream_groups
@@ -416,13 +416,9 @@ def _build_info(ctx: JobContext, spec: BuildSpec) -> BuildInfo:
     return BuildInfo(
         job_id=ctx.job_id,
         dataset_id=spec.dataset_id,
-        created_at=_iso(float(ctx.job.get("created_at") or 0)),
+        created_at=rfc3339(float(ctx.job.get("created_at") or 0)),
         recipe=spec.recipe,
     )
-
-
-def _iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def artifact_digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
@@ -437,7 +433,8 @@ def artifact_digests(blobs: BlobStore, job: dict[str, Any]) -> dict[str, str]:
             report.pop("build", None)
             data = _json.encode(report)
         elif a["name"] == "report.html":
-            data = data.replace(job["id"].encode(), b"JOB").replace(_iso(job["created_at"]).encode(), b"DATE")
+            date = rfc3339(job["created_at"]).encode()
+            data = data.replace(job["id"].encode(), b"JOB").replace(date, b"DATE")
         out[a["name"]] = hashlib.sha256(data).hexdigest()
     return out
 

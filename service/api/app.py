@@ -21,6 +21,7 @@ from service.api import (
     finetune,
     health,
     jobs,
+    keys,
     profiles,
     providers,
     tools,
@@ -78,6 +79,7 @@ def openapi_config() -> OpenAPIConfig:
             ),
             Tag(name="tools", description="Synchronous inspection and validation."),
             Tag(name="health", description="Liveness, readiness and metrics."),
+            Tag(name="keys", description="API keys, managed with an admin key."),
         ],
         use_handler_docstrings=True,
         path="/schema",
@@ -132,13 +134,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         dependencies={"tenant": Provide(provide_tenant, sync_to_thread=False)},
         security=[{"bearer": []}],
     )
+    admin = Router(path="/v1", route_handlers=[keys.KeyController], security=[{"bearer": []}])
     hooks = Router(  # signed, no bearer key; anyone can post here, so little is read
         path="/v1",
         route_handlers=[providers.receive_provider_webhook],
         request_max_body_size=webhook_cap(settings),
     )
     app = Litestar(
-        route_handlers=[v1, hooks, docs.assets_router(), health.livez, health.readyz, health.metrics],
+        route_handlers=[v1, admin, hooks, docs.assets_router(), health.livez, health.readyz, health.metrics],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         middleware=[MetricsMiddleware(services.metrics)],

@@ -30,12 +30,18 @@ def _unauthorized(detail: str) -> ApiProblem:
     return ApiProblem(401, "unauthorized", detail, headers={"WWW-Authenticate": 'Bearer realm="tuneset"'})
 
 
-async def require_tenant(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
-    """Guard: resolve the bearer key to its tenant, or answer 401."""
+def bearer_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
+    """The request's bearer key, or a 401 problem."""
     scheme, _sep, key = connection.headers.get("authorization", "").partition(" ")
     key = key.strip()
     if scheme.lower() != "bearer" or not key:
         raise _unauthorized("this endpoint needs an API key: 'Authorization: Bearer <key>'")
+    return key
+
+
+async def require_tenant(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard: resolve the bearer key to its tenant, or answer 401."""
+    key = bearer_key(connection)
     state = services_of(connection).state
     tenant = await anyio.to_thread.run_sync(state.tenant_for, key)
     if tenant is None:

@@ -1,4 +1,4 @@
-"""Batch ingestion: POST /v1/datasets/{id}/batches.
+"""Batch ingestion: POST /v1/datasets/{id}/batches; list them; DELETE one to undo a bad push.
 
 The body is JSONL (`application/jsonl`, `application/x-ndjson`) or JSON `{"examples": [...]}`,
 optionally gzip-encoded (decompressed under the same size cap as raw bodies). Every line is
@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import msgspec
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
 from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
 from litestar.params import FromPath, QueryParameter, RawBody
@@ -51,7 +51,8 @@ from service.core.formats import (
 )
 from service.core.lint import lint
 from service.core.problems import CODES
-from service.store.state import new_id, now
+from service.store.state import hash_key, new_id, now
+from service.times import rfc3339
 
 JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/jsonlines"})
 
@@ -244,7 +245,9 @@ class BatchController(Controller):
             tenant,
             idempotency_key,
             request_fingerprint(dataset_id, request.url.query, body),
-            lambda: self._push(request, dataset, body, fmt_value, on_invalid, tenant, services),
+            lambda: self._push(
+                request, dataset, body, fmt_value, on_invalid, tenant, services, idempotency_key
+            ),
             on_replay=services.metrics.batches.labels("replayed").inc,
         )
 
@@ -257,6 +260,7 @@ class BatchController(Controller):
         on_invalid: str,
         tenant: str,
         services: Services,
+        idempotency_key: str | None,
     ) -> Response[BatchCreated]:
         raw = decode_body(body, request.headers.get("content-encoding"), services.settings.max_body_bytes)
         checked = check_body(request, raw, fmt, str(dataset["kind"]))
@@ -293,6 +297,8 @@ class BatchController(Controller):
                 "format": fmt_name,
                 "created_at": created_at,
                 "key": key,
+                # so deleting the batch frees its key: the same push again stores it again
+                **({"idempotency": hash_key(idempotency_key)} if idempotency_key else {}),
             },
         )
         services.metrics.batches.labels("stored").inc()
@@ -306,7 +312,7 @@ class BatchController(Controller):
                 skipped=checked.bad_lines,
                 bytes=len(data),
                 format=fmt_name,
-                created_at=created_at,
+                created_at=rfc3339(created_at),
                 problems=checked.problems,
             ),
             status_code=201,
@@ -316,7 +322,34 @@ class BatchController(Controller):
     def list_batches(
         self, dataset_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
     ) -> BatchPage:
-        """The batches of a dataset, oldest first."""
+        """The batches of a dataset, in push order (the order their lines are numbered in)."""
         if services.state.get_dataset(tenant, dataset_id) is None:
             raise not_found("dataset", dataset_id)
-        return BatchPage(items=[msgspec.convert(b, Batch) for b in services.state.batches(dataset_id)])
+        return BatchPage(items=[batch_out(b) for b in services.state.batches(dataset_id)])
+
+    @delete("/{batch_id:str}", operation_id="deleteBatch", sync_to_thread=True, responses=problems(401, 404))
+    def delete_batch(
+        self,
+        dataset_id: FromPath[str],
+        batch_id: FromPath[str],
+        tenant: NamedDependency[str],
+        services: NamedDependency[Services],
+    ) -> None:
+        """Undo a push: the batch's examples leave the dataset (and its counts) and its blob is deleted.
+
+        Later builds no longer see them and the lines of later batches move up; builds already
+        running keep what they planned (one that has yet to read this batch may fail). Jobs
+        built before keep their artifacts. The Idempotency-Key it was pushed with is freed, so
+        pushing the same batch again stores it again."""
+        if services.state.get_dataset(tenant, dataset_id) is None:
+            raise not_found("dataset", dataset_id)
+        batch = services.state.delete_batch(dataset_id, batch_id)
+        if batch is None:
+            raise not_found("batch", batch_id)
+        services.blobs.delete_prefix(str(batch["key"]))
+        if batch.get("idempotency"):
+            services.state.idempotency_forget(tenant, str(batch["idempotency"]))
+
+
+def batch_out(batch: dict[str, Any]) -> Batch:
+    return msgspec.convert({**batch, "created_at": rfc3339(batch["created_at"])}, Batch)

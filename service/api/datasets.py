@@ -1,4 +1,4 @@
-"""Datasets: create, list (cursor pagination), get with counts, delete with their blobs."""
+"""Datasets: create, list (newest first, cursor pagination), get with counts, delete with their blobs."""
 
 from __future__ import annotations
 
@@ -11,28 +11,32 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from service.api import Services
 from service.api.errors import not_found, problems
-from service.api.schemas import CURSOR_PATTERN, Dataset, DatasetCreate, DatasetPage
+from service.api.schemas import CURSOR_PATTERN, Dataset, DatasetCreate, DatasetPage, Order
 from service.jobs import TERMINAL
 from service.store.blobs import job_prefix
+from service.times import rfc3339
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
 Cursor = Annotated[
     str | None, QueryParameter(pattern=CURSOR_PATTERN, description="next_cursor of the previous page")
 ]
+OrderQuery = Annotated[
+    Order, QueryParameter(description="desc: newest first (the default); asc: oldest first")
+]
 
 
 def page_ids(
-    services: Services, tenant: str, what: str, cursor: str | None, limit: int
+    services: Services, tenant: str, what: str, cursor: str | None, limit: int, order: Order = "desc"
 ) -> tuple[list[str], str | None]:
-    """One page of ids in creation order, and the cursor of the next page (None on the last)."""
-    ids = services.state.list_ids(tenant, what, cursor, limit + 1)
+    """One page of ids in `order`, and the cursor of the next page (None on the last)."""
+    ids = services.state.list_ids(tenant, what, cursor, limit + 1, newest_first=order == "desc")
     if len(ids) > limit:
         return ids[:limit], ids[limit - 1]
     return ids, None
 
 
 def dataset_out(ds: dict[str, Any]) -> Dataset:
-    return msgspec.convert(ds, Dataset)
+    return msgspec.convert({**ds, "created_at": rfc3339(ds["created_at"])}, Dataset)
 
 
 class DatasetController(Controller):
@@ -54,9 +58,10 @@ class DatasetController(Controller):
         services: NamedDependency[Services],
         cursor: Cursor = None,
         limit: Limit = 50,
+        order: OrderQuery = "desc",
     ) -> DatasetPage:
-        """The tenant's datasets, oldest first."""
-        ids, next_cursor = page_ids(services, tenant, "datasets", cursor, limit)
+        """The tenant's datasets, newest first (`order=asc`: oldest first)."""
+        ids, next_cursor = page_ids(services, tenant, "datasets", cursor, limit, order)
         items = [dataset_out(ds) for i in ids if (ds := services.state.get_dataset(tenant, i)) is not None]
         return DatasetPage(items=items, next_cursor=next_cursor)
 

@@ -1,8 +1,11 @@
-"""Jobs: get, list (status filter, cursor pagination), cancel, Server-Sent Events, artifacts."""
+"""Jobs: get, list (newest first; by status, by dataset; cursor pagination), cancel, Server-Sent
+Events, artifacts."""
 
 from __future__ import annotations
 
+import bisect
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, cast
 
@@ -21,12 +24,23 @@ from litestar.params import FromPath, HeaderParameter, QueryParameter
 from litestar.response import ServerSentEvent, Stream
 
 from service.api import Services
-from service.api.datasets import Cursor, Limit, page_ids
+from service.api.datasets import Cursor, Limit, OrderQuery, page_ids
 from service.api.errors import ApiProblem, not_found, problems
-from service.api.schemas import Artifact, ArtifactList, Job, JobError, JobPage, JobStatus, Progress
+from service.api.schemas import (
+    CURSOR_PATTERN,
+    Artifact,
+    ArtifactList,
+    Job,
+    JobError,
+    JobPage,
+    JobStatus,
+    Order,
+    Progress,
+)
 from service.api.streams import event_stream
 from service.jobs import TERMINAL
 from service.store.blobs import BlobNotFound
+from service.times import rfc3339, rfc3339_or_none
 
 _EVENT_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]")
@@ -70,9 +84,9 @@ def job_out(job: dict[str, Any]) -> Job:
         status=cast(JobStatus, job["status"]),
         stage=str(job.get("stage") or ""),
         progress=Progress(done=int(job["done"]), total=int(job["total"])),
-        created_at=float(job["created_at"]),
-        started_at=job.get("started_at"),
-        finished_at=job.get("finished_at"),
+        created_at=rfc3339(job["created_at"]),
+        started_at=rfc3339_or_none(job.get("started_at")),
+        finished_at=rfc3339_or_none(job.get("finished_at")),
         result=job.get("result"),
         error=job_error,
         cancel_requested=bool(job.get("cancel_requested")),
@@ -89,6 +103,19 @@ def _artifacts(services: Services, job: dict[str, Any]) -> list[dict[str, Any]]:
     result = job.get("result")
     items = result.get("artifacts") if isinstance(result, dict) else None
     return [a for a in items or [] if isinstance(a, dict) and isinstance(a.get("name"), str)]
+
+
+def _after_in(ids: list[str], order: Order) -> Callable[[str | None, int], list[str]]:
+    """Pages of `ids` (sorted, oldest first) in `order`, after a cursor."""
+
+    def source(after: str | None, n: int) -> list[str]:
+        if order == "asc":
+            start = bisect.bisect_right(ids, after) if after else 0
+            return ids[start : start + n]
+        end = bisect.bisect_left(ids, after) if after else len(ids)
+        return ids[max(0, end - n) : end][::-1]
+
+    return source
 
 
 class JobController(Controller):
@@ -108,29 +135,45 @@ class JobController(Controller):
         """A job's status, stage, progress, times, result and error."""
         return job_out(self._job(services, tenant, job_id))
 
-    @get(operation_id="listJobs", sync_to_thread=True, responses=problems(401))
+    @get(operation_id="listJobs", sync_to_thread=True, responses=problems(401, 404))
     def list_jobs(
         self,
         tenant: NamedDependency[str],
         services: NamedDependency[Services],
         status: Annotated[JobStatus | None, QueryParameter(description="only jobs in this status")] = None,
+        dataset_id: Annotated[
+            str | None,
+            QueryParameter(pattern=CURSOR_PATTERN, description="only the jobs built from this dataset"),
+        ] = None,
         cursor: Cursor = None,
         limit: Limit = 50,
+        order: OrderQuery = "desc",
     ) -> JobPage:
-        """The tenant's jobs, oldest first. A page may hold fewer than `limit` jobs and still have a
-        next_cursor (with a status filter, or when finished jobs expired: see job retention)."""
+        """The tenant's jobs, newest first (`order=asc`: oldest first). A page may hold fewer than
+        `limit` jobs and still have a next_cursor (with a filter, or when finished jobs expired:
+        see job retention). `dataset_id` names a dataset that still exists (else 404)."""
         state = services.state
-        if status is None:
-            ids, next_cursor = page_ids(services, tenant, "jobs", cursor, limit)
+        if dataset_id is None and status is None:
+            ids, next_cursor = page_ids(services, tenant, "jobs", cursor, limit, order)
             page = [job_out(j) for j in state.jobs.tenant_jobs(tenant, ids)]
             return JobPage(items=page, next_cursor=next_cursor)
+        source: Callable[[str | None, int], list[str]]
+        if dataset_id is None:
+
+            def source(after: str | None, n: int) -> list[str]:
+                return state.list_ids(tenant, "jobs", after, n, newest_first=order == "desc")
+
+        else:
+            if state.get_dataset(tenant, dataset_id) is None:
+                raise not_found("dataset", dataset_id)
+            source = _after_in(state.dataset_job_ids(dataset_id), order)
         items: list[Job] = []
         after = cursor
         scanned = 0
         while scanned < SCAN_LIMIT:
-            ids = state.list_ids(tenant, "jobs", after, limit)
+            ids = source(after, limit)
             for job in state.jobs.tenant_jobs(tenant, ids):
-                if job["status"] == status:
+                if status is None or job["status"] == status:
                     items.append(job_out(job))
                     if len(items) == limit:
                         return JobPage(items=items, next_cursor=str(job["id"]))

@@ -64,6 +64,7 @@ from service.store.profiles import (
     ProfileRecord,
     ProfileStore,
 )
+from service.times import rfc3339
 
 MULTIPART = "multipart/form-data"
 FILE_LIMITS = {  # multipart part -> its limit in bytes
@@ -128,7 +129,7 @@ def _fields(record: ProfileRecord) -> dict[str, Any]:
             for role, f in record.files.items()
         },
         "size": record.size,
-        "created_at": record.created_at,
+        "created_at": rfc3339(record.created_at),
     }
 
 

@@ -28,6 +28,7 @@ from service.queue import FINE_TUNE_POLL_TASK, enqueue
 from service.ssrf import Allowlist, UrlRefused, check_url
 from service.store.providers import ProviderStore
 from service.store.secrets import MissingSecretKey, SecretBox
+from service.times import rfc3339
 
 log = logging.getLogger("tuneset.api")
 
@@ -65,7 +66,7 @@ def provider_out(record: dict[str, Any]) -> Provider:
         kind=record["kind"],
         api_version=record["api_version"],
         models=record["models"],
-        created_at=record["created_at"],
+        created_at=rfc3339(record["created_at"]),
         api_key_hint=record["api_key_hint"],
         webhook_secret_set=record["webhook_secret_set"],
         webhook_url=f"/v1/providers/{record['id']}/webhooks",

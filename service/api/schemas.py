@@ -74,6 +74,16 @@ def at_most(entries: int) -> Meta:
 
 
 Url = Annotated[str, Meta(min_length=1, max_length=URL_MAX)]
+Timestamp = Annotated[  # every time the API answers (`service.times.rfc3339`)
+    str,
+    Meta(
+        extra_json_schema={
+            "description": "RFC 3339, UTC, milliseconds: 2026-12-02T07:15:04.123Z",
+            "extra": {"format": "date-time"},
+        }
+    ),
+]
+Order = Literal["desc", "asc"]  # a list's order: newest first (desc, the default) or oldest first
 Ident = Annotated[str, Meta(min_length=1, max_length=IDENT_MAX)]
 ProfileName = Annotated[str, Meta(pattern=PROFILE_NAME_PATTERN)]  # a model profile's name
 
@@ -115,7 +125,7 @@ class Dataset(msgspec.Struct):
     name: str
     kind: DatasetKind
     description: str
-    created_at: float
+    created_at: Timestamp
     batches: int
     examples: int
     bytes: int
@@ -142,7 +152,7 @@ class Batch(msgspec.Struct):
     examples: int
     bytes: int
     format: str
-    created_at: float
+    created_at: Timestamp
 
 
 class BatchCreated(msgspec.Struct):
@@ -152,7 +162,7 @@ class BatchCreated(msgspec.Struct):
     skipped: int  # bad lines left out (only with on_invalid=skip)
     bytes: int
     format: str
-    created_at: float
+    created_at: Timestamp
     problems: list[ProblemItem]  # every problem of the skipped lines
 
 
@@ -228,7 +238,7 @@ class Provider(msgspec.Struct):
     kind: str
     api_version: str | None
     models: dict[str, Any] | None
-    created_at: float
+    created_at: Timestamp
     api_key_hint: str | None  # the key's last four characters
     webhook_secret_set: bool
     webhook_url: str  # where the provider should send its fine-tuning webhooks
@@ -299,7 +309,7 @@ class SubscriptionOut(msgspec.Struct, omit_defaults=True):
     enabled: bool
     failure_streak: int
     disabled_reason: str | None
-    created_at: float
+    created_at: Timestamp
     secret: str | None = None  # the whsec_ signing secret, returned only when created
 
 
@@ -308,7 +318,7 @@ class SubscriptionList(msgspec.Struct):
 
 
 class AttemptOut(msgspec.Struct):
-    at: float
+    at: Timestamp
     status_code: int | None
     latency_ms: float
     error: str | None
@@ -322,8 +332,8 @@ class DeliveryOut(msgspec.Struct):
     subscription_id: str | None  # null: the callback_url of a build recipe
     status: Literal["pending", "delivered", "failed"]
     attempts: list[AttemptOut]
-    next_attempt_at: float | None
-    created_at: float
+    next_attempt_at: Timestamp | None
+    created_at: Timestamp
 
 
 class DeliveryPage(msgspec.Struct):
@@ -347,9 +357,9 @@ class Job(msgspec.Struct):
     status: JobStatus
     stage: str
     progress: Progress
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
+    created_at: Timestamp
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
     result: Any
     error: JobError | None
     cancel_requested: bool
@@ -452,7 +462,7 @@ class ModelProfileOut(msgspec.Struct, kw_only=True):
     rules: ProfileRules
     files: dict[str, ProfileFile]  # tokenizer, chat_template, tokenizer_config (those uploaded)
     size: int  # bytes of all its files
-    created_at: float
+    created_at: Timestamp
 
 
 class FindingOut(msgspec.Struct):
@@ -490,6 +500,31 @@ class TemplateEntry(msgspec.Struct):
 
 class TemplateList(msgspec.Struct):
     items: list[TemplateEntry]
+
+
+# -- API keys (admin) ----------------------------------------------------------------------------
+
+TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"  # a tenant's name
+
+
+class KeyCreate(msgspec.Struct, forbid_unknown_fields=True):
+    tenant: Annotated[str, Meta(pattern=TENANT_PATTERN)]
+    admin: bool = False  # an admin key may also list, create and revoke keys (of every tenant)
+
+
+class ApiKey(msgspec.Struct, omit_defaults=True):
+    """A key as listed: never the key itself, only its id and last four characters."""
+
+    id: str
+    tenant: str
+    admin: bool
+    hint: str | None  # the key's last four characters (null for keys made before hints were kept)
+    created_at: Timestamp | None  # null for keys made before creation times were kept
+    key: str | None = None  # the key itself, returned only when created
+
+
+class ApiKeyList(msgspec.Struct):
+    items: list[ApiKey]
 
 
 # -- health -----------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from service.api.schemas import (
 )
 from service.store.ratelimit import hit
 from service.store.webhooks import Delivery, DeliveryConflict, Subscription, WebhookStore
+from service.times import rfc3339, rfc3339_or_none
 
 
 def webhook_store(services: Services) -> WebhookStore:
@@ -40,11 +41,18 @@ def webhook_store(services: Services) -> WebhookStore:
 
 
 def subscription_out(sub: Subscription, secret: str | None = None) -> SubscriptionOut:
-    return SubscriptionOut(**msgspec.structs.asdict(sub), secret=secret)
+    return SubscriptionOut(
+        **{**msgspec.structs.asdict(sub), "created_at": rfc3339(sub.created_at)}, secret=secret
+    )
 
 
 def delivery_out(d: Delivery) -> DeliveryOut:
-    return msgspec.convert(msgspec.to_builtins(d), DeliveryOut)
+    out = msgspec.to_builtins(d)
+    out["created_at"] = rfc3339(d.created_at)
+    out["next_attempt_at"] = rfc3339_or_none(d.next_attempt_at)
+    for attempt in out["attempts"]:
+        attempt["at"] = rfc3339(attempt["at"])
+    return msgspec.convert(out, DeliveryOut)
 
 
 async def limit_retries(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:

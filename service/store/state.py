@@ -6,9 +6,7 @@ which alone knows their keys and moves their status.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import secrets
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -17,14 +15,12 @@ import redis
 
 from service.jobs import keys as job_keys
 from service.jobs.store import DEFAULT_JOB_RETENTION_S, TERMINAL, Jobs
+from service.store import api_keys
+from service.store.api_keys import hash_key
 from service.store.ids import P, new_id, now
 from service.store.redis_conn import sync_client
 
 __all__ = ["DEFAULT_JOB_RETENTION_S", "TERMINAL", "P", "State", "hash_key", "new_id", "now"]
-
-
-def hash_key(api_key: str) -> str:
-    return hashlib.sha256(api_key.encode()).hexdigest()
 
 
 @dataclass
@@ -52,15 +48,12 @@ class State:
 
     # -- API keys ---------------------------------------------------------------------------
 
-    def create_key(self, tenant: str) -> str:
-        """A new API key for `tenant`: returned once, only its SHA-256 is stored."""
-        key = "ts_" + secrets.token_urlsafe(32)
-        self.r.hset(P + "keys", hash_key(key), tenant)
-        return key
+    def create_key(self, tenant: str, *, admin: bool = False) -> str:
+        """A new API key for `tenant`: returned once, only its SHA-256 is stored (`api_keys`)."""
+        return api_keys.create(self.r, tenant, admin=admin)[0]
 
     def tenant_for(self, api_key: str) -> str | None:
-        tenant: str | None = self.r.hget(P + "keys", hash_key(api_key))  # type: ignore[assignment]
-        return tenant
+        return api_keys.tenant_for(self.r, api_key)
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -91,10 +84,17 @@ class State:
         ds["created_at"] = float(ds["created_at"])
         return ds
 
-    def list_ids(self, tenant: str, what: str, after: str | None, limit: int) -> list[str]:
-        """Ids in creation order after the cursor (ids sort by creation time)."""
-        low = f"({after}" if after else "-"
-        ids: list[str] = self.r.zrangebylex(P + f"t:{tenant}:{what}", low, "+", start=0, num=limit)  # type: ignore[assignment]
+    def list_ids(
+        self, tenant: str, what: str, after: str | None, limit: int, newest_first: bool = False
+    ) -> list[str]:
+        """Ids in creation order (or newest first) after the cursor (ids sort by creation time)."""
+        name = P + f"t:{tenant}:{what}"
+        bound = f"({after}" if after else None
+        ids: list[str]
+        if newest_first:
+            ids = self.r.zrevrangebylex(name, bound or "+", "-", start=0, num=limit)  # type: ignore[assignment]
+        else:
+            ids = self.r.zrangebylex(name, bound or "-", "+", start=0, num=limit)  # type: ignore[assignment]
         return ids
 
     def add_batch(self, tenant: str, dataset_id: str, batch: dict[str, Any]) -> None:
@@ -109,6 +109,34 @@ class State:
         raw: list[str] = self.r.lrange(P + f"ds:{dataset_id}:batches", 0, -1)  # type: ignore[assignment]
         return [json.loads(b) for b in raw]
 
+    def delete_batch(self, dataset_id: str, batch_id: str) -> dict[str, Any] | None:
+        """Take a batch out of its dataset (and its counts): the removed batch, None if absent.
+
+        One script, so two deletes of the same batch cannot both subtract its counts."""
+        for raw in self.r.lrange(P + f"ds:{dataset_id}:batches", 0, -1):  # type: ignore[union-attr]
+            batch: dict[str, Any] = json.loads(raw)
+            if batch.get("id") != batch_id:
+                continue
+            removed = self._delete_batch(
+                keys=[P + f"ds:{dataset_id}:batches", P + f"ds:{dataset_id}"],
+                args=[raw, int(batch["examples"]), int(batch["bytes"])],
+            )
+            return batch if removed else None
+        return None
+
+    @cached_property
+    def _delete_batch(self) -> Any:
+        return self.r.register_script(
+            """
+            if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end  -- the dataset was deleted
+            if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+            redis.call('HINCRBY', KEYS[2], 'batches', -1)
+            redis.call('HINCRBY', KEYS[2], 'examples', -tonumber(ARGV[2]))
+            redis.call('HINCRBY', KEYS[2], 'bytes', -tonumber(ARGV[3]))
+            return 1
+            """
+        )
+
     def delete_dataset(self, tenant: str, dataset_id: str) -> list[str]:
         """Forget the dataset; returns the ids of the jobs made from it, whose files must go too."""
         pipe = self.r.pipeline()
@@ -119,6 +147,11 @@ class State:
         pipe.zrem(P + f"t:{tenant}:datasets", dataset_id)
         job_ids: set[str] = pipe.execute()[0]
         return sorted(job_ids)
+
+    def dataset_job_ids(self, dataset_id: str) -> list[str]:
+        """The ids of the jobs built from a dataset, in creation order."""
+        ids: set[str] = self.r.smembers(job_keys.dataset_jobs_key(dataset_id))  # type: ignore[assignment]
+        return sorted(ids)
 
     def dataset_exists(self, dataset_id: str) -> bool:
         return bool(self.r.exists(P + f"ds:{dataset_id}"))
@@ -149,4 +182,8 @@ class State:
         self.r.set(P + f"idem:{tenant}:{hash_key(key)}", json.dumps(record), ex=ttl_s)
 
     def idempotency_abort(self, tenant: str, key: str) -> None:
-        self.r.delete(P + f"idem:{tenant}:{hash_key(key)}")
+        self.idempotency_forget(tenant, hash_key(key))
+
+    def idempotency_forget(self, tenant: str, key_hash: str) -> None:
+        """Free a key by its hash (what a stored batch keeps of the key it was pushed with)."""
+        self.r.delete(P + f"idem:{tenant}:{key_hash}")

@@ -192,19 +192,21 @@ def test_dataset_crud_and_cursor_pagination(client: Client, key: str, settings: 
         "examples": 0,
         "bytes": 0,
     }
-    seen: list[str] = []
-    cursor: str | None = None
-    pages = 0
-    while True:
-        params: dict[str, Any] = {"limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = client.get("/v1/datasets", params=params, headers=auth(key)).json()
-        pages += 1
-        seen += [d["id"] for d in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    assert seen == ids
-    assert pages == 3
+    for order, expected in (({}, ids[::-1]), ({"order": "desc"}, ids[::-1]), ({"order": "asc"}, ids)):
+        seen: list[str] = []
+        cursor: str | None = None
+        pages = 0
+        while True:
+            params: dict[str, Any] = {"limit": 2, **order, **({"cursor": cursor} if cursor else {})}
+            page = client.get("/v1/datasets", params=params, headers=auth(key)).json()
+            pages += 1
+            seen += [d["id"] for d in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == expected  # newest first unless order=asc
+        assert pages == 3
+    assert_problem(client.get("/v1/datasets?order=up", headers=auth(key)), 400)
     assert_problem(client.get("/v1/datasets?limit=0", headers=auth(key)), 400, "invalid-request")
     assert_problem(client.get("/v1/datasets?cursor=%28x", headers=auth(key)), 400, "invalid-cursor")
 
@@ -218,7 +220,7 @@ def test_dataset_crud_and_cursor_pagination(client: Client, key: str, settings: 
     assert_problem(client.get(f"/v1/datasets/{ids[1]}", headers=auth(key)), 404, "not-found")
     assert_problem(client.delete(f"/v1/datasets/{ids[1]}", headers=auth(key)), 404, "not-found")
     left = client.get("/v1/datasets", headers=auth(key)).json()
-    assert [d["id"] for d in left["items"]] == [ids[0], *ids[2:]]
+    assert [d["id"] for d in left["items"]] == [*ids[2:][::-1], ids[0]]
 
 
 @pytest.mark.parametrize(
@@ -620,18 +622,21 @@ def test_jobs_get_list_filter_and_cancel(client: Client, key: str, state: State)
     assert failed["finished_at"] is not None
 
     everything = client.get("/v1/jobs", headers=auth(key)).json()
-    assert [j["id"] for j in everything["items"]] == ids
+    assert [j["id"] for j in everything["items"]] == ids[::-1]  # newest first
     assert everything["next_cursor"] is None
-    queued: list[str] = []
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"status": "queued", "limit": 2, **({"cursor": cursor} if cursor else {})}
-        page = client.get("/v1/jobs", params=params, headers=auth(key)).json()
-        queued += [j["id"] for j in page["items"]]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            break
-    assert queued == [ids[0], *ids[3:]]
+    for order, expected in (("asc", [ids[0], *ids[3:]]), ("desc", [*ids[3:][::-1], ids[0]])):
+        queued: list[str] = []
+        cursor = None
+        while True:
+            params: dict[str, Any] = {"status": "queued", "limit": 2, "order": order}
+            if cursor:
+                params["cursor"] = cursor
+            page = client.get("/v1/jobs", params=params, headers=auth(key)).json()
+            queued += [j["id"] for j in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert queued == expected
     assert_problem(client.get("/v1/jobs?status=bogus", headers=auth(key)), 400)
 
     r = client.post(f"/v1/jobs/{ids[0]}/cancel", headers=auth(key))

@@ -450,12 +450,12 @@ def test_listing_skips_and_forgets_expired_jobs(
     while state.r.exists(f"tuneset:job:{ids[1]}"):
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    listed = client.get("/v1/jobs", headers=auth(key)).json()
+    listed = client.get("/v1/jobs?order=asc", headers=auth(key)).json()
     assert [j["id"] for j in listed["items"]] == [ids[0], ids[2]]
     assert state.r.zrange("tuneset:t:acme:jobs", 0, -1) == [ids[0], ids[2]]  # removed from the index
     assert [j["id"] for j in client.get("/v1/jobs?status=queued", headers=auth(key)).json()["items"]] == [
-        ids[0],
         ids[2],
+        ids[0],
     ]
     assert_problem(client.get(f"/v1/jobs/{ids[1]}", headers=auth(key)), 404)
 
