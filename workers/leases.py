@@ -309,7 +309,11 @@ class Keeper:
                 continue  # it moved, or a step of it was seen in flight
             redeliveries = self.leases.count_redelivery(orphan.job_id)
             if redeliveries > self.settings.lease_max_redeliveries:
-                self._fail_orphan(orphan, redeliveries)
+                self._fail_job(
+                    orphan.job_id,
+                    f"the job had no step in flight (its message was lost) after {redeliveries - 1} "
+                    "redeliveries of its steps (TUNESET_LEASE_MAX_REDELIVERIES)",
+                )
                 continue
             self.state.jobs.mark_sent(orphan.job_id)
             task = task_of(orphan.kind)
@@ -318,21 +322,17 @@ class Keeper:
             sent += 1
         return sent
 
-    def _fail_orphan(self, orphan: Orphan, redeliveries: int) -> None:
-        message = (
-            f"the job had no step in flight (its message was lost) after {redeliveries - 1} "
-            "redeliveries of its steps (TUNESET_LEASE_MAX_REDELIVERIES)"
-        )
+    def _fail_job(self, job_id: str, message: str) -> bool:
+        """Fail the job with `worker_lost` (past the redelivery cap); False if it had ended."""
         rt = Runtime(self.settings, self.state, blob_store_from_settings(self.settings))
-        JobContext(orphan.job_id, rt).fail(ErrorCode.worker_lost, message)
+        return JobContext(job_id, rt).fail(ErrorCode.worker_lost, message)
 
     def _fail(self, step: Step, redeliveries: int) -> None:
         message = (
             f"the step {step.task} {step.args} lost its worker; this job's steps had already "
             f"been sent again {redeliveries - 1} times (TUNESET_LEASE_MAX_REDELIVERIES)"
         )
-        rt = Runtime(self.settings, self.state, blob_store_from_settings(self.settings))
-        if JobContext(step.job_id, rt).fail(ErrorCode.worker_lost, message):
+        if self._fail_job(step.job_id, message):
             count_worker_lost(step, redeliveries)
 
 

@@ -88,14 +88,18 @@ class World:
         return body
 
     def dataset(self) -> str:
-        ds = self.post("/v1/datasets", 201, json={"name": "contract", "kind": "chat"})["id"]
-        self.post(
+        ds = str(self.post("/v1/datasets", 201, json={"name": "contract", "kind": "chat"})["id"])
+        self.batch(ds)
+        return ds
+
+    def batch(self, ds: str) -> str:
+        pushed = self.post(
             f"/v1/datasets/{ds}/batches",
             201,
             content=jsonl_of(GOOD),
             headers={"Content-Type": "application/jsonl"},
         )
-        return str(ds)
+        return str(pushed["id"])
 
     def provider(self, name: str) -> dict[str, Any]:
         return self.post(
@@ -167,19 +171,30 @@ class World:
             return name
         if op == "deleteSubscription":
             return self.subscription()
+        if op == "revokeKey":
+            return str(self.post("/v1/keys", 201, json={"tenant": "other"})["id"])
         if op == "cancelJob":
             return str(self.post(f"/v1/datasets/{self.ids['dataset_id'][0]}/builds", 202, json={})["job_id"])
         assert op == "deleteModelProfile", op
         return self.profile(f"q{time.monotonic_ns()}")
 
     def pool(self, op: str, param: str) -> list[str]:
+        if op == "startFineTune":  # the succeeded build and its upload: the jobs a fine-tune starts from
+            return self.ids["job_id"][:2]
         if param == "name":  # artifacts, providers and profiles all call theirs `name`
             kind = {"downloadArtifact": "artifact"}.get(op, "profile" if "Profile" in op else "provider")
             return self.ids[kind]
         return self.ids.get(param, [])
 
 
-DELETES = {"deleteDataset", "deleteProvider", "deleteSubscription", "deleteModelProfile", "cancelJob"}
+DELETES = {
+    "deleteDataset",
+    "deleteProvider",
+    "deleteSubscription",
+    "deleteModelProfile",
+    "cancelJob",
+    "revokeKey",
+}
 
 
 def chance(rng: random.Random, tenths: int) -> bool:
@@ -195,8 +210,11 @@ def steer(
     key, nine times in ten)."""
     rng = random.Random(draw(st.integers(0, 2**63)))
     headers = auth(world.key) if chance(rng, 9) else {}
+    if op == "deleteBatch" and chance(rng, 8):  # a fresh batch of its own dataset: the pair must match
+        ds = world.dataset()
+        case.path_parameters = {"dataset_id": ds, "batch_id": world.batch(ds)}
     for param in list(case.path_parameters or {}):
-        if not chance(rng, 8):
+        if op == "deleteBatch" or not chance(rng, 8):
             continue  # the generated value: unknown ids, odd characters
         if op in DELETES:  # never the shared resource; a profile costs a tokenizer upload: rarer
             if op != "deleteModelProfile" or chance(rng, 3):
@@ -221,9 +239,11 @@ def steer(
     elif op == "createProvider" and body is not None:
         name = draw(st.from_regex(r"\A[a-z][a-z0-9-]{0,30}\Z"))
         case.body = {"name": name, "base_url": world.provider_url, "api_key": body.get("api_key") or "sk-x"}
+    elif op == "createKey" and body is not None:
+        case.body = {"tenant": draw(st.from_regex(r"\A[a-z][a-z0-9-]{0,20}\Z")), "admin": False}
     elif op == "createSubscription" and body is not None:
         case.body = {**body, "url": RECEIVER}
-    elif op == "createModelProfile" and chance(rng, 2):  # a tokenizer upload each: kept rarer (1 in 8)
+    elif op == "createModelProfile" and chance(rng, 4):  # a tokenizer upload each: kept rarer (1 in 4)
         case.body, case.media_type = qwen_json(f"g{time.monotonic_ns()}"), "application/json"
     elif op in ("inspectExample", "validateExamples") and body is not None:
         example = draw(st.sampled_from(GOOD))
@@ -305,7 +325,7 @@ def service(redis_url: str, tmp_path: Path) -> Iterator[tuple[str, str]]:
 def test_every_operation_answers_within_its_schema(redis_url: str, tmp_path: Path) -> None:
     state = State.from_url(redis_url)
     state.r.flushdb()
-    key = state.create_key("acme")
+    key = state.create_key("acme", admin=True)  # the key operations are admin-only
     figures: dict[str, Counter[int]] = {}
     took_s: dict[str, float] = {}
     failures: list[str] = []
