@@ -36,6 +36,7 @@ from service.jobs.keys import NOTIFY
 from service.metrics import QueueCollector
 from service.settings import Settings, get_settings
 from service.store.state import State
+from service.ui import ui_router
 
 
 def _version() -> str:
@@ -141,7 +142,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
         request_max_body_size=webhook_cap(settings),
     )
     app = Litestar(
-        route_handlers=[v1, admin, hooks, docs.assets_router(), health.livez, health.readyz, health.metrics],
+        route_handlers=[
+            v1,
+            admin,
+            hooks,
+            ui_router(),
+            docs.assets_router(),
+            health.livez,
+            health.readyz,
+            health.metrics,
+        ],
         dependencies={"services": Provide(provide_services, sync_to_thread=False)},
         exception_handlers=exception_handlers(),
         middleware=[MetricsMiddleware(services.metrics)],

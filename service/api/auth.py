@@ -1,7 +1,9 @@
 """Bearer API keys → tenants. Every route under /v1 has the guard; handlers get `tenant`.
 
 A key is looked up by its SHA-256 (`State.tenant_for`); a missing, malformed or unknown key
-is a 401 problem with `WWW-Authenticate: Bearer`.
+is a 401 problem with `WWW-Authenticate: Bearer`. The web UI (`/ui`, `service.ui`) takes the
+same key from the `tuneset_key` cookie its login page sets (HttpOnly, SameSite=Strict, Path=/ui,
+so the JSON API under /v1 never receives it and keeps taking the header only).
 """
 
 from __future__ import annotations
@@ -39,9 +41,22 @@ def bearer_key(connection: ASGIConnection[Any, Any, Any, Any]) -> str:
     return key
 
 
+UI_COOKIE = "tuneset_key"
+
+
 async def require_tenant(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: resolve the bearer key to its tenant, or answer 401."""
-    key = bearer_key(connection)
+    await _bind_tenant(connection, bearer_key(connection))
+
+
+async def require_ui_tenant(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
+    """Guard of /ui: the key from the login cookie (a Bearer header also works), or 401 (which the
+    UI turns into a redirect to its login page)."""
+    key = connection.cookies.get(UI_COOKIE, "").strip()
+    await _bind_tenant(connection, key or bearer_key(connection))
+
+
+async def _bind_tenant(connection: ASGIConnection[Any, Any, Any, Any], key: str) -> None:
     state = services_of(connection).state
     tenant = await anyio.to_thread.run_sync(state.tenant_for, key)
     if tenant is None:

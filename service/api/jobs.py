@@ -93,7 +93,7 @@ def job_out(job: dict[str, Any]) -> Job:
     )
 
 
-def _artifacts(services: Services, job: dict[str, Any]) -> list[dict[str, Any]]:
+def artifacts_of(services: Services, job: dict[str, Any]) -> list[dict[str, Any]]:
     """The job's files; none once the dataset they were built from is deleted (even a build that
     finished after the delete, whose files the delete could not yet see)."""
     spec = job.get("spec")
@@ -103,6 +103,67 @@ def _artifacts(services: Services, job: dict[str, Any]) -> list[dict[str, Any]]:
     result = job.get("result")
     items = result.get("artifacts") if isinstance(result, dict) else None
     return [a for a in items or [] if isinstance(a, dict) and isinstance(a.get("name"), str)]
+
+
+def tenant_job(services: Services, tenant: str, job_id: str) -> dict[str, Any]:
+    """The tenant's job record, or a 404 problem."""
+    job = services.state.jobs.tenant_job(tenant, job_id)
+    if job is None:
+        raise not_found("job", job_id)
+    return job
+
+
+def cancel(services: Services, tenant: str, job_id: str) -> Job:
+    """cancelJob (and the web UI's cancel button): 409 once the job ended otherwise."""
+    job = tenant_job(services, tenant, job_id)
+    if job["status"] in TERMINAL and job["status"] != "cancelled":
+        raise ApiProblem(409, "job-finished", f"the job already {job['status']}")
+    services.state.jobs.request_cancel(job_id)
+    return job_out(tenant_job(services, tenant, job_id))
+
+
+async def job_events(
+    services: Services, tenant: str, job_id: str, last_event_id: str | None
+) -> ServerSentEvent:
+    """streamJobEvents (and the web UI's EventSource, at /ui/jobs/{id}/events with the cookie)."""
+    # async on purpose: an open stream holds no worker thread (see service.store.events)
+    if await services.feed.job_tenant(job_id) != tenant:
+        raise not_found("job", job_id)
+    if last_event_id is not None and not (
+        _EVENT_ID.match(last_event_id) and all(int(n) < 2**64 for n in last_event_id.split("-"))
+    ):  # a stream id is two 64-bit numbers; Redis refuses larger ones
+        raise ApiProblem(400, "invalid-event-id", "Last-Event-ID is not an event id of this stream")
+    release = services.streams.acquire(tenant)
+    events = services.feed.follow(job_id, last_event_id or "0", services.settings.sse_keepalive_s)
+    return event_stream(events, release)
+
+
+def artifact_response(
+    services: Services, tenant: str, job_id: str, name: str, *, inline: bool = False
+) -> Response[Any]:
+    """downloadArtifact; `inline` (the web UI's report and files) asks the browser to show it."""
+    job = tenant_job(services, tenant, job_id)
+    found = next((a for a in artifacts_of(services, job) if a["name"] == name), None)
+    key = found.get("key") if found else None
+    if not isinstance(key, str) or not key.startswith(f"{tenant}/"):
+        raise not_found("artifact", name)
+    blobs = services.blobs
+    try:
+        size = blobs.size(key)
+    except (BlobNotFound, ValueError):
+        raise not_found("artifact", name) from None
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    filename = _UNSAFE_FILENAME.sub("_", name.rsplit("/", 1)[-1])
+    disposition = "inline" if inline else "attachment"
+    return Stream(
+        blobs.open_chunks(key),
+        media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
+        headers={
+            "Content-Length": str(size),
+            "Content-Disposition": f'{disposition}; filename="{filename}"',
+            **({"ETag": f'"{found["sha256"]}"'} if found and found.get("sha256") else {}),
+        },
+    )
 
 
 def _after_in(ids: list[str], order: Order) -> Callable[[str | None, int], list[str]]:
@@ -118,15 +179,53 @@ def _after_in(ids: list[str], order: Order) -> Callable[[str | None, int], list[
     return source
 
 
+def job_page(
+    services: Services,
+    tenant: str,
+    status: JobStatus | None,
+    dataset_id: str | None,
+    cursor: str | None,
+    limit: int,
+    order: Order,
+) -> JobPage:
+    """One page of the tenant's jobs (listJobs; the web UI's jobs page too)."""
+    state = services.state
+    if dataset_id is None and status is None:
+        ids, next_cursor = page_ids(services, tenant, "jobs", cursor, limit, order)
+        page = [job_out(j) for j in state.jobs.tenant_jobs(tenant, ids)]
+        return JobPage(items=page, next_cursor=next_cursor)
+    source: Callable[[str | None, int], list[str]]
+    if dataset_id is None:
+
+        def source(after: str | None, n: int) -> list[str]:
+            return state.list_ids(tenant, "jobs", after, n, newest_first=order == "desc")
+
+    else:
+        if state.get_dataset(tenant, dataset_id) is None:
+            raise not_found("dataset", dataset_id)
+        source = _after_in(state.dataset_job_ids(dataset_id), order)
+    items: list[Job] = []
+    after = cursor
+    scanned = 0
+    while scanned < SCAN_LIMIT:
+        ids = source(after, limit)
+        for job in state.jobs.tenant_jobs(tenant, ids):
+            if status is None or job["status"] == status:
+                items.append(job_out(job))
+                if len(items) == limit:
+                    return JobPage(items=items, next_cursor=str(job["id"]))
+        after, scanned = (ids[-1] if ids else after), scanned + len(ids)
+        if len(ids) < limit:
+            return JobPage(items=items, next_cursor=None)
+    return JobPage(items=items, next_cursor=after)
+
+
 class JobController(Controller):
     path = "/jobs"
     tags = ("jobs",)
 
     def _job(self, services: Services, tenant: str, job_id: str) -> dict[str, Any]:
-        job = services.state.jobs.tenant_job(tenant, job_id)
-        if job is None:
-            raise not_found("job", job_id)
-        return job
+        return tenant_job(services, tenant, job_id)
 
     @get("/{job_id:str}", operation_id="getJob", sync_to_thread=True, responses=problems(401, 404))
     def get_job(
@@ -152,35 +251,7 @@ class JobController(Controller):
         """The tenant's jobs, newest first (`order=asc`: oldest first). A page may hold fewer than
         `limit` jobs and still have a next_cursor (with a filter, or when finished jobs expired:
         see job retention). `dataset_id` names a dataset that still exists (else 404)."""
-        state = services.state
-        if dataset_id is None and status is None:
-            ids, next_cursor = page_ids(services, tenant, "jobs", cursor, limit, order)
-            page = [job_out(j) for j in state.jobs.tenant_jobs(tenant, ids)]
-            return JobPage(items=page, next_cursor=next_cursor)
-        source: Callable[[str | None, int], list[str]]
-        if dataset_id is None:
-
-            def source(after: str | None, n: int) -> list[str]:
-                return state.list_ids(tenant, "jobs", after, n, newest_first=order == "desc")
-
-        else:
-            if state.get_dataset(tenant, dataset_id) is None:
-                raise not_found("dataset", dataset_id)
-            source = _after_in(state.dataset_job_ids(dataset_id), order)
-        items: list[Job] = []
-        after = cursor
-        scanned = 0
-        while scanned < SCAN_LIMIT:
-            ids = source(after, limit)
-            for job in state.jobs.tenant_jobs(tenant, ids):
-                if status is None or job["status"] == status:
-                    items.append(job_out(job))
-                    if len(items) == limit:
-                        return JobPage(items=items, next_cursor=str(job["id"]))
-            after, scanned = (ids[-1] if ids else after), scanned + len(ids)
-            if len(ids) < limit:
-                return JobPage(items=items, next_cursor=None)
-        return JobPage(items=items, next_cursor=after)
+        return job_page(services, tenant, status, dataset_id, cursor, limit, order)
 
     @post(
         "/{job_id:str}/cancel",
@@ -193,11 +264,7 @@ class JobController(Controller):
         self, job_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
     ) -> Job:
         """Ask a job to stop: a queued job is cancelled at once, a running one at its next check."""
-        job = self._job(services, tenant, job_id)
-        if job["status"] in TERMINAL and job["status"] != "cancelled":
-            raise ApiProblem(409, "job-finished", f"the job already {job['status']}")
-        services.state.jobs.request_cancel(job_id)
-        return job_out(self._job(services, tenant, job_id))
+        return cancel(services, tenant, job_id)
 
     @get(
         "/{job_id:str}/events",
@@ -221,16 +288,7 @@ class JobController(Controller):
         TUNESET_SSE_KEEPALIVE_S seconds. 429 (with Retry-After) when the tenant has
         TUNESET_SSE_MAX_STREAMS_PER_TENANT streams open, 503 when the server has
         TUNESET_SSE_MAX_STREAMS."""
-        # async on purpose: an open stream holds no worker thread (see service.store.events)
-        if await services.feed.job_tenant(job_id) != tenant:
-            raise not_found("job", job_id)
-        if last_event_id is not None and not (
-            _EVENT_ID.match(last_event_id) and all(int(n) < 2**64 for n in last_event_id.split("-"))
-        ):  # a stream id is two 64-bit numbers; Redis refuses larger ones
-            raise ApiProblem(400, "invalid-event-id", "Last-Event-ID is not an event id of this stream")
-        release = services.streams.acquire(tenant)
-        events = services.feed.follow(job_id, last_event_id or "0", services.settings.sse_keepalive_s)
-        return event_stream(events, release)
+        return await job_events(services, tenant, job_id, last_event_id)
 
     @get(
         "/{job_id:str}/artifacts",
@@ -246,7 +304,7 @@ class JobController(Controller):
         return ArtifactList(
             items=[
                 Artifact(name=a["name"], size=int(a.get("size") or 0), sha256=a.get("sha256"))
-                for a in _artifacts(services, job)
+                for a in artifacts_of(services, job)
             ]
         )
 
@@ -273,25 +331,4 @@ class JobController(Controller):
         services: NamedDependency[Services],
     ) -> Response[Any]:
         """One artifact, streamed. Names may hold folders (`packed/manifest.json`): the name is a path."""
-        name = name.lstrip("/")  # a `path` parameter keeps the slash that precedes it
-        job = self._job(services, tenant, job_id)
-        found = next((a for a in _artifacts(services, job) if a["name"] == name), None)
-        key = found.get("key") if found else None
-        if not isinstance(key, str) or not key.startswith(f"{tenant}/"):
-            raise not_found("artifact", name)
-        blobs = services.blobs
-        try:
-            size = blobs.size(key)
-        except (BlobNotFound, ValueError):
-            raise not_found("artifact", name) from None
-        suffix = name[name.rfind(".") :] if "." in name else ""
-        filename = _UNSAFE_FILENAME.sub("_", name.rsplit("/", 1)[-1])
-        return Stream(
-            blobs.open_chunks(key),
-            media_type=MEDIA_TYPES.get(suffix, "application/octet-stream"),
-            headers={
-                "Content-Length": str(size),
-                "Content-Disposition": f'attachment; filename="{filename}"',
-                **({"ETag": f'"{found["sha256"]}"'} if found and found.get("sha256") else {}),
-            },
-        )
+        return artifact_response(services, tenant, job_id, name.lstrip("/"))  # a path keeps its slash

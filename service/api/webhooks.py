@@ -57,10 +57,14 @@ def delivery_out(d: Delivery) -> DeliveryOut:
 
 async def limit_retries(connection: ASGIConnection[Any, Any, Any, Any], _: BaseRouteHandler) -> None:
     """Guard: the tenant's delivery retries in this window, or a 429 problem with Retry-After."""
-    services = services_of(connection)
-    limit, window = services.settings.retry_rate_limit, services.settings.retry_rate_window_s
     tenant: str = connection.state.tenant
-    verdict = await anyio.to_thread.run_sync(hit, services.state.r, "retry", tenant, limit, window)
+    await anyio.to_thread.run_sync(count_retry, services_of(connection), tenant)
+
+
+def count_retry(services: Services, tenant: str) -> None:
+    """Count one delivery retry of the tenant, or raise the 429 problem past the limit."""
+    limit, window = services.settings.retry_rate_limit, services.settings.retry_rate_window_s
+    verdict = hit(services.state.r, "retry", tenant, limit, window)
     if not verdict.allowed:
         raise ApiProblem(
             429,
@@ -201,11 +205,15 @@ class WebhookController(Controller):
         self, delivery_id: FromPath[str], tenant: NamedDependency[str], services: NamedDependency[Services]
     ) -> DeliveryOut:
         """Send a delivery again now, with the same `webhook-id` (a new timestamp and signature)."""
-        store = webhook_store(services)
-        try:
-            d = store.retry_now(tenant, delivery_id)
-        except DeliveryConflict as e:
-            raise ApiProblem(409, "conflict", str(e)) from None
-        if d is None:
-            raise not_found("delivery", delivery_id)
-        return delivery_out(d)  # due now: a worker's dispatcher sends it within a second
+        return replay_delivery(services, tenant, delivery_id)
+
+
+def replay_delivery(services: Services, tenant: str, delivery_id: str) -> DeliveryOut:
+    """retryDelivery (and the web UI's retry button, which counts against the same rate limit)."""
+    try:
+        d = webhook_store(services).retry_now(tenant, delivery_id)
+    except DeliveryConflict as e:
+        raise ApiProblem(409, "conflict", str(e)) from None
+    if d is None:
+        raise not_found("delivery", delivery_id)
+    return delivery_out(d)  # due now: a worker's dispatcher sends it within a second
