@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
@@ -50,6 +51,23 @@ def read_report(services: Services, job: dict[str, Any]) -> dict[str, Any] | Non
     except Exception:  # a file gone since it was listed: the page says there is no report
         return None
     return report
+
+
+def report_recipe_query(report: dict[str, Any]) -> str:
+    """The example browser's query for the recipe a report was built with (its model or profile,
+    policies, system prompt, train_on), so a problem line opens under the same fixes."""
+    build = report.get("build") if isinstance(report.get("build"), dict) else None
+    recipe = build.get("recipe") if build and isinstance(build.get("recipe"), dict) else {}
+    profile = str(build.get("profile") or "") if build else ""
+    target = f"profile:{profile.split('@')[0]}" if profile else f"model:{recipe.get('model') or report['model']}"
+    policies = " ".join(f"{code}={action}" for code, action in sorted((recipe.get("policies") or {}).items()))
+    query = {
+        "target": target,
+        "policies": policies,
+        "system_prompt": recipe.get("system_prompt") or "",
+        "train_on": "" if recipe.get("train_on") in (None, "all") else recipe["train_on"],
+    }
+    return urlencode({k: v for k, v in query.items() if v})
 
 
 def _spec(job: dict[str, Any]) -> dict[str, Any]:
@@ -196,6 +214,7 @@ def report_page(
         dataset_id=dataset_id,
         dataset_name=_dataset_name(services, tenant, dataset_id),
         has_html="report.html" in names,
+        line_query=report_recipe_query(report),
     )
 
 

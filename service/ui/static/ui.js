@@ -34,29 +34,27 @@ function followJob(section) {
   source.onerror = () => { live.textContent = "Reconnecting to the job's events…"; };
 }
 
-function tokenPanel(view) {
-  const detail = document.getElementById("seg-detail");
-  const items = document.querySelectorAll(".side [data-seg]");
+function tokenPanel(box) {
+  // the segment under the pointer or the focus is described in the side panel next to it
+  const browser = box.closest(".browser");
+  const detail = browser.querySelector(".detail");
   const show = (seg) => {
-    document.querySelectorAll(".seg.current, .side li.current").forEach((x) => x.classList.remove("current"));
+    browser.querySelectorAll(".current").forEach((x) => x.classList.remove("current"));
     seg.classList.add("current");
-    const row = document.querySelector(`.side li[data-seg="${seg.dataset.seg}"]`);
+    const row = browser.querySelector(`.side li[data-seg="${seg.dataset.seg}"]`);
     if (row) row.classList.add("current");
-    if (detail) {
-      const trained = seg.classList.contains("trained") ? "trained" : "not trained";
-      detail.textContent = `segment ${seg.dataset.seg} · ${seg.dataset.role || "template"} · ` +
-        `${seg.dataset.tokens} tokens · ${trained}: ${seg.title}`;
-    }
+    const trained = seg.classList.contains("trained") ? "trained" : "not trained";
+    detail.textContent = `Segment ${seg.dataset.seg} · ${seg.dataset.role || "template"} · ` +
+      `${seg.dataset.tokens} tokens · ${trained}: ${seg.title}`;
   };
-  view.querySelectorAll(".seg").forEach((seg) => {
+  box.querySelectorAll(".seg").forEach((seg) => {
     seg.addEventListener("mouseenter", () => show(seg));
     seg.addEventListener("focus", () => show(seg));
   });
-  items.forEach((li) => {
-    const link = li.querySelector("a");
-    if (link) link.addEventListener("click", () => {
-      const seg = document.getElementById(`seg-${li.dataset.seg}`);
-      if (seg) { show(seg); }
+  browser.querySelectorAll(".side li a").forEach((link) => {
+    link.addEventListener("click", (e) => {
+      const seg = document.getElementById(link.getAttribute("href").slice(1));
+      if (seg) { e.preventDefault(); seg.focus(); }
     });
   });
 }
