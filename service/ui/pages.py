@@ -59,7 +59,8 @@ def report_recipe_query(report: dict[str, Any]) -> str:
     build = report.get("build") if isinstance(report.get("build"), dict) else None
     recipe = build.get("recipe") if build and isinstance(build.get("recipe"), dict) else {}
     profile = str(build.get("profile") or "") if build else ""
-    target = f"profile:{profile.split('@')[0]}" if profile else f"model:{recipe.get('model') or report['model']}"
+    model = recipe.get("model") or report["model"]
+    target = f"profile:{profile.split('@')[0]}" if profile else f"model:{model}"
     policies = " ".join(f"{code}={action}" for code, action in sorted((recipe.get("policies") or {}).items()))
     query = {
         "target": target,
