@@ -29,7 +29,6 @@ from service.api.profiles import load_profile
 from service.api.schemas import (
     BatchPage,
     Dataset,
-    ExampleOutcome,
     ExamplePage,
     InspectView,
     ModelList,
@@ -86,11 +85,13 @@ class Recipe:
         return out
 
 
-async def _targets(request: Request[Any, Any, Any]) -> dict[str, list[str]]:
+async def _targets(request: Request[Any, Any, Any]) -> dict[str, list[Any]]:
+    """What the switcher offers: each model with the names that resolve to it (an alias such as
+    the default `gpt-4o-mini` selects its model), the built-in templates, the tenant's profiles."""
     models = decoded(await api_get(request, "/v1/models"), ModelList)
     templates = decoded(await api_get(request, "/v1/templates"), TemplateList)
     return {
-        "model": [m.name for m in models.items],
+        "model": [{"name": m.name, "names": [m.name, *m.aliases]} for m in models.items],
         "template": [t.name for t in templates.items if t.kind == "builtin"],
         "profile": [t.name for t in templates.items if t.kind == "profile"],
     }
@@ -109,7 +110,7 @@ async def examples_page(
     tenant: NamedDependency[str],
     code: Text = None,
     batch_id: Text = None,
-    outcome: ExampleOutcome | None = None,
+    outcome: Text = None,
     q: Text = None,
     target: Text = None,
     policies: Text = None,
@@ -119,6 +120,7 @@ async def examples_page(
 ) -> Response[str]:
     """A page of the dataset's lines (50), filtered by problem code, batch, outcome and text."""
     recipe = Recipe(target, policies, train_on, system_prompt)
+    outcome = outcome if outcome in OUTCOMES else None  # the form's "any" is empty
     dataset = decoded(await api_get(request, f"/v1/datasets/{dataset_id}"), Dataset)
     batches = decoded(await api_get(request, f"/v1/datasets/{dataset_id}/batches"), BatchPage)
     filters = {"code": code, "batch_id": batch_id, "outcome": outcome, "q": q}
