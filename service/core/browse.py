@@ -32,7 +32,6 @@ OutcomeName = Literal["clean", "kept", "fixed", "dropped", "failed"]
 OUTCOMES: tuple[OutcomeName, ...] = ("clean", "kept", "fixed", "dropped", "failed")
 PREVIEW_CHARS = 160  # of an item's preview
 SEARCH_MAX = 200  # characters of a text search
-FIRST_CHUNK = 64  # lines processed at once, doubled on every further chunk of one scan
 
 
 def outcome_name(outcome: Outcome) -> OutcomeName:
@@ -209,7 +208,7 @@ class Browser:
         processor = Processor(self.recipe, self.table)
         probe = _Undeduped(self.recipe, self.table) if start > 1 else None
         found: list[Browsed] = []
-        pos, chunk, looked = start, FIRST_CHUNK, 0
+        pos, chunk, looked = start, limit, 0  # a full page at once when every line is kept
         while pos < end and looked < budget:
             n = min(chunk, budget - looked, end - pos)
             rows = list(self.lines.rows(pos, pos + n))
