@@ -23,6 +23,7 @@ from service.api import Services
 from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import (
     CODE_MAX,
+    IDENT_MAX,
     LINE_MAX,
     SEARCH_MAX,
     ExampleItem,
@@ -275,7 +276,7 @@ class ExampleController(Controller):
         model: ModelQuery = None,
         template: Annotated[
             str | None,
-            QueryParameter(min_length=1, max_length=CODE_MAX, description="a chat template (/v1/templates)"),
+            QueryParameter(min_length=1, max_length=IDENT_MAX, description="a chat template (/v1/templates)"),
         ] = None,
         profile: Annotated[
             ProfileName | None, QueryParameter(description="one of the tenant's model profiles")

@@ -400,3 +400,78 @@ def test_models_are_the_model_table(client: Client, key: str) -> None:
         assert m["price_per_1m"] == entry.get("price_per_1m")
         assert m["aliases"] == sorted(entry.get("aliases", []))
     assert_problem(client.get("/v1/models"), 401)
+
+
+# -- windows and preference datasets ------------------------------------------------------------
+
+
+def test_a_line_split_into_windows_has_a_view_per_window(client: Client, key: str) -> None:
+    """All 80 MT-Bench conversations as one, over gpt-3.5-turbo-0613's 4,096 tokens: windows."""
+    long = {"messages": [m for c in mtbench_conversations() for m in c["messages"]]}
+    rows = [*sharegpt_conversations()[:3], long]
+    ds = make_dataset(client, key)
+    assert push(client, key, ds, jsonl(*rows)).status_code == 201
+    recipe = {"model": "gpt-3.5-turbo-0613", "policy": ["over_token_limit=fix"]}
+    report = validate(client, key, rows, **recipe)
+    windows = [d for d in report["examples_detail"] if d["line"] == 4]
+    assert len(windows) > 3
+    url = f"/v1/datasets/{ds}/examples/4"
+    got = client.get(url, params=recipe, headers=auth(key)).json()
+    assert (got["outcome"], got["outputs"]) == ("fixed", len(windows))
+    assert got["problems"] == [p for p in report["problems_detail"] if p["line"] == 4]
+    for w in windows:
+        view = client.get(
+            f"{url}/view", params={**recipe, "fixed": "true", "window": w["window"]}, headers=auth(key)
+        )
+        assert view.status_code == 200, view.text
+        assert (view.json()["billed_tokens"], view.json()["trained_tokens"]) == (
+            w["billed_tokens"],
+            w["trained_tokens"],
+        )
+    beyond: dict[str, Any] = {**recipe, "fixed": "true", "window": len(windows)}
+    assert_problem(client.get(f"{url}/view", params=beyond, headers=auth(key)), 404, "not-found")
+    as_stored = client.get(f"{url}/view", params={"model": "gpt-3.5-turbo-0613"}, headers=auth(key)).json()
+    assert as_stored["billed_tokens"] > 4096
+
+
+def test_a_preference_dataset_is_browsed_like_a_chat_one(client: Client, key: str) -> None:
+    """MT-Bench questions with GPT-4's answer preferred over a one-word one."""
+    rows: list[dict[str, Any]] = []
+    for c in mtbench_conversations()[:30]:
+        first, answer = c["messages"][0], c["messages"][1]
+        rows.append(
+            {
+                "input": {"messages": [first]},
+                "preferred_output": [answer],
+                "non_preferred_output": [{"role": "assistant", "content": " No. "}],
+            }
+        )
+    rows.append(rows[4])
+    ds = make_dataset(client, key, kind="preference")
+    assert push(client, key, ds, jsonl(*rows[:10])).status_code == 201
+    assert push(client, key, ds, jsonl(*rows[10:])).status_code == 201
+    report = validate(client, key, rows, format="preference")
+    for code in report["problem_counts"]:
+        lines = sorted({p["line"] for p in report["problems_detail"] if p["code"] == code})
+        assert [i["line"] for i in walk(client, key, ds, code=code, limit=7)] == lines, code
+    assert report["problem_counts"]["duplicate_example"] == 1
+    last = client.get(f"/v1/datasets/{ds}/examples/{len(rows)}", headers=auth(key)).json()
+    assert last["example"] == rows[-1]
+    assert last["problems"] == [p for p in report["problems_detail"] if p["line"] == len(rows)]
+    word = rows[7]["preferred_output"][0]["content"].split()[3]
+    texts = [
+        [
+            m["content"].casefold()
+            for m in (*r["input"]["messages"], *r["preferred_output"], *r["non_preferred_output"])
+        ]
+        for r in rows
+    ]
+    expected = [n for n, t in enumerate(texts, 1) if any(word.casefold() in x for x in t)]
+    assert 0 < len(expected) < len(rows)
+    assert [i["line"] for i in walk(client, key, ds, q="NO.")] == list(
+        range(1, len(rows) + 1)
+    )  # the rejected reply
+    assert [i["line"] for i in walk(client, key, ds, q=word)] == expected
+    view = client.get(f"/v1/datasets/{ds}/examples/3/view", headers=auth(key)).json()
+    inspected = client.post("/v1/inspect", json={"example": rows[2], "line": 3}, headers=auth(key)).json()
+    assert view == inspected
