@@ -5,7 +5,9 @@ deleting a batch moves the lines of later batches up. Problems and outcomes are 
 recipe the request names with /v1/validate's parameters (`model` or `profile`, `policy`,
 `system_prompt`, `train_on`): what validating the dataset's examples in one body reports, line
 for line (`service.core.browse`). The cursor is opaque and bound to the dataset, the filters and
-the recipe it was made with; any other use of it is 400 `invalid-cursor`.
+the recipe it was made with; any other use of it is 400 `invalid-cursor`. It holds a line
+number: after a batch is deleted between two pages, the walk goes on from the same number, so
+it skips the lines that moved up past it.
 """
 
 from __future__ import annotations
