@@ -5,24 +5,28 @@ deleting a batch moves the lines of later batches up. Problems and outcomes are 
 recipe the request names with /v1/validate's parameters (`model` or `profile`, `policy`,
 `system_prompt`, `train_on`): what validating the dataset's examples in one body reports, line
 for line (`service.core.browse`). The cursor is opaque and bound to the dataset, the filters and
-the recipe it was made with; any other use of it is 400 `invalid-cursor`.
+the recipe it was made with; any other use of it is 400 `invalid-cursor`. It holds a line
+number: after a batch is deleted between two pages, the walk goes on from the same number, so
+it skips the lines that moved up past it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Controller, get
-from litestar.di import NamedDependency
+from litestar.di import NamedDependency, Provide
 from litestar.params import FromPath, PathParameter, QueryParameter
+from litestar.types import Dependencies
 
 from service.api import Services
 from service.api.errors import ApiProblem, not_found, problems
 from service.api.schemas import (
     CODE_MAX,
+    IDENT_MAX,
     LINE_MAX,
     SEARCH_MAX,
     ExampleItem,
@@ -30,7 +34,6 @@ from service.api.schemas import (
     ExamplePage,
     InspectView,
     ProblemItem,
-    ProfileName,
     StoredExample,
 )
 from service.api.tools import (
@@ -45,6 +48,7 @@ from service.api.tools import (
 )
 from service.core.browse import BatchSpan, Browsed, Browser, Filters, Lines, Row, messages_of, preview
 from service.core.formats import Format
+from service.core.pipeline import Recipe
 from service.core.problems import CODES
 from service.store.blobs import BlobNotFound
 
@@ -134,21 +138,54 @@ def _row(lines: Lines, line: int) -> Row:
     return row
 
 
-def _recipe_query(
-    model: str | None, profile: str | None, policy: list[str] | None, system_prompt: str | None, train_on: str
-) -> dict[str, Any]:
-    return {
-        "model": model,
-        "profile": profile,
-        "policy": policy or [],
-        "system_prompt": system_prompt,
-        "train_on": train_on,
-    }
+class RecipeQuery:
+    """The recipe parameters of /v1/validate, which every browsing route takes (a dependency, so
+    they are declared once)."""
+
+    def __init__(
+        self,
+        model: str | None,
+        profile: str | None,
+        policy: list[str] | None,
+        system_prompt: str | None,
+        train_on: Literal["all", "last"],
+    ) -> None:
+        self.model, self.profile, self.policy = model, profile, policy or []
+        self.system_prompt, self.train_on = system_prompt, train_on
+
+    def key(self) -> dict[str, Any]:
+        """What a cursor is bound to."""
+        return {
+            "model": self.model,
+            "profile": self.profile,
+            "policy": self.policy,
+            "system_prompt": self.system_prompt,
+            "train_on": self.train_on,
+        }
+
+    def recipe(self, tenant: str, services: Services, fmt: Format) -> Recipe:
+        return validation_recipe(
+            tenant, services, self.model, self.profile, fmt, self.policy, self.system_prompt, self.train_on
+        )
+
+
+def provide_recipe_query(
+    model: ModelQuery = None,
+    profile: ProfileQuery = None,
+    policy: PolicyQuery = None,
+    system_prompt: SystemPromptQuery = None,
+    train_on: TrainOnQuery = "all",
+) -> RecipeQuery:
+    return RecipeQuery(model, profile, policy, system_prompt, train_on)
+
+
+RECIPE_QUERY: Dependencies = {"recipe_query": Provide(provide_recipe_query, sync_to_thread=False)}
 
 
 class ExampleController(Controller):
     path = "/datasets/{dataset_id:str}/examples"
     tags = ("datasets",)
+    dependencies = RECIPE_QUERY
 
     @get(operation_id="listExamples", sync_to_thread=True, responses=problems(400, 401, 404, 409, 422))
     def list_examples(
@@ -156,6 +193,7 @@ class ExampleController(Controller):
         dataset_id: FromPath[str],
         tenant: NamedDependency[str],
         services: NamedDependency[Services],
+        recipe_query: NamedDependency[RecipeQuery],
         cursor: Cursor = None,
         limit: Limit = 50,
         code: Annotated[
@@ -184,11 +222,6 @@ class ExampleController(Controller):
                 "characters, case-insensitive)",
             ),
         ] = None,
-        model: ModelQuery = None,
-        profile: ProfileQuery = None,
-        policy: PolicyQuery = None,
-        system_prompt: SystemPromptQuery = None,
-        train_on: TrainOnQuery = "all",
     ) -> ExamplePage:
         """The dataset's lines with their problem codes and outcome, in line order, a page at a time.
 
@@ -214,11 +247,10 @@ class ExampleController(Controller):
             "batch_id": batch_id,
             "outcome": outcome,
             "q": q,
-            **_recipe_query(model, profile, policy, system_prompt, train_on),
+            **recipe_query.key(),
         }
         start = max(start, decode_cursor(cursor, dataset_id, query))
-        recipe = validation_recipe(tenant, services, model, profile, fmt, policy, system_prompt, train_on)
-        browser = Browser(lines, recipe, fmt, services.table)
+        browser = Browser(lines, recipe_query.recipe(tenant, services, fmt), fmt, services.table)
         keep = Filters(code=code, outcome=outcome, text=q).keeps
         try:
             found, next_line = browser.scan(start, end, limit, services.settings.browse_scan_lines, keep)
@@ -239,17 +271,12 @@ class ExampleController(Controller):
         line: Line,
         tenant: NamedDependency[str],
         services: NamedDependency[Services],
-        model: ModelQuery = None,
-        profile: ProfileQuery = None,
-        policy: PolicyQuery = None,
-        system_prompt: SystemPromptQuery = None,
-        train_on: TrainOnQuery = "all",
+        recipe_query: NamedDependency[RecipeQuery],
     ) -> StoredExample:
         """One stored line as pushed (in its canonical form), with its problems under the recipe:
         the same objects /v1/validate lists in `problems_detail` for that line."""
         lines, fmt = _lines(services, tenant, dataset_id)
-        recipe = validation_recipe(tenant, services, model, profile, fmt, policy, system_prompt, train_on)
-        b = _one(Browser(lines, recipe, fmt, services.table), line)
+        b = _one(Browser(lines, recipe_query.recipe(tenant, services, fmt), fmt, services.table), line)
         return StoredExample(
             line=b.line,
             batch_id=b.batch_id,
@@ -272,13 +299,10 @@ class ExampleController(Controller):
         line: Line,
         tenant: NamedDependency[str],
         services: NamedDependency[Services],
-        model: ModelQuery = None,
+        recipe_query: NamedDependency[RecipeQuery],
         template: Annotated[
             str | None,
-            QueryParameter(min_length=1, max_length=CODE_MAX, description="a chat template (/v1/templates)"),
-        ] = None,
-        profile: Annotated[
-            ProfileName | None, QueryParameter(description="one of the tenant's model profiles")
+            QueryParameter(min_length=1, max_length=IDENT_MAX, description="a chat template (/v1/templates)"),
         ] = None,
         train_eot: Annotated[
             bool | None,
@@ -294,19 +318,16 @@ class ExampleController(Controller):
                 ge=0, le=LINE_MAX, description="with fixed: which of the examples the line gives (0-based)"
             ),
         ] = 0,
-        policy: PolicyQuery = None,
-        system_prompt: SystemPromptQuery = None,
-        train_on: TrainOnQuery = "all",
     ) -> InspectView:
         """The training view of one stored line: exactly what POST /v1/inspect answers for that
         example with the same `model`, `template`, `profile` and `train_eot`. With `fixed=true`,
         the view is of what the recipe's fixes (`policy`, `system_prompt`, `train_on`) make of it,
         as a build would write it; a line the recipe drops or fails is then 422 `example-not-written`,
         and a line split into windows (or turns) gives one view per `window`."""
+        model, profile = recipe_query.model, recipe_query.profile
         exclusive(model, template, profile)
         lines, fmt = _lines(services, tenant, dataset_id)
-        recipe = validation_recipe(tenant, services, model, profile, fmt, policy, system_prompt, train_on)
-        browser = Browser(lines, recipe, fmt, services.table)
+        browser = Browser(lines, recipe_query.recipe(tenant, services, fmt), fmt, services.table)
         if not fixed:  # as stored: no recipe to apply
             row = _row(lines, line)
             example = browser.record(row).example
