@@ -28,15 +28,19 @@ lint: install  ## ruff and mypy --strict
 # each with its own redis-server; both lanes must pass. Tests marked `timing` compare latencies, so
 # they run alone afterwards. `make test TEST_JOBS=0` runs the rest serially.
 TEST_JOBS ?= 2
-test: lint chromium  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
+test: lint browser  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
 	@$(UV) run --locked pytest -q -p no:cacheprovider -m "not timing" tests/unit > .pytest-unit.log 2>&1 & unit=$$!; \
 	$(UV) run --locked pytest -q -p no:cacheprovider -m "not timing" -n $(TEST_JOBS) --dist load --ignore=tests/unit; rest=$$?; \
 	wait $$unit; units=$$?; echo "--- tests/unit:"; cat .pytest-unit.log; rm -f .pytest-unit.log; \
 	$(UV) run --locked pytest -q -p no:cacheprovider -m timing; timing=$$?; \
 	exit $$(( rest != 0 || units != 0 || timing != 0 ))
 
-chromium:  ## Headless Chromium for the report screenshot test (Debian's package)
-	@command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+# The report screenshot test and the web UI's Playwright tests (tests/ui) drive Debian's chromium at
+# /usr/bin/chromium; Playwright's own browser download is never used. Installed once, quietly.
+browser:  ## Debian's chromium at /usr/bin/chromium, installed with apt-get if missing
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
+chromium: browser
 
 dev: install  ## Run everything on this machine: redis-server, a worker and the API on :PORT (8000)
 	$(UV) run --locked tuneset dev --port $(PORT)
@@ -51,4 +55,4 @@ format: install  ## Format the code
 	$(UV) run --locked ruff format .
 	$(UV) run --locked ruff check --fix .
 
-.PHONY: help install lint test dev bench format chromium
+.PHONY: help install lint test dev bench format browser chromium

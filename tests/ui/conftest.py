@@ -1,6 +1,6 @@
 """The web UI in a real browser against the real service: a `tuneset api` process, a real
 Celery worker process, the session's redis-server, the fake provider on loopback and a webhook
-receiver, all for one module; Debian's chromium (`/usr/bin/chromium`, `make chromium` installs it)
+receiver, all for one module; Debian's chromium (`/usr/bin/chromium`, `make browser` installs it)
 driven by Playwright with a fresh profile. Playwright's own browser download is never used.
 
 Screenshots go to `.test-artifacts/ui/` (gitignored), one per page a test looks at.
@@ -140,7 +140,7 @@ def stack(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
     """Debian's chromium with a fresh user-data-dir, at 1280 px."""
-    assert Path(CHROMIUM).exists(), "chromium is missing: `make chromium` (apt-get install -y chromium)"
+    assert Path(CHROMIUM).exists(), "chromium is missing: `make browser` (apt-get install -y chromium)"
     profile = tmp_path_factory.mktemp("chromium-profile")
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
