@@ -124,6 +124,12 @@ def test_a_new_users_path_with_the_cli_only(tmp_path: Path) -> None:
 
         opened = tuneset(env, "open", job, cwd=tmp_path)
         assert opened.stdout.strip() == f"{dev.url}/ui/jobs/{job}"
+        page = httpx.get(
+            opened.stdout.strip(), headers=auth
+        )  # the page itself (a browser signs in: tests/ui)
+        assert page.status_code == 200, page.text
+        assert job in page.text
+        assert all(f">{a['name']}</a>" in page.text for a in artifacts)
 
         failing = tuneset(env, "build", "support", "-p", "no_system_message=fail", "--watch")
         assert failing.returncode == 1, failing.stdout
