@@ -273,3 +273,75 @@ def test_webhook_deliveries_show_attempts_and_retry_posts_a_retry(page: Page, st
     assert rows.count() in (len(now), len(now) - 1)  # one more may have been made since
     with laptop(page):
         shot(page, "webhooks-retried")
+
+
+A11Y_JS = """() => ({
+    unlabelled: [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
+        .filter(c => c.labels.length === 0 && !c.getAttribute('aria-label')).map(c => c.outerHTML),
+    nameless: [...document.querySelectorAll('a, button')]
+        .filter(e => !(e.innerText || e.getAttribute('aria-label') || '').trim()).map(e => e.outerHTML),
+    overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+    h1: document.querySelectorAll('h1').length,
+})"""
+
+
+def test_every_page_is_labelled_keyboard_reachable_and_fits_the_screen(
+    page: Page, stack: Stack, built: dict[str, Any]
+) -> None:
+    ds, job_id = built["dataset_id"], built["job"]["id"]
+    paths = [
+        "/ui/datasets",
+        f"/ui/datasets/{ds}",
+        f"/ui/datasets/{ds}/examples",
+        f"/ui/datasets/{ds}/examples/2?policies=consecutive_same_role%3Dfix",
+        "/ui/jobs",
+        f"/ui/jobs/{job_id}",
+        f"/ui/jobs/{job_id}/report",
+        "/ui/fine-tunes",
+        "/ui/webhooks",
+    ]
+    for size in ({"width": 1280, "height": 800}, {"width": 1366, "height": 768}):
+        page.set_viewport_size(size)
+        for path in paths:
+            page.goto(stack.base + path)
+            found = page.evaluate(A11Y_JS)
+            assert found["unlabelled"] == [], (path, found["unlabelled"])
+            assert found["nameless"] == [], (path, found["nameless"])
+            assert found["overflow"] <= 0, (path, size, found["overflow"])  # no sideways scrolling
+            assert found["h1"] == 1, path
+            # the first Tab stop skips to the content, and a focused control shows it
+            page.keyboard.press("Tab")
+            expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+            page.keyboard.press("Tab")
+            outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+            assert outline == "solid", (path, outline)
+    page.set_viewport_size({"width": 1280, "height": 800})
+
+
+def test_bad_input_is_a_page_with_a_4xx_never_a_5xx(stack: Stack, built: dict[str, Any]) -> None:
+    ds = built["dataset_id"]
+    cookies = {"tuneset_key": stack.key}
+    cases = {
+        "/ui/jobs/job_nope": 404,
+        "/ui/datasets/ds_nope": 404,
+        f"/ui/datasets/{ds}/examples/9999": 404,
+        f"/ui/datasets/{ds}/examples/1?target=nonsense": 400,
+        f"/ui/datasets/{ds}/examples/1?target=model%3Anot-a-model": 422,
+        f"/ui/datasets/{ds}/examples/1?policies=no_system_message%3Dexplode": 422,
+        f"/ui/datasets/{ds}/examples?cursor=ex_0000000001": 400,
+        "/ui/jobs?status=melted": 400,
+        f"/ui/jobs/{built['job']['id']}/artifacts/nope.json": 404,
+    }
+    for path, status in cases.items():
+        r = httpx.get(stack.base + path, cookies=cookies)
+        assert r.status_code == status, (path, r.status_code, r.text[-500:])
+        assert r.headers["content-type"].startswith("text/html"), path
+        assert 'role="alert"' in r.text, path
+    # another tenant's job is not found, as over the API
+    other = stack.state.create_key("other")
+    r = httpx.get(f"{stack.base}/ui/jobs/{built['job']['id']}", cookies={"tuneset_key": other})
+    assert r.status_code == 404
+    # cancelling a finished job is the API's 409, shown as a page
+    r = httpx.post(f"{stack.base}/ui/jobs/{built['job']['id']}/cancel", cookies=cookies)
+    assert r.status_code == 409
+    assert "already succeeded" in r.text
