@@ -33,6 +33,16 @@ async def api_get(
         )
 
 
+async def api_post(request: Request[Any, Any, Any], path: str, body: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=cast(Any, request.app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://tuneset-ui.internal") as client:
+        return await client.post(
+            path,
+            content=msgspec.json.encode(body),
+            headers={"Authorization": f"Bearer {ui_key(request)}", "Content-Type": "application/json"},
+        )
+
+
 def problem_of(response: httpx.Response) -> ApiProblem:
     try:
         body = response.json()
@@ -40,10 +50,14 @@ def problem_of(response: httpx.Response) -> ApiProblem:
         body = {}
     slug = str(body.get("type", "")).removeprefix(TYPE_PREFIX) or "error"
     detail = str(body.get("detail") or response.reason_phrase)
-    for item in body.get("errors") or []:
+    for item in body.get("errors") or []:  # each item names its line and rule
         where = f"line {item.get('line')}: " if item.get("line") is not None else ""
-        detail += f" · {where}{item.get('code')}: {item.get('message')}"
-    return ApiProblem(response.status_code, slug, detail)
+        if where or item.get("message") != detail:
+            detail += f" · {where}{item.get('code')}: {item.get('message')}"
+        else:
+            detail += f" ({item.get('code')})"
+    title = str(body.get("title") or "") or None
+    return ApiProblem(response.status_code, slug, detail, title=title)
 
 
 def decoded(response: httpx.Response, type_: type[T]) -> T:

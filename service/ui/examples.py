@@ -18,16 +18,18 @@ import re
 from typing import Annotated, Any, Literal
 
 import anyio.to_thread
-from litestar import Request, Response, get
+from litestar import Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.handlers import HTTPRouteHandler
 from litestar.params import FromPath, QueryParameter
+from litestar.response import Redirect
 
 from service.api import Services
 from service.api.errors import ApiProblem
 from service.api.profiles import load_profile
 from service.api.schemas import (
     BatchPage,
+    BuildStarted,
     Dataset,
     ExamplePage,
     InspectView,
@@ -37,8 +39,9 @@ from service.api.schemas import (
 )
 from service.core import pipeline
 from service.core.problems import CODES
-from service.ui.api_client import api_get, decoded, problem_of
+from service.ui.api_client import api_get, api_post, decoded, problem_of
 from service.ui.render import html
+from service.ui.session import Form, same_origin
 from service.ui.tokens import view_tokens
 
 Text = Annotated[str | None, QueryParameter(max_length=2000)]
@@ -243,4 +246,22 @@ def _messages(example: Any) -> list[dict[str, str]]:
     return out
 
 
-route_handlers: list[HTTPRouteHandler] = [examples_page, example_page]
+@post("/datasets/{dataset_id:str}/builds", include_in_schema=False, guards=[same_origin], status_code=303)
+async def start_build(request: Request[Any, Any, Any], dataset_id: FromPath[str], data: Form) -> Redirect:
+    """The dataset page's Build button: startBuild with the form's model and policies (a 4xx
+    problem is shown as a page), then the new job's page, which follows its progress."""
+    recipe = Recipe(data.get("target"), data.get("policies"), data.get("train_on"), data.get("system_prompt"))
+    body: dict[str, Any] = {recipe.kind: recipe.name} if recipe.kind == "model" else {}
+    if recipe.kind != "model":
+        raise ApiProblem(422, "invalid-recipe", "a build from this page names a provider model")
+    policies = dict(p.split("=", 1) for p in recipe.policies.split() if "=" in p)
+    if len(policies) != len(recipe.policies.split()):
+        raise ApiProblem(422, "invalid-recipe", "policies are CODE=ACTION items, space-separated")
+    body.update({"policies": policies} if policies else {})
+    body.update({"system_prompt": recipe.system_prompt} if recipe.system_prompt else {})
+    body.update({"train_on": recipe.train_on} if recipe.train_on != "all" else {})
+    started = decoded(await api_post(request, f"/v1/datasets/{dataset_id}/builds", body), BuildStarted)
+    return Redirect(f"/ui/jobs/{started.job_id}", status_code=303)
+
+
+route_handlers: list[HTTPRouteHandler] = [examples_page, example_page, start_build]

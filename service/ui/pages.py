@@ -33,6 +33,7 @@ from service.api.jobs import (
 from service.api.schemas import CURSOR_PATTERN, JobStatus
 from service.api.webhooks import count_retry, delivery_out, replay_delivery, subscription_out, webhook_store
 from service.jobs import TERMINAL
+from service.ui.examples import Recipe
 from service.ui.render import html
 from service.ui.session import same_origin
 
@@ -69,6 +70,14 @@ def report_recipe_query(report: dict[str, Any]) -> str:
         "train_on": "" if recipe.get("train_on") in (None, "all") else recipe["train_on"],
     }
     return urlencode({k: v for k, v in query.items() if v})
+
+
+def model_choices(services: Services) -> list[dict[str, Any]]:
+    """The models a build may name, each with the aliases that resolve to it (as /v1/models)."""
+    aliases: dict[str, list[str]] = {}
+    for alias, name in sorted(services.table.aliases.items()):
+        aliases.setdefault(name, []).append(alias)
+    return [{"name": n, "names": [n, *aliases.get(n, [])]} for n in services.table.names()]
 
 
 def _spec(job: dict[str, Any]) -> dict[str, Any]:
@@ -128,6 +137,8 @@ def dataset_page(
         builds=builds,
         report=report,
         report_job=report_job,
+        recipe=Recipe(None, None, None),
+        targets={"model": model_choices(services), "template": [], "profile": []},
     )
 
 

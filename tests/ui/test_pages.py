@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import BrowserContext, Page, expect
+from playwright.sync_api import BrowserContext, Page, ViewportSize, expect
 
 from tests.integration.test_worker_faults import distinct_sharegpt
 from tests.ui.conftest import Stack, laptop, sharegpt, shot
@@ -300,7 +300,8 @@ def test_every_page_is_labelled_keyboard_reachable_and_fits_the_screen(
         "/ui/fine-tunes",
         "/ui/webhooks",
     ]
-    for size in ({"width": 1280, "height": 800}, {"width": 1366, "height": 768}):
+    sizes: list[ViewportSize] = [{"width": 1280, "height": 800}, {"width": 1366, "height": 768}]
+    for size in sizes:
         page.set_viewport_size(size)
         for path in paths:
             page.goto(stack.base + path)
@@ -345,3 +346,34 @@ def test_bad_input_is_a_page_with_a_4xx_never_a_5xx(stack: Stack, built: dict[st
     r = httpx.post(f"{stack.base}/ui/jobs/{built['job']['id']}/cancel", cookies=cookies)
     assert r.status_code == 409
     assert "already succeeded" in r.text
+
+
+def test_a_build_started_from_the_dataset_page(page: Page, stack: Stack, built: dict[str, Any]) -> None:
+    ds = built["dataset_id"]
+    page.goto(f"{stack.base}/ui/datasets/{ds}")
+    form = page.get_by_role("form", name="Start a build")
+    expect(form.get_by_label("Model")).to_have_value("model:gpt-4o-mini-2024-07-18")  # the default
+    form.get_by_label("Model").select_option("model:gpt-4.1-mini-2025-04-14")
+    form.get_by_label("Policies").fill("consecutive_same_role=fix no_system_message=fix")
+    form.get_by_label("System prompt").fill("Be brief.")
+    form.get_by_role("button", name="Build").click()
+    expect(page).to_have_url(re.compile(rf"{stack.base}/ui/jobs/job_\w+$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=60_000)
+    report = stack.http.get(f"/v1/jobs/{job_id}/artifacts/report.json").json()
+    assert report["build"]["dataset_id"] == ds
+    assert report["build"]["recipe"]["model"] == "gpt-4.1-mini-2025-04-14"
+    assert report["build"]["recipe"]["policies"] == {
+        "consecutive_same_role": "fix",
+        "no_system_message": "fix",
+    }
+    assert report["build"]["recipe"]["system_prompt"] == "Be brief."
+    assert report["fixes"]["insert_system_prompt"] == 500  # none had a system message
+    # a bad policy is the API's 422, shown on a page
+    page.goto(f"{stack.base}/ui/datasets/{ds}")
+    form.get_by_label("Policies").fill("no_system_message=explode")
+    form.get_by_role("button", name="Build").click()
+    expect(page.get_by_role("heading", level=1)).to_contain_text("422")
+    expect(page.get_by_role("alert")).to_have_text(
+        "unknown action 'explode' for no_system_message; use keep, fix, drop or fail (invalid_policy)"
+    )
