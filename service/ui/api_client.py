@@ -26,21 +26,22 @@ def ui_key(request: Request[Any, Any, Any]) -> str:
 async def api_get(
     request: Request[Any, Any, Any], path: str, params: Sequence[tuple[str, str]] = ()
 ) -> httpx.Response:
-    transport = httpx.ASGITransport(app=cast(Any, request.app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://tuneset-ui.internal") as client:
-        return await client.get(
-            path, params=list(params), headers={"Authorization": f"Bearer {ui_key(request)}"}
-        )
+    return await _call(request, "GET", path, params=list(params))
 
 
 async def api_post(request: Request[Any, Any, Any], path: str, body: Any) -> httpx.Response:
+    """A JSON body, as the API's JSON routes require."""
+    headers = {"Content-Type": "application/json"}
+    return await _call(request, "POST", path, content=msgspec.json.encode(body), headers=headers)
+
+
+async def _call(
+    request: Request[Any, Any, Any], method: str, path: str, headers: dict[str, str] | None = None, **kw: Any
+) -> httpx.Response:
     transport = httpx.ASGITransport(app=cast(Any, request.app))
+    auth = {"Authorization": f"Bearer {ui_key(request)}", **(headers or {})}
     async with httpx.AsyncClient(transport=transport, base_url="http://tuneset-ui.internal") as client:
-        return await client.post(
-            path,
-            content=msgspec.json.encode(body),
-            headers={"Authorization": f"Bearer {ui_key(request)}", "Content-Type": "application/json"},
-        )
+        return await client.request(method, path, headers=auth, **kw)
 
 
 def problem_of(response: httpx.Response) -> ApiProblem:

@@ -31,20 +31,11 @@ from tests.conftest import DATA, jsonl
 from tests.integration.test_fine_tune_flow import Receiver, loop_env
 from tests.integration.test_sse_streams import api_process
 from tests.integration.test_worker_faults import _start_worker
+from tests.unit.test_report_screenshot import CHROMIUM_FLAGS
 
 ROOT = Path(__file__).parents[2]
 ARTIFACTS = ROOT / ".test-artifacts" / "ui"
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 os.environ["PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD"] = "1"
 
 
@@ -147,7 +138,7 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext
             str(profile),
             executable_path=CHROMIUM,
             headless=True,
-            args=CHROMIUM_ARGS,
+            args=CHROMIUM_FLAGS,
             viewport={"width": 1280, "height": 800},
         )
         context.set_default_timeout(20_000)

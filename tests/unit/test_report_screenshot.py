@@ -44,20 +44,26 @@ def chromium() -> str:
     pytest.fail(f"headless Chromium is needed to test the HTML report; install it with: {INSTALL}")
 
 
+# headless, offline: no GPU, no QUIC, no first-run, background, component-update or sync traffic
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
 def run_chromium(tmp_path: Path, page: Path | str, *args: str) -> subprocess.CompletedProcess[str]:
     """Headless Chromium on a file or a loopback URL, in a new empty profile."""
     stem = page.stem if isinstance(page, Path) else "url"
     profile = tmp_path / f"profile-{stem}-{len(list(tmp_path.glob('profile-*')))}"
     cmd = [
         chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *CHROMIUM_FLAGS,
         f"--user-data-dir={profile}",
         f"--window-size={WIDTH},{HEIGHT}",
         *args,
