@@ -96,7 +96,7 @@ def _lines(services: Services, tenant: str, dataset_id: str) -> tuple[Lines, For
     return Lines(spans, services.blobs.open_chunks), fmt
 
 
-def _scanning() -> ApiProblem:
+def _changed() -> ApiProblem:
     return ApiProblem(
         409, "dataset-changed", "a batch of the dataset was deleted while it was read; ask again"
     )
@@ -121,7 +121,7 @@ def _one(browser: Browser, line: int) -> Browsed:
     try:
         found, _next = browser.scan(line, line + 1, 1, 1, lambda _b: True)
     except BlobNotFound:
-        raise _scanning() from None
+        raise _changed() from None
     if not found:
         raise not_found("example", str(line))
     return found[0]
@@ -132,7 +132,7 @@ def _row(lines: Lines, line: int) -> Row:
     try:
         row = next(lines.rows(line, line + 1), None)
     except BlobNotFound:
-        raise _scanning() from None
+        raise _changed() from None
     if row is None:
         raise not_found("example", str(line))
     return row
@@ -255,7 +255,7 @@ class ExampleController(Controller):
         try:
             found, next_line = browser.scan(start, end, limit, services.settings.browse_scan_lines, keep)
         except BlobNotFound:
-            raise _scanning() from None
+            raise _changed() from None
         return ExamplePage(
             items=[_item(b) for b in found],
             next_cursor=None if next_line is None else encode_cursor(dataset_id, query, next_line),

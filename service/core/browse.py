@@ -210,28 +210,25 @@ class Browser:
         found: list[Browsed] = []
         pos, chunk, looked = start, limit, 0  # a full page at once when every line is kept
         while pos < end and looked < budget:
-            n = min(chunk, budget - looked, end - pos)
-            rows = list(self.lines.rows(pos, pos + n))
-            if not rows:
-                break
+            stop = pos + min(chunk, budget - looked, end - pos)
             if probe is not None:
-                self._seed(processor.seen, probe, rows, start)
-            for row in rows:
+                self._seed(processor.seen, probe, pos, stop, start)
+            for row in self.lines.rows(pos, stop):
                 record = self.record(row)
                 item = Browsed(row.line, row.batch_id, row.raw, record, processor.process(record))
                 looked += 1
-                pos = row.line + 1
                 if keeps(item):
                     found.append(item)
                     if len(found) >= limit:
-                        return found, pos if pos < end else None
-            chunk *= 2
+                        return found, row.line + 1 if row.line + 1 < end else None
+            pos, chunk = stop, chunk * 2
         return found, pos if pos < end else None
 
-    def _seed(self, seen: dict[bytes, int], probe: Processor, rows: list[Row], start: int) -> None:
+    def _seed(self, seen: dict[bytes, int], probe: Processor, first: int, stop: int, start: int) -> None:
         """Put into `seen` the first line before `start` whose output has the content of an output
-        of `rows`: what the processor would have remembered had it read those lines."""
-        keys = {k for row in rows for k in self._keys(probe, row)} - seen.keys()
+        of lines [first, stop): what the processor would have remembered had it read those lines.
+        Only content keys are held (16 bytes an output), never the lines themselves."""
+        keys = {k for row in self.lines.rows(first, stop) for k in self._keys(probe, row)} - seen.keys()
         if not keys:
             return
         fast = not probe.rewrites

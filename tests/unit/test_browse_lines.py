@@ -103,3 +103,35 @@ def test_every_page_has_the_problems_validate_finds(policies: list[str], limit: 
             assert b.problems == expected.get(b.line, []), b.line
             seen.append(b.line)
     assert seen == list(range(1, len(rows) + 1))
+
+
+def _peak_of_a_deep_page(n: int, policies: list[str]) -> int:
+    """Peak memory of the last page of an n-line dataset (distinct lines, built from real ones)."""
+    import tracemalloc
+
+    share = sharegpt_conversations()
+    rows = []
+    for i in range(n):
+        row = json.loads(json.dumps(share[i % len(share)]))
+        row["messages"][0]["content"] += f" ({i})"
+        rows.append(row)
+    blobs = Blobs([rows[: n // 2], rows[n // 2 :]], 64 * 1024)
+    browser = Browser(
+        Lines(blobs.spans, blobs.open_chunks), Recipe(policies=parse_policies(policies)), "openai"
+    )
+    browser.scan(1, 3, 2, 10, lambda _b: True)  # encoders and tables loaded before measuring
+    del rows
+    tracemalloc.start()
+    try:
+        found, _ = browser.scan(n - 9, n + 1, 5, 10_000, lambda _b: True)
+        assert [b.line for b in found] == list(range(n - 9, n - 4))
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("policies", [[], ["consecutive_same_role=fix"]])
+def test_memory_does_not_grow_with_the_lines_before_a_page(policies: list[str]) -> None:
+    """Lines before the page are streamed and hashed, never kept: six times the lines, the same peak."""
+    small, large = _peak_of_a_deep_page(2000, policies), _peak_of_a_deep_page(12_000, policies)
+    assert large < 1.2 * small, (small, large)
