@@ -300,6 +300,8 @@ def test_every_page_is_labelled_keyboard_reachable_and_fits_the_screen(
         "/ui/fine-tunes",
         "/ui/webhooks",
     ]
+    fetched: list[str] = []
+    page.on("request", lambda r: fetched.append(r.url))
     sizes: list[ViewportSize] = [{"width": 1280, "height": 800}, {"width": 1366, "height": 768}]
     for size in sizes:
         page.set_viewport_size(size)
@@ -317,6 +319,10 @@ def test_every_page_is_labelled_keyboard_reachable_and_fits_the_screen(
             outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
             assert outline == "solid", (path, outline)
     page.set_viewport_size({"width": 1280, "height": 800})
+    # nothing comes from elsewhere: every request is to the service itself (no CDN, no font host)
+    assert fetched
+    assert [u for u in fetched if not u.startswith(stack.base + "/ui/") and not u.startswith("data:")] == []
+    assert {f"{stack.base}/ui/static/ui.css", f"{stack.base}/ui/static/ui.js"} <= set(fetched)
 
 
 def test_bad_input_is_a_page_with_a_4xx_never_a_5xx(stack: Stack, built: dict[str, Any]) -> None:
