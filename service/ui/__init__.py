@@ -1,7 +1,9 @@
 """The web UI at /ui: server-rendered pages (Jinja2, autoescaped) with one CSS file and a little
 vanilla JS, all shipped in the package (`templates/`, `static/`); nothing loads from elsewhere.
 
-Pages call the same functions as the JSON API's handlers, in process (see `pages`). Sign-in keeps
+Most pages call the same functions as the JSON API's handlers (`pages`); the example browser and
+the dataset page's Build form ask the API's own routes, in process with the signed-in key
+(`examples`, `api_client`), so every page shows what the API answers to that key. Sign-in keeps
 the API key in an HttpOnly, SameSite=Strict cookie (`session`); a page asked for without it
 redirects to the login page, and any other problem is shown as a page with its status.
 """

@@ -33,6 +33,7 @@ from service.api.jobs import (
 from service.api.schemas import CURSOR_PATTERN, JobStatus
 from service.api.webhooks import count_retry, delivery_out, replay_delivery, subscription_out, webhook_store
 from service.jobs import TERMINAL
+from service.store.blobs import BlobNotFound
 from service.ui.examples import Recipe
 from service.ui.render import html
 from service.ui.session import same_origin
@@ -49,7 +50,7 @@ def read_report(services: Services, job: dict[str, Any]) -> dict[str, Any] | Non
         return None
     try:
         report: dict[str, Any] = json.loads(services.blobs.get(key))
-    except Exception:  # a file gone since it was listed: the page says there is no report
+    except (BlobNotFound, ValueError):  # gone since it was listed, or not JSON: no report to show
         return None
     return report
 

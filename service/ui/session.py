@@ -9,6 +9,7 @@ browser session. Every form post must also come from the UI's own origin (`same_
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -27,11 +28,12 @@ from service.ui.render import html
 
 Form = Annotated[dict[str, str], Body(media_type=RequestEncodingType.URL_ENCODED)]
 HOME = "/ui/datasets"
+_UI_PATH = re.compile(r"/ui/[!#-\[\]-~]*")  # printable ASCII but space, quote and backslash
 
 
 def safe_next(target: str | None) -> str:
     """Where to go after signing in: a path of the UI only (never another site)."""
-    if target and target.startswith("/ui/") and not target.startswith("//") and "\\" not in target:
+    if target and _UI_PATH.fullmatch(target):
         return target
     return HOME
 

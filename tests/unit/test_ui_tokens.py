@@ -62,5 +62,8 @@ def test_after_login_only_a_page_of_the_ui() -> None:
         "//evil.example/ui/x",
         "/ui\\..\\x",
         "ui/jobs",
+        "/ui/x\r\nSet-Cookie: a=b",
+        "/ui/é",
+        '/ui/" onload="x',
     ):
         assert safe_next(target) == HOME, target
