@@ -47,6 +47,13 @@ class Settings(BaseSettings):
         description="Largest body of POST /v1/inspect and POST /v1/validate, checked before it is read "
         "(413 beyond): they answer synchronously, larger inputs belong in a dataset and a build.",
     )
+    browse_scan_lines: int = Field(
+        10_000,
+        gt=0,
+        description="Most lines one GET /v1/datasets/{id}/examples looks at past its cursor (each is "
+        "validated under the request's recipe); a filtered page that finds too few ends early, with "
+        "a next_cursor to go on from.",
+    )
     webhook_max_body_bytes: int = Field(
         1024 * 1024,
         gt=0,

@@ -18,6 +18,7 @@ from msgspec import Meta
 from service.core.dedupe import DedupeSpec
 from service.core.formats import Format
 from service.core.outputs import Outputs
+from service.core.problems import Change, Problem
 from service.core.profiles import PROFILE_FILE_MAX, TEMPLATE_MAX
 from service.core.split import SplitSpec
 from service.core.view import Segment
@@ -533,3 +534,59 @@ class ApiKeyList(msgspec.Struct):
 class Health(msgspec.Struct):
     status: str
     checks: dict[str, str] = {}
+
+
+# -- browsing a dataset ---------------------------------------------------------------------------
+
+ExampleOutcome = Literal["clean", "kept", "fixed", "dropped", "failed"]
+SEARCH_MAX = 200  # characters of a text search over a dataset's examples (core.browse.SEARCH_MAX)
+
+
+class ExampleItem(msgspec.Struct):
+    """One line of a dataset: `line` is 1-based across its batches in push order, `codes` the
+    codes of its problems (in the order found, each once), `outcome` what the recipe made of it."""
+
+    line: int
+    batch_id: str
+    preview: str
+    messages: int
+    codes: list[str]
+    outcome: ExampleOutcome
+
+
+class ExamplePage(msgspec.Struct):
+    """`next_cursor` is null on the last page. A page can hold fewer than `limit` items (even
+    none) and still have a next cursor: a scan stops after `scan_limit` lines."""
+
+    items: list[ExampleItem]
+    next_cursor: str | None
+    lines: int  # the dataset's number of lines
+
+
+class StoredExample(msgspec.Struct):
+    """One stored line with its problems (the objects /v1/validate lists in `problems_detail`),
+    the changes fixes made, its outcome and how many examples it gives (windows, turns)."""
+
+    line: int
+    batch_id: str
+    example: Any
+    problems: list[Problem]
+    changes: list[Change]
+    outcome: ExampleOutcome
+    outputs: int
+
+
+class KnownModel(msgspec.Struct):
+    """A provider model tuneset knows: its token encoding, per-example limit, minimum number of
+    examples, training price in USD per 1M tokens (null: unknown) and the names that resolve to it."""
+
+    name: str
+    encoding: str
+    max_tokens: int
+    min_examples: int
+    price_per_1m: float | None
+    aliases: list[str]
+
+
+class ModelList(msgspec.Struct):
+    items: list[KnownModel]

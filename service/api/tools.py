@@ -34,7 +34,7 @@ from service.api.schemas import (
 from service.core import pipeline
 from service.core.conversation import Example, chat_of
 from service.core.example_view import view_for
-from service.core.formats import convert_value, detect_format
+from service.core.formats import Format, convert_value, detect_format
 from service.core.models import ModelError
 from service.core.profiles import profile_view
 from service.core.templates import TemplateError
@@ -60,6 +60,37 @@ class JsonlOnlyBody(Operation):
         )
 
 
+# The recipe parameters of /v1/validate, which browsing a dataset takes too.
+ModelQuery = Annotated[
+    str | None,
+    QueryParameter(
+        min_length=1, max_length=IDENT_MAX, description=f"target provider model ({pipeline.DEFAULT_MODEL})"
+    ),
+]
+ProfileQuery = Annotated[
+    ProfileName | None,
+    QueryParameter(description="one of the tenant's model profiles (exclusive with model)"),
+]
+PolicyQuery = Annotated[
+    list[str] | None,
+    QueryParameter(max_items=POLICIES_MAX, description="CODE=ACTION (keep, fix, drop, fail); repeatable"),
+]
+SystemPromptQuery = Annotated[
+    str | None,
+    QueryParameter(
+        max_length=SYSTEM_PROMPT_MAX, description="system prompt the no_system_message fix inserts"
+    ),
+]
+TrainOnQuery = Annotated[
+    Literal["all", "last"], QueryParameter(description="last: train only the final turn")
+]
+
+
+def exclusive(model: str | None, template: str | None, profile: str | None) -> None:
+    if sum(x is not None for x in (model, template, profile)) > 1:
+        raise ApiProblem(422, "invalid-request", "model, template and profile are exclusive")
+
+
 def _invalid(e: Exception, code: str) -> ApiProblem:
     return ApiProblem(422, "invalid-request", str(e), errors=[ProblemItem(None, None, code, str(e))])
 
@@ -79,8 +110,7 @@ def inspect_example(
     are trained, and why. The body takes at most TUNESET_TOOLS_MAX_BODY_BYTES (4 MiB by default).
     With a profile, what rendering found (a template that drops or injects text, ...) is in `notes`;
     a conversation the template refuses is 422 `template_rejects_conversation`."""
-    if sum(x is not None for x in (data.model, data.template, data.profile)) > 1:
-        raise ApiProblem(422, "invalid-request", "model, template and profile are exclusive")
+    exclusive(data.model, data.template, data.profile)
     fmt = format_param(data.format) or detect_format(data.example) or "openai"
     record = convert_value(data.example, fmt, data.line)
     if record.example is None:
@@ -90,17 +120,33 @@ def inspect_example(
             "the example cannot be decoded",
             errors=[ProblemItem(p.line, p.message_index, p.code, p.message) for p in record.problems],
         )
-    if data.profile is not None:
-        view = _profile_view(record.example, data.profile, tenant, services, data.train_eot)
-        return InspectView(line=record.line, **msgspec.structs.asdict(view))
+    return inspect_view(
+        record.example, record.line, data.model, data.template, data.profile, data.train_eot, tenant, services
+    )
+
+
+def inspect_view(
+    example: Example,
+    line: int,
+    model: str | None,
+    template: str | None,
+    profile: str | None,
+    train_eot: bool | None,
+    tenant: str,
+    services: Services,
+) -> InspectView:
+    """What /v1/inspect answers for one decoded example (also the view of a stored example)."""
+    exclusive(model, template, profile)
+    if profile is not None:
+        view = _profile_view(example, profile, tenant, services, train_eot)
+        return InspectView(line=line, **msgspec.structs.asdict(view))
     try:
-        train_eot = data.train_eot is not False
-        view = view_for(record.example, data.model, data.template, services.table, train_eot=train_eot)
+        view = view_for(example, model, template, services.table, train_eot=train_eot is not False)
     except ModelError as e:
         raise _invalid(e, "unknown_model") from None
     except TemplateError as e:
         raise _invalid(e, "unknown_template") from None
-    return InspectView(line=record.line, **msgspec.structs.asdict(view))
+    return InspectView(line=line, **msgspec.structs.asdict(view))
 
 
 def _profile_view(
@@ -134,32 +180,12 @@ def validate_examples(
     body: RawBody,
     tenant: NamedDependency[str],
     services: NamedDependency[Services],
-    model: Annotated[
-        str | None,
-        QueryParameter(
-            min_length=1,
-            max_length=IDENT_MAX,
-            description=f"target provider model ({pipeline.DEFAULT_MODEL})",
-        ),
-    ] = None,
-    profile: Annotated[
-        ProfileName | None,
-        QueryParameter(description="one of the tenant's model profiles (exclusive with model)"),
-    ] = None,
+    model: ModelQuery = None,
+    profile: ProfileQuery = None,
     fmt: FormatQuery = None,
-    policy: Annotated[
-        list[str] | None,
-        QueryParameter(max_items=POLICIES_MAX, description="CODE=ACTION (keep, fix, drop, fail); repeatable"),
-    ] = None,
-    system_prompt: Annotated[
-        str | None,
-        QueryParameter(
-            max_length=SYSTEM_PROMPT_MAX, description="system prompt the no_system_message fix inserts"
-        ),
-    ] = None,
-    train_on: Annotated[
-        Literal["all", "last"], QueryParameter(description="last: train only the final turn")
-    ] = "all",
+    policy: PolicyQuery = None,
+    system_prompt: SystemPromptQuery = None,
+    train_on: TrainOnQuery = "all",
     per_example: Annotated[
         bool,
         QueryParameter(
@@ -176,6 +202,24 @@ def validate_examples(
         raise unsupported(media, "application/jsonl or application/x-ndjson")
     # the body itself was capped before it was read (the tools router's request_max_body_size)
     raw = decode_body(body, request.headers.get("content-encoding"), tools_cap(services.settings))
+    recipe = validation_recipe(
+        tenant, services, model, profile, format_param(fmt), policy, system_prompt, train_on
+    )
+    return pipeline.run(raw.split(b"\n"), recipe, per_example=per_example, table=services.table)
+
+
+def validation_recipe(
+    tenant: str,
+    services: Services,
+    model: str | None,
+    profile: str | None,
+    fmt: Format | None,
+    policy: list[str] | None,
+    system_prompt: str | None,
+    train_on: Literal["all", "last"],
+) -> pipeline.Recipe:
+    """The recipe of /v1/validate's parameters (also the one a dataset is browsed under); 422
+    names an unknown model or policy."""
     if model is not None and profile is not None:
         raise ApiProblem(422, "invalid-request", "model and profile are exclusive")
     model = model or pipeline.DEFAULT_MODEL
@@ -185,7 +229,7 @@ def validate_examples(
         recipe = pipeline.Recipe(
             model=model,
             profile=loaded,
-            format=format_param(fmt),
+            format=fmt,
             policies=pipeline.parse_policies(policy or []),
             system_prompt=system_prompt,
             train_on=train_on,
@@ -195,4 +239,4 @@ def validate_examples(
         raise _invalid(e, "unknown_model") from None
     except pipeline.PolicyError as e:
         raise _invalid(e, "invalid_policy") from None
-    return pipeline.run(raw.split(b"\n"), recipe, per_example=per_example, table=services.table)
+    return recipe

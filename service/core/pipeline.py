@@ -216,6 +216,12 @@ class Processor:
     def action(self, code: str) -> Action:
         return self._actions[code]
 
+    @property
+    def rewrites(self) -> bool:
+        """Whether an output can differ from its example as decoded (a fix, windows, a profile's
+        rendering into per-turn examples); if not, a line's outputs are its example or nothing."""
+        return bool(self._fixes) or self.profile is not None or self.action("over_token_limit") is Action.FIX
+
     def _lint(self, example: Example, line: int) -> list[Problem]:
         """lint, and with a profile its control-token strings spelled in content."""
         problems = lint(example, line)

@@ -153,6 +153,7 @@ class World:
             time.sleep(0.2)
         self.ids = {
             "dataset_id": [ds],
+            "line": ["1", "2", str(len(GOOD))],  # the dataset's first and last lines
             "job_id": [*jobs, failed["job_id"]],
             "artifact": artifacts,
             "provider": ["fake"],
@@ -198,6 +199,10 @@ DELETES = {
     "cancelJob",
     "revokeKey",
 }
+
+
+BROWSES = {"listExamples", "getExample", "viewExample"}
+BROWSE_QUERY = {"limit", "outcome", "q", "train_on", "fixed", "train_eot"}
 
 
 def chance(rng: random.Random, tenths: int) -> bool:
@@ -264,6 +269,8 @@ def steer(
         case.body = {"url": RECEIVER, **({"event_types": ["build.succeeded"]} if chance(rng, 5) else {})}
     elif op == "createModelProfile" and chance(rng, 4):  # a tokenizer upload each: kept rarer (1 in 4)
         case.body, case.media_type = qwen_json(f"g{time.monotonic_ns()}"), "application/json"
+    elif op in BROWSES and chance(rng, 8):  # the filters and targets a page or view answers 2xx for
+        case.query = {k: v for k, v in (case.query or {}).items() if k in BROWSE_QUERY}
     elif op in ("inspectExample", "validateExamples") and body is not None:
         example = drawn["example"]
         case.body = {"example": example} if op == "inspectExample" else {**body, "examples": [example]}
