@@ -972,7 +972,7 @@ def openapi() -> None:
 
 
 def openapi_yaml() -> str:
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     from service.api.app import create_app
 
