@@ -24,6 +24,7 @@ from service.api import (
     keys,
     profiles,
     providers,
+    targets,
     tools,
     webhooks,
 )
@@ -128,6 +129,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             profiles.get_profile,
             profiles.delete_profile,
             profiles.list_templates,
+            targets.list_targets,
             tools_router,
         ],
         guards=[require_tenant, require_json_body],

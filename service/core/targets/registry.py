@@ -5,7 +5,7 @@ below, its facts in `data/targets.toml`, and its tests."""
 from __future__ import annotations
 
 from service.core.targets import azure_openai, bedrock_nova, fireworks, openai, together, vertex_gemini
-from service.core.targets.base import Target
+from service.core.targets.base import Target, all_facts
 
 _TARGETS: tuple[Target, ...] = (
     openai.TARGET,
@@ -23,6 +23,11 @@ class UnknownTarget(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown target {name!r}; known: {', '.join(names())}")
         self.name = name
+
+
+def gathered() -> str:
+    """When the targets' facts were gathered (`data/targets.toml`)."""
+    return str(all_facts().get("gathered", ""))
 
 
 def names() -> tuple[str, ...]:
