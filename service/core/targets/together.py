@@ -5,7 +5,8 @@ Chat lines are OpenAI-style `messages` (system, user, assistant, tool) with the 
 (`target_role_order`), and an example's messages are either all text or all content lists (so a
 conversation with an image has every content as a list). Images must be base64 data URLs (JPEG,
 PNG, WEBP). Preference lines are OpenAI's DPO shape, whose prompt must not end on the assistant.
-The deprecated `functions` / `function_call` have no equivalent (`target_tool_calls_unsupported`).
+The deprecated `functions` / `function_call` have no equivalent (`target_tool_calls_unsupported`);
+a line has no other top-level key (the SDK rejects one), so `parallel_tool_calls` is left out.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class Together(Target):
         example = checks.no_tools(example, ctx, self.name, legacy_only=True)
         example = checks.images_accepted(example, ctx, self.name, data_url)
         example = checks.no_consecutive_roles(example, ctx, self.name)
-        return [_uniform(example)]
+        # its files take `messages` and `tools` only: the parallel-calls hint has no column
+        return [_uniform(replace(example, parallel_tool_calls=None))]
 
     def adapt_preference(self, example: PreferenceExample, ctx: Context) -> PreferenceExample:
         prompt = checks.no_tools(_prompt(example), ctx, self.name, legacy_only=True)
