@@ -50,6 +50,7 @@ OPERATION_IDS = {
     "getModelProfile",
     "deleteModelProfile",
     "listTemplates",
+    "listTargets",
     "deleteBatch",
     "listKeys",
     "createKey",

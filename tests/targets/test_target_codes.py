@@ -116,7 +116,7 @@ def _run(case: Case, tmp_path: Path, *policies: str) -> tuple[int, dict[str, Any
 
 
 def _found(report: dict[str, Any], code: str) -> dict[str, Any]:
-    found = [p for p in report["problems"] if p["code"] == code]
+    found: list[dict[str, Any]] = [p for p in report["problems"] if p["code"] == code]
     assert found, report["problems"]
     assert found[0]["lines"] == [1], found
     return found[0]
@@ -212,7 +212,8 @@ def test_too_few_examples_for_the_target_fails_the_file_unless_kept(tmp_path: Pa
 
 
 def _found_file(report: dict[str, Any], code: str) -> dict[str, Any]:
-    return next(p for p in report["problems"] if p["code"] == code)
+    group: dict[str, Any] = next(p for p in report["problems"] if p["code"] == code)
+    return group
 
 
 def test_validate_target_reports_without_writing(tmp_path: Path) -> None:
