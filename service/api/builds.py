@@ -187,7 +187,11 @@ def _upload_provider(
         return None
     if not any(registry.get(name).uploads for name in outputs.target_names()):
         uploading = ", ".join(t.name for t in registry.TARGETS.values() if t.uploads)
-        raise ApiProblem(422, "invalid-recipe", f"upload needs a target that uploads: one of {uploading}")
+        raise ApiProblem(
+            422,
+            "invalid-recipe",
+            f"upload needs the openai_jsonl output or a target that uploads ({uploading}) in targets",
+        )
     provider = provider_store(services).get(tenant, data.upload.provider)
     if provider is None:
         raise ApiProblem(
