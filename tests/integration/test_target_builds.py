@@ -141,3 +141,25 @@ def test_upload_sends_only_the_openai_format_files(loop: Loop, loop_worker: subp
     assert len(others) >= 6  # together, vertex-gemini and bedrock-nova differ on both sides
     assert not others & {f["sha256"] for f in loop.fake.state()["files"]}
     assert upload["result"]["files"].keys() == {"train", "validation"}
+
+
+def test_what_a_target_cannot_take_fails_the_build_naming_line_and_rule(
+    loop: Loop, loop_worker: subprocess.Popen[bytes]
+) -> None:
+    ds = loop.dataset(_rows())
+    r = loop.http.post(
+        f"/v1/datasets/{ds}/builds", json={"model": "gpt-4o-mini", "outputs": {"targets": ["bedrock-nova"]}}
+    )
+    assert r.status_code == 202, r.text
+    job = loop.wait(r.json()["job_id"])
+    assert job["status"] == "failed", job
+    assert job["error"]["code"] == "validation_failed"
+    assert "target_tool_calls_unsupported" in job["error"]["message"]
+    files = _downloaded(loop, job["id"])
+    assert set(files) == {"report.json"}  # a failed build keeps only its report
+    report = json.loads(files["report.json"][1])
+    tools = next(p for p in report["problems"] if p["code"] == "target_tool_calls_unsupported")
+    n = len(_rows())
+    assert tools["lines"] == [n - 1, n]  # the two tool-call conversations, the last lines pushed
+    assert "bedrock-nova cannot express tool definitions or calls" in tools["message"]
+    assert job["result"]["targets"]["bedrock-nova"]["failed"] >= 2
