@@ -20,9 +20,10 @@ from service.core.conversation import ChatExample, Example, PreferenceExample
 from service.core.pipeline import group_problems
 from service.core.problems import Action, Problem
 from service.core.targets import registry
-from service.core.targets.base import Policy, Target
+from service.core.targets.base import Policy, Side, Target
 from workers.jsonl_output import RollingJsonl
 
+SIDES: tuple[Side, ...] = ("train", "validation")
 _chat = msgspec.json.Decoder(ChatExample)
 _preference = msgspec.json.Decoder(PreferenceExample)
 
@@ -35,7 +36,7 @@ class TargetFiles:
         folder = work / f"target-{target.name}"
         folder.mkdir(parents=True, exist_ok=True)
         limit = target.max_file_bytes(max_bytes)
-        self.sides = {side: RollingJsonl(folder, side, limit) for side in ("train", "validation")}
+        self.sides: dict[str, RollingJsonl] = {side: RollingJsonl(folder, side, limit) for side in SIDES}
         self.decode = _preference.decode if preference else _chat.decode
         self.problems: list[Problem] = []
         self.status: Counter[str] = Counter()
@@ -62,10 +63,11 @@ class TargetFiles:
         """The files as (artifact name, path, SHA-256, side), and the target's summary for the job."""
         files: list[tuple[str, Path, str, str]] = []
         counts: dict[str, int] = {}
-        for side, writer in self.sides.items():
+        for side in SIDES:
+            writer = self.sides[side]
             parts = writer.close()
             counts[side] = writer.count
-            names = self.target.file_names(side, len(parts))  # type: ignore[arg-type]
+            names = self.target.file_names(side, len(parts))
             files += [
                 (name, path, digest, side) for name, (_, path, digest) in zip(names, parts, strict=True)
             ]
