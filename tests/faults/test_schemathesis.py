@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from service.core.targets import registry as target_registry
 from service.providers.fake import run_fake_provider
 from service.run import stop, worker_command
 from service.store.state import State
@@ -257,6 +258,9 @@ def steer(
     elif op == "startBuild" and body is not None:
         kept = {k: v for k, v in body.items() if k in ("train_on", "system_prompt", "shard_size", "dedupe")}
         case.body = {**kept, "model": "gpt-4o-mini"}
+        if chance(rng, 5):  # some training targets from the registry (every one takes chat datasets)
+            names = draw(st.lists(st.sampled_from(target_registry.names()), min_size=1, max_size=4))
+            case.body["outputs"] = {"targets": names, "report": {}}
     elif op == "startFineTune" and body is not None:
         known = ("suffix", "seed", "method", "hyperparameters", "metadata")
         case.body = {**{k: v for k, v in body.items() if k in known}, "provider": "fake"}
