@@ -30,7 +30,7 @@ lint: install  ## ruff and mypy --strict
 TEST_JOBS ?= 2
 test: lint browser  ## Everything CI runs: lint, types, tests, and the benchmarks on small inputs
 	@$(UV) run --locked pytest -q -p no:cacheprovider -m "not timing" tests/unit > .pytest-unit.log 2>&1 & unit=$$!; \
-	$(UV) run --locked pytest -q -p no:cacheprovider -m "not timing" -n $(TEST_JOBS) --dist load --ignore=tests/unit; rest=$$?; \
+	$(UV) run --locked pytest -q -p no:cacheprovider -m "not timing" -n $(TEST_JOBS) --dist load --durations=20 --ignore=tests/unit; rest=$$?; \
 	wait $$unit; units=$$?; echo "--- tests/unit:"; cat .pytest-unit.log; rm -f .pytest-unit.log; \
 	$(UV) run --locked pytest -q -p no:cacheprovider -m timing; timing=$$?; \
 	exit $$(( rest != 0 || units != 0 || timing != 0 ))

@@ -44,6 +44,8 @@ from service.core.profiles import (
 )
 from service.core.repair import train_last_only
 from service.core.report_html import render_html
+from service.core.targets import registry as target_registry
+from service.core.targets.writing import TargetSink
 from service.core.templates import (
     BUILTIN_TEMPLATES,
     ChatTemplate,
@@ -322,6 +324,13 @@ def main() -> None:
     type=click.Path(dir_okay=False, writable=True),
     help="Also write the report as a self-contained HTML page (with histograms) to this file.",
 )
+@click.option(
+    "--target",
+    "target_name",
+    type=click.Choice(target_registry.names()),
+    default=None,
+    help="Also check every example against this training target's rules (`tuneset targets`).",
+)
 def validate(
     file: str,
     model: str,
@@ -334,6 +343,7 @@ def validate(
     as_json: bool,
     per_example: bool,
     html_path: str | None,
+    target_name: str | None,
     **profile_files: Any,
 ) -> None:
     """Check FILE (JSONL or a JSON array; '-' for stdin) the way the provider would, and count tokens.
@@ -349,10 +359,13 @@ def validate(
     table = _table(models)
     profile = _profile_for(_files(**profile_files), train_eot, train_on)
     recipe = _recipe(model, fmt, policies, system_prompt, train_on, table, profile)
+    checker = TargetSink(target_registry.get(target_name), recipe) if target_name else None
     try:
-        summary = pipeline.summarize(_lines(file), recipe, per_example=per_example, table=table)
+        summary = pipeline.summarize(_lines(file), recipe, per_example=per_example, table=table, sink=checker)
     except FormatError as e:
         _usage(str(e))
+    if checker is not None:
+        checker.finish(summary)
     report = summary.report()
     if html_path:
         page = render_html(report, histograms=summary.histograms(), source=file)
@@ -703,9 +716,11 @@ def print_view(
 @click.option(
     "--to",
     "target",
-    type=click.Choice(["openai", "preference"]),
+    type=click.Choice([*target_registry.names(), "preference"]),
     required=True,
-    help="openai: chat SFT lines; preference: DPO lines.",
+    help="A training target (`tuneset targets`). openai: OpenAI chat SFT lines; preference: "
+    "OpenAI DPO lines; the others in their platform's format (preference lines from a "
+    "preference input where the target takes them).",
 )
 @click.option(
     "--from",
@@ -765,11 +780,17 @@ def convert(
                 else:
                     wrong_kind.append(out.line)
 
+            other = None
+            if target not in ("openai", "preference"):
+                other = TargetSink(target_registry.get(target), recipe, sink_file.write)
             try:
-                report = pipeline.run(_lines(file), recipe, sink=sink, table=table)
+                summary = pipeline.summarize(_lines(file), recipe, sink=other or sink, table=table)
             except FormatError as e:
                 _usage(str(e))
-        ok = report.ok and not wrong_kind
+            if other is not None:
+                other.finish(summary)
+            report = summary.report()
+        ok = report.ok and not wrong_kind and (other is None or other.ok)
         if ok:
             os.replace(tmp_name, out_path)
     finally:
@@ -786,13 +807,46 @@ def convert(
             err=True,
         )
     click.echo(
-        f"wrote {report.examples_out} examples to {out_path}" if ok else f"nothing written to {out_path}",
+        f"wrote {other.lines if other else report.examples_out} examples to {out_path}"
+        if ok
+        else f"nothing written to {out_path}",
         err=True,
     )
     sys.exit(0 if ok else 1)
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+@main.command(name="targets")
+@click.option("--json", "as_json", is_flag=True, help="Print the targets as JSON.")
+def targets_cmd(as_json: bool) -> None:
+    """The training targets `convert --to`, `validate --target` and builds' `outputs.targets` name."""
+    targets = list(target_registry.TARGETS.values())
+    if as_json:
+        _out(
+            [
+                {
+                    "name": t.name,
+                    "platform": t.facts.platform,
+                    "kinds": sorted(t.kinds),
+                    "uploads": t.uploads,
+                    "files": t.file_names("train", 1)[0],
+                    "rules": [{"code": r.code, "says": r.says} for r in t.rules],
+                    "upload_hint": t.upload_hint,
+                }
+                for t in targets
+            ]
+        )
+        return
+    table = Table(box=box.SIMPLE)
+    for column in ("target", "kinds", "uploads", "files", "codes"):
+        table.add_column(column)
+    for t in targets:
+        codes = ", ".join(dict.fromkeys(r.code for r in t.rules))
+        uploads = "yes" if t.uploads else "no"
+        table.add_row(t.name, ", ".join(sorted(t.kinds)), uploads, t.file_names("train", 1)[0], codes)
+    Console().print(table)
 
 
 @main.command()
@@ -972,7 +1026,7 @@ def openapi() -> None:
 
 
 def openapi_yaml() -> str:
-    import yaml  # type: ignore[import-untyped]
+    import yaml
 
     from service.api.app import create_app
 

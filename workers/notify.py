@@ -26,7 +26,7 @@ from typing import Any
 import redis
 from kombu.exceptions import OperationalError
 
-from service.jobs import TERMINAL, Jobs, spec_of
+from service.jobs import TERMINAL, Jobs, chain, spec_of
 from service.jobs.chain import after_ending, links
 from service.queue import DELIVER_TASK, enqueue
 from service.settings import Settings
@@ -86,8 +86,7 @@ def announce(settings: Settings, jobs: Jobs, store: WebhookStore | None, job_id:
     start = after_ending(jobs, job)
     if start is not None:
         task, follower = start
-        jobs.mark_sent(follower)  # a live job from now on, for the orphan sweep
-        enqueue(settings, task, [follower])
+        chain.send(settings, jobs, task, follower)  # a live job from now on, for the orphan sweep
     if store is None:
         return
     event_type = f"{job['kind']}.{job['status']}"

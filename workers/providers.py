@@ -27,6 +27,8 @@ from typing import Any
 import msgspec
 import openai
 
+from service.core.targets import registry
+from service.core.targets.base import Target
 from service.jobs import Code, ErrorCode, FineTuneSpec, ProviderCode, UploadSpec
 from service.providers.client import (
     FineTuneRequest,
@@ -90,6 +92,15 @@ class _Step(JobContext):
         )
         allow = Allowlist.from_settings(self.settings)
         return make_client(profile, allow=allow, max_retries=2, timeout=120.0)
+
+    def provider_kind(self) -> str:
+        """The provider profile's kind (openai, azure): which target's files it takes."""
+        try:
+            store = ProviderStore(self.state.r, SecretBox.from_settings(self.settings))
+        except MissingSecretKey as e:
+            raise _Failed(ErrorCode.not_configured, str(e)) from None
+        creds = store.credentials(self.provider.provider_id)
+        return "azure" if creds is not None and creds.kind == "azure" else "openai"
 
     def guarded(self, step: Any) -> None:
         """Run `step`; a provider refusal fails the job with its message and code, trouble retries."""
@@ -159,13 +170,35 @@ def _retry_after(e: BaseException) -> float | None:
 # -- upload ------------------------------------------------------------------------------------
 
 
-def _parts(build: dict[str, Any], side: str) -> list[dict[str, Any]]:
-    """The build's artifacts of one side, in order: `train.jsonl` or `train-00000-of-00003.jsonl`, ..."""
-    artifacts = (build.get("result") or {}).get("artifacts") or []
+def _target_of(artifact: dict[str, Any]) -> Target | None:
+    """The target an artifact was written for: as the build recorded it, or (for builds recorded
+    before targets) the target whose naming it has."""
+    name = artifact.get("target")
+    if isinstance(name, str):
+        return registry.TARGETS.get(name)
+    return registry.owner(str(artifact["name"]))
+
+
+def _parts(build: dict[str, Any], side: str, provider_kind: str) -> list[dict[str, Any]]:
+    """The build's files of one side for this provider, in order: those of the one target that
+    uploads to it (`registry.upload_target`), never another target's (a `together/train.jsonl`
+    is not OpenAI's format, whatever its name)."""
+    artifacts = [a for a in (build.get("result") or {}).get("artifacts") or [] if isinstance(a, dict)]
+    owners = {str(a["name"]): _target_of(a) for a in artifacts}
+    built = sorted({t.name for t in owners.values() if t is not None})
+    target = registry.upload_target(built, provider_kind)
+    if target is None:
+        return []
+    mine = [a for a in artifacts if owners[str(a["name"])] is target]
     return sorted(
-        (a for a in artifacts if a["name"] == f"{side}.jsonl" or a["name"].startswith(f"{side}-")),
+        (a for a in mine if a.get("side", _side_of(str(a["name"]), target)) == side),
         key=lambda a: str(a["name"]),
     )
+
+
+def _side_of(name: str, target: Target) -> str:
+    rest = name.removeprefix(target.folder())
+    return "train" if rest.startswith("train") else "validation"
 
 
 def _assemble(blobs: BlobStore, parts: list[dict[str, Any]], path: Path) -> None:
@@ -192,7 +225,8 @@ def _upload(step: _Step) -> None:
     client = step.client()
     files: dict[str, str] = {}
     work = Path(tempfile.mkdtemp(prefix="tuneset-upload-"))
-    sides = {side: parts for side in SIDES if (parts := _parts(build, side))}
+    kind = step.provider_kind()
+    sides = {side: parts for side in SIDES if (parts := _parts(build, side, kind))}
     try:
         for side, parts in sides.items():
             if step.cancel_if_asked():

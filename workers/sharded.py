@@ -42,14 +42,15 @@ from service.core.pipeline import BuildInfo, OutputExample, Processor, Summary
 from service.core.problems import Action, Problem, problem
 from service.core.report_html import render_html
 from service.core.split import SplitError, SplitReport, SplitSide, SplitSpec, assign
+from service.core.targets import registry
 from service.jobs import BuildSpec, ErrorCode
 from service.queue import FINALIZE_TASK, SHARD_TASK, enqueue
 from service.store.blobs import BlobStore
 from service.times import rfc3339
 from workers.context import JobContext
-from workers.jsonl_output import RollingJsonl
 from workers.packed_output import PackedWriter, PieceRefs, manifest_bytes, stream_groups
 from workers.resilience import best_effort, until_recorded
+from workers.target_output import TargetFiles
 from workers.token_source import LoadProfile, SourceInfo, TokenSource, TokenSpec, view_source, worker_profiles
 from workers.token_spill import ShardDocs, SpillReader, SpillWriter, spill_keys
 from workers.tokenized_output import SIDES, TokenizedWriter
@@ -281,8 +282,8 @@ def _finalize(
 ) -> None:
     selected = spec.outputs
     max_bytes = (selected.openai_jsonl or JsonlOutput()).max_file_bytes
-    train, validation = (RollingJsonl(work, stem, max_bytes) for stem in ("train", "validation"))
-    write_jsonl = selected.openai_jsonl is not None
+    preference = any(part.format == "preference" for part in parts)
+    targets = [TargetFiles(t, work, max_bytes, preference) for t in registry.ordered(selected.target_names())]
     validation_side = SplitSide(0, 0, 0)
     side_of = bytearray(len(rows))  # per row in dataset order: NOWHERE, TRAIN or VALIDATION
     position = 0
@@ -316,9 +317,17 @@ def _finalize(
             side_of[position - 1] = TRAIN
             sides.append("train")
         shards.merge(summary, part, kept)
-        if write_jsonl:
-            _route(ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl")), sides, train, validation)
-    jsonl = train.close() + validation.close()
+        if targets:
+            data = ctx.blobs.get(ctx.key(f"work/shard-{index:05d}.jsonl"))
+            for files in targets:
+                _route(data, sides, part.rows, files, processor, spec.recipe.model)
+    jsonl: list[tuple[str, Path, str, str, str]] = []
+    summaries: dict[str, Any] = {}
+    for files in targets:
+        written, summaries[files.target.name] = files.close(processor.action)
+        jsonl += [(name, path, digest, files.target.name, side) for name, path, digest, side in written]
+        if not files.copies:  # the report names what a target could not take (openai's are the pipeline's)
+            summary.add_problems(files.problems)
     # The training file's report (validation tokens are not charged); the split says what went where.
     report = summary.report(
         split=_split_report(spec.split, summary, validation_side), build=_build_info(ctx, spec)
@@ -329,7 +338,10 @@ def _finalize(
     packing: dict[str, Any] | None = None
     tokenized: dict[str, Any] | None = None
     if report.ok:
-        artifacts += [_store_file(ctx, name, path, sha256) for name, path, sha256 in jsonl]
+        artifacts += [
+            {**_store_file(ctx, name, path, sha256), "target": target, "side": side}
+            for name, path, sha256, target, side in jsonl
+        ]
         if selected.packed is not None:
             packing = _pack(ctx, selected.packed, len(parts), side_of, artifacts, work)
             if _profile_mismatch(ctx, packing, len(plan), artifacts):
@@ -371,6 +383,8 @@ def _finalize(
         "estimated_cost_usd": report.estimated_cost_usd,
         "shards": len(plan),
     }
+    if summaries:
+        result["targets"] = summaries
     if packing is not None:
         result["packing"] = packing
     if tokenized is not None:
@@ -623,17 +637,22 @@ def _tokenize(
     return {"rows": manifest["rows"], "tokens": manifest["tokens"], "unrenderable": unrenderable}
 
 
-def _route(data: bytes, sides: list[str], train: RollingJsonl, validation: RollingJsonl) -> None:
-    """A shard's lines to their side; a shard whose lines all train is written in one piece."""
-    if all(side == "train" for side in sides):
-        train.write_lines(data, len(sides))
+def _route(
+    data: bytes,
+    sides: list[str],
+    rows: list[shards.Row],
+    files: TargetFiles,
+    processor: Processor,
+    model: str,
+) -> None:
+    """A shard's lines to their side of one target; a shard whose lines all train is copied in
+    one piece when the target writes them as they are (openai)."""
+    if files.copies and all(side == "train" for side in sides):
+        files.sides["train"].write_lines(data, len(sides))
         return
-    lines = list(_lines_of(data))
-    for side, line in zip(sides, lines, strict=True):
-        if side == "train":
-            train.write(line)
-        elif side == "validation":
-            validation.write(line)
+    for side, line, row in zip(sides, _lines_of(data), rows, strict=True):
+        if side:
+            files.write(side, line, row.billed, row.line, processor.action, model)
 
 
 def _store_file(ctx: JobContext, name: str, path: Path, sha256: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from service.api import (
     models,
     profiles,
     providers,
+    targets,
     tools,
     webhooks,
 )
@@ -133,6 +134,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             profiles.delete_profile,
             profiles.list_templates,
             models.list_models,
+            targets.list_targets,
             tools_router,
         ],
         guards=[require_tenant, require_json_body],

@@ -27,6 +27,7 @@ from service.core import pipeline
 from service.core.models import ModelError, ModelTable, extend
 from service.core.outputs import Outputs, default_outputs
 from service.core.packing import DEFAULT_TEMPLATE
+from service.core.targets import registry
 from service.core.templates import TemplateError, get_template
 from service.jobs import BuildSpec, Callback, ErrorCode, Jobs, new_job_id
 from service.jobs.chain import plan_followers, send_first
@@ -69,7 +70,7 @@ def outputs_of(data: BuildRequest, tenant: str, services: Services) -> tuple[Out
         raise ApiProblem(
             422,
             "invalid-recipe",
-            "outputs selects nothing; name at least one of openai_jsonl, packed, tokenized, report",
+            "outputs selects nothing; name at least one of openai_jsonl, targets, packed, tokenized, report",
             errors=[ProblemItem(None, None, "invalid_outputs", "outputs selects nothing")],
         )
     profiles: dict[str, str] = {}
@@ -125,6 +126,7 @@ def _start_build(
     if dataset is None:
         raise not_found("dataset", dataset_id)
     outputs, profiles = outputs_of(data, tenant, services)
+    _check_kinds(outputs, str(dataset.get("kind") or "chat"))
     provider = _upload_provider(data, outputs, tenant, services)
     models = provider["models"] if provider else None
     recipe = recipe_of(data, services, extend(services.table, models) if models else None)
@@ -162,6 +164,20 @@ def _start_build(
     return Response(started, status_code=202, headers={"Location": f"/v1/jobs/{job_id}"})
 
 
+def _check_kinds(outputs: Outputs, kind: str) -> None:
+    """Every selected target must take the dataset's kind (422 `invalid_outputs` naming it)."""
+    for name in outputs.target_names():
+        target = registry.get(name)
+        if kind not in target.kinds:
+            message = f"target {name} takes {' and '.join(sorted(target.kinds))} datasets, not {kind}"
+            raise ApiProblem(
+                422,
+                "invalid-recipe",
+                message,
+                errors=[ProblemItem(None, None, "invalid_outputs", message)],
+            )
+
+
 def _upload_provider(
     data: BuildRequest, outputs: Outputs, tenant: str, services: Services
 ) -> dict[str, Any] | None:
@@ -169,8 +185,13 @@ def _upload_provider(
         raise ApiProblem(422, "invalid-recipe", "fine_tune needs upload: name the provider to upload to")
     if data.upload is None:
         return None
-    if outputs.openai_jsonl is None:
-        raise ApiProblem(422, "invalid-recipe", "upload needs the openai_jsonl output")
+    if not any(registry.get(name).uploads for name in outputs.target_names()):
+        uploading = ", ".join(t.name for t in registry.TARGETS.values() if t.uploads)
+        raise ApiProblem(
+            422,
+            "invalid-recipe",
+            f"upload needs the openai_jsonl output or a target that uploads ({uploading}) in targets",
+        )
     provider = provider_store(services).get(tenant, data.upload.provider)
     if provider is None:
         raise ApiProblem(

@@ -20,6 +20,7 @@ from litestar.openapi.datastructures import ResponseSpec
 from litestar.types import ExceptionHandlersMap
 
 from service.api.schemas import ProblemDetails, ProblemItem
+from service.core.targets.registry import names as target_names
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_PREFIX = "urn:tuneset:problem:"
@@ -130,6 +131,8 @@ def _validation(request: Request[Any, Any, Any], exc: ValidationException) -> Re
                     str(getattr(item[k], "value", item[k])) for k in ("source", "key") if item.get(k)
                 )
                 message = str(item.get("message", ""))
+                if "outputs.targets" in str(item.get("key")) and message.startswith("Invalid enum value"):
+                    message += f"; known targets: {', '.join(target_names())}"
                 errors.append(ProblemItem(None, None, "invalid_request", f"{where}: {message}".lstrip(": ")))
                 slugs.add(_PARAMETER_SLUGS.get(str(item.get("key")), "invalid-request"))
     detail = exc.detail

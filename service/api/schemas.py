@@ -381,6 +381,44 @@ class ArtifactList(msgspec.Struct):
     items: list[Artifact]
 
 
+class TargetRule(msgspec.Struct):
+    code: str  # the problem code the rule raises (`tuneset codes`)
+    says: str
+
+
+class TargetLimits(msgspec.Struct):
+    min_examples: int
+    max_examples: int | None  # null: no stated maximum
+    max_tokens_per_example: int | None  # null: none stated, or the model's own (model_limit)
+    max_tokens_per_model: dict[str, int]  # by base-model name prefix
+    model_limit: bool  # true: the recipe model's own limit from the models table
+    max_file_bytes: int | None  # a larger side is cut into parts
+    encoding: str
+    reserved_strings: list[str]
+
+
+class TargetEntry(msgspec.Struct):
+    """One training target a build may name in `outputs.targets`."""
+
+    name: str
+    platform: str
+    kinds: list[str]  # dataset kinds it takes: chat, preference
+    uploads: bool  # tuneset uploads its files to a provider profile (the openai SDK)
+    provider_kind: str | None  # the provider profile kind its files are made for
+    files: str  # the artifact name of its training file
+    limits: TargetLimits
+    token_counting: str
+    rules: list[TargetRule]
+    sources: list[str]
+    notes: list[str]
+    gathered: str  # when the facts were gathered
+    upload_hint: str  # how to upload its files by hand
+
+
+class TargetList(msgspec.Struct):
+    items: list[TargetEntry]
+
+
 # -- tools ------------------------------------------------------------------------------------
 
 

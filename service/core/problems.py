@@ -17,7 +17,7 @@ from typing import Literal
 import msgspec
 
 Severity = Literal["error", "warning"]
-Layer = Literal["schema", "structure", "template", "budget"]
+Layer = Literal["schema", "structure", "template", "budget", "target"]
 
 
 class Action(StrEnum):
@@ -293,6 +293,64 @@ _CODES = [
         "The example is an exact duplicate of an earlier one.",
         fix="drop the duplicate",
     ),
+    # -- target: what a training target (`--to` / `outputs.targets`) cannot take or express
+    CodeInfo(
+        "target_role_order",
+        "target",
+        "error",
+        "The target's platform rejects this order of roles (Together: two same roles in a row; "
+        "Fireworks: a system message not first; Bedrock Nova: not user first, assistant last, "
+        "strictly alternating; a preference prompt that ends on the assistant).",
+        fix="merge consecutive same-role messages, move system messages first, drop leading "
+        "assistant and trailing non-assistant messages",
+    ),
+    CodeInfo(
+        "target_weight_unsupported",
+        "target",
+        "warning",
+        "An assistant message has `weight: 0`, but the target has no per-message weights "
+        "(Vertex AI Gemini, Bedrock Nova): written as is, that turn is trained.",
+        fix="split: one example per trained assistant turn, ending on it, the turns before it as context",
+    ),
+    CodeInfo(
+        "target_tool_calls_unsupported",
+        "target",
+        "error",
+        "The example has tool definitions, tool calls or tool results the target cannot express "
+        "(Bedrock Nova; the deprecated `functions`/`function_call` on every target but OpenAI's).",
+        fix="keep as context what comes before the first tool call: cut the conversation there "
+        "(kept when it still ends on an assistant turn)",
+    ),
+    CodeInfo(
+        "target_reserved_string",
+        "target",
+        "error",
+        "Text holds a string the target's platform reserves (Bedrock Nova: `User:`, `Bot:`, "
+        "`Assistant:`, `System:`, `<image>`, `<video>`, `[EOS]`): its job fails.",
+        fix="remove the reserved strings from the text",
+    ),
+    CodeInfo(
+        "target_unsupported_content",
+        "target",
+        "error",
+        "A content part the target cannot express: an image on a text-only target, or an image "
+        "URL that is neither a data URL nor a gs:// URI on Vertex AI.",
+        fix="drop the image parts (a refusal part is always written as text)",
+    ),
+    CodeInfo(
+        "target_over_token_limit",
+        "target",
+        "warning",
+        "The example is longer than the target's per-example token limit (counted with the recipe "
+        "model's encoding: the platform's own count on OpenAI and Azure, an estimate elsewhere).",
+    ),
+    CodeInfo(
+        "target_example_count",
+        "target",
+        "error",
+        "The file has fewer examples than the target's minimum, or more than its maximum.",
+        example_level=False,
+    ),
 ]
 
 CODES: dict[str, CodeInfo] = {c.code: c for c in _CODES}
@@ -339,7 +397,7 @@ def codes_markdown() -> str:
         "`--tokenizer` with `--chat-template`; `profile` in the API).",
         "",
     ]
-    for layer in ("schema", "structure", "template", "budget"):
+    for layer in ("schema", "structure", "template", "budget", "target"):
         out += [
             f"## {layer}",
             "",

@@ -31,8 +31,13 @@ def task_of(kind: Kind) -> str:
 def send_first(settings: Settings, jobs: Jobs, kind: Kind, job_id: str) -> None:
     """Start a job: its first step is sent, and the job joins the index of live jobs first, so
     the orphan sweep (service/jobs/orphans.py) sends it again if the broker loses the message."""
+    send(settings, jobs, task_of(kind), job_id)
+
+
+def send(settings: Settings, jobs: Jobs, task: str, job_id: str) -> None:
+    """Send a job's step that starts or resumes it, the job joining the live index first."""
     jobs.mark_sent(job_id)
-    enqueue(settings, task_of(kind), [job_id])
+    enqueue(settings, task, [job_id])
 
 
 def follower_of(spec: JobSpec) -> str | None:

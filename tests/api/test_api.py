@@ -531,6 +531,7 @@ def test_start_build_creates_a_queued_job_then_enqueues(
     assert spec["spec"]["recipe"]["train_on"] == "last"
     outputs = {
         "openai_jsonl": {"max_file_bytes": 500 * 1024 * 1024},
+        "targets": None,
         "packed": None,
         "tokenized": None,
         "report": {},
@@ -553,7 +554,7 @@ def test_outputs_select_files_and_the_jsonl_size_limit_is_checked(
     spec = state.jobs.get(r.json()["job_id"])
     assert spec is not None
     outputs = spec["spec"]["outputs"]
-    assert set(outputs) == {"openai_jsonl", "packed", "tokenized", "report"}
+    assert set(outputs) == {"openai_jsonl", "targets", "packed", "tokenized", "report"}
     assert outputs["report"] is None
     assert outputs["tokenized"] is None
     assert outputs["openai_jsonl"] == {"max_file_bytes": 4096}

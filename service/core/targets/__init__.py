@@ -1,0 +1,1 @@
+"""Training targets: one module per hosted platform's file format, listed in `registry`."""
