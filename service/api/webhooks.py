@@ -170,13 +170,13 @@ class WebhookController(Controller):
         ] = None,
         subscription_id: Annotated[str | None, QueryParameter(description="only this subscription's")] = None,
     ) -> DeliveryPage:
-        """Every delivery, oldest first, with each attempt's time, status code, latency and error."""
-        items = webhook_store(services).list_deliveries(tenant, cursor, limit + 1, status, subscription_id)
-        more = len(items) > limit
-        items = items[:limit]
-        return DeliveryPage(
-            items=[delivery_out(d) for d in items], next_cursor=items[-1].id if more else None
+        """Every delivery, oldest first, with each attempt's time, status code, latency and error.
+        A filter looks at 5,000 deliveries per request at most: past them the page may be short
+        (even empty) with a `next_cursor` to go on from; `next_cursor` is null only at the end."""
+        items, next_cursor = webhook_store(services).delivery_page(
+            tenant, cursor, limit, status, subscription_id
         )
+        return DeliveryPage(items=[delivery_out(d) for d in items], next_cursor=next_cursor)
 
     @get(
         "/deliveries/{delivery_id:str}",

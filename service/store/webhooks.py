@@ -26,6 +26,9 @@ from service.webhooks.signing import new_secret
 
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 DUE = P + "webhooks:due"
+SCAN_LIMIT = 5_000  # delivery ids a filtered listing looks at per request (delivery_page)
+_CHUNK = 200  # ids read, filtered and loaded per round trip
+_FIELDS = ["tenant", "subscription_id", "url", "event_type", "status", "next_attempt_at", "created_at"]
 
 
 class Subscription(msgspec.Struct, kw_only=True):
@@ -261,26 +264,33 @@ class WebhookStore:
         return delivery
 
     def _load(self, delivery_id: str) -> tuple[str, Delivery] | None:
+        return self._load_many([delivery_id])[0]
+
+    def _load_many(self, delivery_ids: list[str]) -> list[tuple[str, Delivery] | None]:
+        """(tenant, delivery) of each id, None where it is gone: one round trip for them all."""
         pipe = self.r.pipeline()
-        pipe.hmget(
-            _msg_key(delivery_id),
-            ["tenant", "subscription_id", "url", "event_type", "status", "next_attempt_at", "created_at"],
-        )
-        pipe.lrange(_msg_key(delivery_id) + ":attempts", 0, -1)
-        values, attempts = pipe.execute()
-        if values[0] is None:
-            return None
-        tenant, sub_id, url, event_type, status, next_at, created_at = (_text(v) for v in values)
-        return tenant, Delivery(
-            id=delivery_id,
-            subscription_id=sub_id or None,
-            url=url,
-            event_type=event_type,
-            status=cast(DeliveryStatus, status),
-            attempts=[msgspec.json.decode(a, type=Attempt) for a in attempts],
-            next_attempt_at=float(next_at) if next_at else None,
-            created_at=float(created_at),
-        )
+        for delivery_id in delivery_ids:
+            pipe.hmget(_msg_key(delivery_id), _FIELDS)
+            pipe.lrange(_msg_key(delivery_id) + ":attempts", 0, -1)
+        replies = pipe.execute()
+        out: list[tuple[str, Delivery] | None] = []
+        for delivery_id, values, attempts in zip(delivery_ids, replies[::2], replies[1::2], strict=True):
+            if values[0] is None:
+                out.append(None)
+                continue
+            tenant, sub_id, url, event_type, status, next_at, created_at = (_text(v) for v in values)
+            delivery = Delivery(
+                id=delivery_id,
+                subscription_id=sub_id or None,
+                url=url,
+                event_type=event_type,
+                status=cast(DeliveryStatus, status),
+                attempts=[msgspec.json.decode(a, type=Attempt) for a in attempts],
+                next_attempt_at=float(next_at) if next_at else None,
+                created_at=float(created_at),
+            )
+            out.append((tenant, delivery))
+        return out
 
     def delivery(self, delivery_id: str) -> Delivery | None:
         """Any tenant's delivery, for the sender that claimed its id."""
@@ -312,22 +322,49 @@ class WebhookStore:
         subscription_id: str | None = None,
     ) -> list[Delivery]:
         """Oldest first after the cursor (a delivery id), filtered by status and subscription."""
+        return self.delivery_page(tenant, after, limit, status, subscription_id)[0]
+
+    def delivery_page(
+        self,
+        tenant: str,
+        after: str | None = None,
+        limit: int = 50,
+        status: DeliveryStatus | None = None,
+        subscription_id: str | None = None,
+        scan: int = SCAN_LIMIT,
+    ) -> tuple[list[Delivery], str | None]:
+        """Up to `limit` deliveries oldest first after the cursor, filtered by status and
+        subscription, and the cursor to go on from (None at the end). A filter that matches
+        little would otherwise read the whole log in one request: past `scan` ids looked at, the
+        page ends short, with the last id looked at as its cursor. The filter is decided on two
+        fields of each id (one round trip a chunk); only the matches are loaded whole."""
         out: list[Delivery] = []
-        while len(out) < limit:
-            ids = self._ids(P + f"t:{tenant}:whmsgs", after, max(limit, 100))
-            for delivery_id in ids:
-                d = self.get_delivery(tenant, delivery_id)
-                if d is None or (status and d.status != status):
-                    continue
-                if subscription_id and d.subscription_id != subscription_id:
-                    continue
-                out.append(d)
-                if len(out) == limit:
-                    break
+        index = P + f"t:{tenant}:whmsgs"
+        looked = 0
+        while looked < scan:
+            ids = self._ids(index, after, min(_CHUNK, scan - looked))
             if not ids:
-                break
+                return out, None
+            looked += len(ids)
             after = ids[-1]
-        return out
+            if status or subscription_id:
+                pipe = self.r.pipeline()
+                for delivery_id in ids:
+                    pipe.hmget(_msg_key(delivery_id), ["status", "subscription_id"])
+                fields = pipe.execute()
+                ids = [
+                    i
+                    for i, (st, sub) in zip(ids, fields, strict=True)
+                    if (not status or _text(st) == status)
+                    and (not subscription_id or _text(sub) == subscription_id)
+                ]
+            for loaded in self._load_many(ids) if ids else []:
+                if loaded is None or loaded[0] != tenant:
+                    continue
+                out.append(loaded[1])
+                if len(out) > limit:
+                    return out[:limit], out[limit - 1].id
+        return out, after
 
     def record_attempt(self, delivery_id: str, attempt: Attempt, next_at: float | None) -> Delivery:
         """Append an attempt. A success delivers; a failure waits for `next_at`, or fails for good

@@ -282,16 +282,15 @@ def webhooks_page(
     """Subscriptions and every webhook delivery with its attempts (oldest first, as the API lists
     them), each pending or failed one with a retry button."""
     store = webhook_store(services)
-    items = store.list_deliveries(tenant, cursor, 51, status, None)
-    more = len(items) > 50
-    deliveries = [delivery_out(d) for d in items[:50]]
+    items, next_cursor = store.delivery_page(tenant, cursor, 50, status, None)
+    deliveries = [delivery_out(d) for d in items]
     return html(
         "webhooks.html",
         tenant=tenant,
         nav="webhooks",
         subscriptions=[subscription_out(s) for s in store.all_subscriptions(tenant)],
         deliveries=deliveries,
-        next_cursor=deliveries[-1].id if more and deliveries else None,
+        next_cursor=next_cursor,
         status=status,
         retried=retried,
     )

@@ -294,3 +294,35 @@ def test_delivery_id_is_the_webhook_id_on_every_attempt(store: WebhookStore) -> 
     headers = sign(store.delivery_secret(d.id), d.id, int(time.time()), store.delivery_payload(d.id))
     assert headers["webhook-id"] == d.id
     Webhook(secret).verify(PAYLOAD, headers)
+
+
+def test_a_filtered_listing_looks_at_a_bounded_number_of_ids_and_goes_on_by_cursor(
+    store: WebhookStore,
+) -> None:
+    """A filter that matches little ends the page short after `scan` ids, with a cursor; walking
+    the cursors returns exactly the matches, in order, and ends with None."""
+    ids = [
+        store.create_delivery("acme", None, "https://cb.example.com/", "whsec_QUJD", "job.failed", PAYLOAD).id
+        for _ in range(45)
+    ]
+    ids.sort()
+    for i in (3, 17, 40):
+        store.record_attempt(ids[i], succeeded(), next_at=None)
+    found: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        page, cursor = store.delivery_page("acme", cursor, limit=2, status="delivered", scan=10)
+        pages += 1
+        assert len(page) <= 2
+        found += [d.id for d in page]
+        if cursor is None:
+            break
+        assert pages < 20
+    assert found == [ids[3], ids[17], ids[40]]
+    assert pages >= 5  # 45 ids, at most 10 looked at per page
+    full, more = store.delivery_page("acme", None, limit=2)
+    assert [d.id for d in full] == ids[:2]
+    assert more == ids[1]
+    last, end = store.delivery_page("acme", ids[42], limit=2)
+    assert ([d.id for d in last], end) == (ids[43:], None)
