@@ -313,17 +313,6 @@ class WebhookStore:
             raise KeyError(delivery_id)
         return self.box.decrypt(_text(raw))
 
-    def list_deliveries(
-        self,
-        tenant: str,
-        after: str | None = None,
-        limit: int = 50,
-        status: DeliveryStatus | None = None,
-        subscription_id: str | None = None,
-    ) -> list[Delivery]:
-        """Oldest first after the cursor (a delivery id), filtered by status and subscription."""
-        return self.delivery_page(tenant, after, limit, status, subscription_id)[0]
-
     def delivery_page(
         self,
         tenant: str,

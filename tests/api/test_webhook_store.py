@@ -204,7 +204,7 @@ def test_failure_streak_disables_the_subscription_and_success_resets_it(store: W
 def test_deliveries_are_per_tenant(store: WebhookStore) -> None:
     d = store.create_delivery("acme", None, "https://cb.example.com/", "whsec_QUJD", "job.failed", PAYLOAD)
     assert store.get_delivery("other", d.id) is None
-    assert store.list_deliveries("other") == []
+    assert store.delivery_page("other")[0] == []
     assert store.retry_now("other", d.id) is None
     assert store.delivery(d.id) == d  # the sender, holding only the id, sees it
 
@@ -219,11 +219,11 @@ def test_list_deliveries_pages_and_filters(store: WebhookStore) -> None:
         time.sleep(0.002)  # ids sort by their millisecond prefix
     store.record_attempt(ids[1], succeeded(), next_at=None)
     store.record_attempt(ids[3], succeeded(), next_at=None)
-    assert [d.id for d in store.list_deliveries("acme", limit=2)] == ids[:2]
-    assert [d.id for d in store.list_deliveries("acme", after=ids[1], limit=2)] == ids[2:4]
-    assert [d.id for d in store.list_deliveries("acme", status="delivered")] == [ids[1], ids[3]]
-    assert [d.id for d in store.list_deliveries("acme", status="pending", after=ids[0])] == [ids[2], ids[4]]
-    assert [d.id for d in store.list_deliveries("acme", status="pending", limit=1, after=ids[2])] == [ids[4]]
+    assert [d.id for d in store.delivery_page("acme", limit=2)[0]] == ids[:2]
+    assert [d.id for d in store.delivery_page("acme", after=ids[1], limit=2)[0]] == ids[2:4]
+    assert [d.id for d in store.delivery_page("acme", status="delivered")[0]] == [ids[1], ids[3]]
+    assert [d.id for d in store.delivery_page("acme", status="pending", after=ids[0])[0]] == [ids[2], ids[4]]
+    assert [d.id for d in store.delivery_page("acme", status="pending", limit=1, after=ids[2])[0]] == [ids[4]]
 
 
 # -- the due-queue ----------------------------------------------------------------------------------
