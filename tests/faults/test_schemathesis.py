@@ -225,6 +225,8 @@ def drawn_for(op: str, draw: Callable[[st.SearchStrategy[Any]], Any]) -> dict[st
         return {"name": draw(st.from_regex(r"\A[a-z][a-z0-9-]{0,20}\Z"))}
     if op in ("inspectExample", "validateExamples"):
         return {"example": draw(st.sampled_from(GOOD))}
+    if op == "startBuild":  # training targets from the registry (every one takes chat datasets)
+        return {"targets": draw(st.lists(st.sampled_from(target_registry.names()), min_size=1, max_size=4))}
     return {}
 
 
@@ -258,9 +260,8 @@ def steer(
     elif op == "startBuild" and body is not None:
         kept = {k: v for k, v in body.items() if k in ("train_on", "system_prompt", "shard_size", "dedupe")}
         case.body = {**kept, "model": "gpt-4o-mini"}
-        if chance(rng, 5):  # some training targets from the registry (every one takes chat datasets)
-            names = draw(st.lists(st.sampled_from(target_registry.names()), min_size=1, max_size=4))
-            case.body["outputs"] = {"targets": names, "report": {}}
+        if chance(rng, 5):
+            case.body["outputs"] = {"targets": drawn["targets"], "report": {}}
     elif op == "startFineTune" and body is not None:
         known = ("suffix", "seed", "method", "hyperparameters", "metadata")
         case.body = {**{k: v for k, v in body.items() if k in known}, "provider": "fake"}

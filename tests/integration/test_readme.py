@@ -129,7 +129,7 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 def test_readme_walkthrough_runs_as_written(workdir: Path) -> None:
     port, provider_port = free_port(), free_port()
     service_blocks = [b for b in sh_blocks() if "localhost:8000" in b]
-    walkthrough, bad_batch, fine_tune = service_blocks  # in the README's order
+    walkthrough, bad_batch, browse, fine_tune = service_blocks  # in the README's order
     proc, key = _start_dev(workdir, port)
     try:
 
@@ -143,6 +143,8 @@ def test_readme_walkthrough_runs_as_written(workdir: Path) -> None:
                 "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT",
                 'curl() { command curl --fail-with-body --max-time 120 "$@"; }',  # an HTTP error fails the run
                 filled(walkthrough),
+                "echo; echo '--- browse'",
+                filled(browse),
                 "echo; echo '--- fine-tune'",
                 "sleep 1",  # the fake provider, started in the background, binds its port
                 filled(fine_tune),
@@ -159,6 +161,11 @@ def test_readme_walkthrough_runs_as_written(workdir: Path) -> None:
             assert f'"stage":"{stage}"' in out.replace(" ", ""), stage
         assert '"status":"succeeded"' in out.replace(" ", "")
         assert (workdir / "report.json").exists()
+        browsed = out.split("--- browse")[1].split("--- fine-tune")[0].replace(" ", "")
+        assert '"items":[{"line":1,' in browsed, browsed[:2000]
+        assert '"line":42,' in browsed, browsed[-2000:]  # the stored example
+        assert '"segments":' in browsed, browsed[-2000:]  # its views
+        assert '"name":"gpt-4o-mini-2024-07-18"' in browsed, browsed[-2000:]  # /v1/models
         ft_part = out.split("--- fine-tune")[1].split("--- bad batch")[0]
         assert '"kind":"fine_tune","status":"succeeded"' in ft_part.replace(" ", ""), ft_part[-2000:]
         assert '"code":"invalid_json"' in out.split("--- bad batch")[1].replace(" ", "")
