@@ -57,10 +57,18 @@ def _modules(folder: str) -> list[Path]:
     return sorted((ROOT / folder).rglob("*.py"))
 
 
-@pytest.mark.parametrize("path", _modules("service/api"), ids=lambda p: str(p.relative_to(ROOT)))
-def test_the_api_never_imports_the_cli(path: Path) -> None:
-    """The CLI is a client of the core and the stores; the API must not depend on it."""
-    assert not [n for n in _imports(path) if n == "service.cli" or n.startswith("service.cli.")]
+CLI_MODULES = ("service.cli", "service.remote_cli", "tuneset.client")
+
+
+@pytest.mark.parametrize(
+    "path", _modules("service/api") + _modules("service/ui"), ids=lambda p: str(p.relative_to(ROOT))
+)
+def test_the_api_and_its_ui_never_import_the_cli_or_the_client(path: Path) -> None:
+    """The CLIs (local and remote) and the Python client are clients of the API: the API, and the
+    UI it serves, must not depend on them."""
+    assert not [
+        n for n in _imports(path) if n in CLI_MODULES or n.startswith(tuple(m + "." for m in CLI_MODULES))
+    ]
 
 
 @pytest.mark.parametrize("path", _modules("service/store"), ids=lambda p: str(p.relative_to(ROOT)))
