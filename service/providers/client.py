@@ -191,16 +191,26 @@ def upload_file(
     try:
         md5 = _md5(path)
 
+        failed: list[BaseException] = []  # the first failed part's error stops every later part
+
         def send_part(offset: int) -> str:
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read(part_size)
-            return client.uploads.parts.create(upload.id, data=data).id
+            if failed:  # checked as each part starts: at most the parts already in flight go on
+                raise _PartSkipped
+            try:
+                with path.open("rb") as f:
+                    f.seek(offset)
+                    data = f.read(part_size)
+                return client.uploads.parts.create(upload.id, data=data).id
+            except BaseException as e:
+                failed.append(e)
+                raise
 
         pool = ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="upload-part")
         try:
             part_ids = list(pool.map(send_part, range(0, size, part_size)))
-        finally:  # after a failed part, send no more
+        except _PartSkipped:  # a part skipped before the failed one came up in order
+            raise failed[0] from None
+        finally:
             pool.shutdown(wait=True, cancel_futures=True)
         done = client.uploads.complete(upload.id, part_ids=part_ids, md5=md5)
     except BaseException:
@@ -209,6 +219,10 @@ def upload_file(
     if done.file is None:
         raise openai.OpenAIError(f"upload {upload.id} completed without a file")
     return done.file.id
+
+
+class _PartSkipped(Exception):
+    """A part not sent because an earlier-started one failed."""
 
 
 def _md5(path: Path) -> str:
